@@ -1,0 +1,1 @@
+"""The small core every Ebb service shares: gRPC server with health and reflection, settings, logs, shutdown."""

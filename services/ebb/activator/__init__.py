@@ -1,0 +1,1 @@
+"""The activator: holds requests for revisions without ready instances, wakes them, forwards."""

@@ -1,0 +1,3 @@
+from ebb.activator.main import main
+
+raise SystemExit(main())

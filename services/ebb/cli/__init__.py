@@ -1,0 +1,1 @@
+"""The `ebb` command line: `ebb up` runs the local mesh; the other commands talk to its controller."""

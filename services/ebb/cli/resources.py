@@ -1,0 +1,406 @@
+"""The resource commands: apply, service create/list/describe/delete, revision and route views."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from ebb.api.serving.v1 import resources_pb2, serving_pb2
+from ebb.cli import output
+from ebb.cli.client import ServingClient
+from ebb.cli.errors import CliError
+from ebb.cli.manifest import GROUP, ManifestError, load_documents
+
+KIND_BY_NAME = {
+    "service": resources_pb2.KIND_SERVICE,
+    "configuration": resources_pb2.KIND_CONFIGURATION,
+    "revision": resources_pb2.KIND_REVISION,
+    "route": resources_pb2.KIND_ROUTE,
+}
+DEFAULT_WAIT_TIMEOUT_S = 300.0
+POLL_INTERVAL_S = 0.5
+
+
+def inner(resource: resources_pb2.Resource):
+    """The Service/Configuration/Revision/Route inside a Resource."""
+    which = resource.WhichOneof("kind")
+    if which is None:
+        raise CliError("the controller returned an empty resource")
+    return getattr(resource, which)
+
+
+def qualified(kind: str, name: str) -> str:
+    """`service.serving.knative.dev/hello`, as kubectl names what it applied."""
+    return f"{kind.lower()}.{GROUP}/{name}"
+
+
+# ---- apply ----
+
+
+def read_manifest(path: str, stdin: TextIO) -> tuple[str, str]:
+    """(source name, text) of `-f PATH` (`-` = stdin)."""
+    if path == "-":
+        return "<stdin>", stdin.read()
+    try:
+        return path, Path(path).read_text()
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CliError(f"{path}: is a directory") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def apply_documents(
+    client: ServingClient, files: Sequence[str], *, namespace: str | None, dry_run: bool,
+    stdin: TextIO, out: TextIO,
+) -> None:
+    """Parse every document of every file first (all or nothing), then apply them in order."""
+    documents = []
+    for path in files:
+        source, text = read_manifest(path, stdin)
+        try:
+            documents.extend(load_documents(text, source, namespace=namespace))
+        except ManifestError as exc:
+            raise CliError(str(exc)) from None
+    for document in documents:
+        response = client.apply(document.resource, dry_run=dry_run)
+        if response.created:
+            verb = "created"
+        elif response.changed:
+            verb = "configured"
+        else:
+            verb = "unchanged"
+        suffix = " (dry run)" if dry_run else ""
+        print(f"{qualified(document.kind, document.message.metadata.name)} {verb}{suffix}", file=out)
+
+
+# ---- service create ----
+
+
+def parse_pairs(values: Sequence[str] | None, flag: str) -> list[tuple[str, str]]:
+    """`K=V` flags as ordered pairs; CliError names the flag of a malformed one."""
+    pairs = []
+    for value in values or ():
+        key, sep, rest = value.partition("=")
+        if not sep or not key:
+            raise CliError(f"{flag} {value!r}: expected KEY=VALUE")
+        pairs.append((key, rest))
+    return pairs
+
+
+@dataclass(frozen=True)
+class ServiceSpecArgs:
+    """What `ebb service create` was told, before it becomes a Service."""
+
+    name: str
+    namespace: str
+    cmd: str
+    env: Sequence[tuple[str, str]] = ()
+    annotations: Sequence[tuple[str, str]] = ()
+    labels: Sequence[tuple[str, str]] = ()
+    port: int | None = None
+    concurrency_limit: int | None = None
+    timeout_s: int | None = None
+    workdir: str | None = None
+    image: str = "local"
+
+
+def build_service(args: ServiceSpecArgs) -> resources_pb2.Service:
+    """A Knative Service running `cmd` (shlex-split) in local mode; annotations go on both the
+    Service and its revision template (as `kn --annotation` does), so autoscaling ones apply."""
+    try:
+        command = shlex.split(args.cmd)
+    except ValueError as exc:
+        raise CliError(f"--cmd {args.cmd!r}: {exc}") from None
+    if not command:
+        raise CliError("--cmd: must not be empty")
+    container = resources_pb2.Container(image=args.image, command=command)
+    if args.workdir:
+        container.working_dir = args.workdir
+    for key, value in args.env:
+        container.env.add(name=key, value=value)
+    if args.port is not None:
+        container.ports.add(container_port=args.port)
+    spec = resources_pb2.RevisionSpec(containers=[container])
+    if args.concurrency_limit is not None:
+        spec.container_concurrency = args.concurrency_limit
+    if args.timeout_s is not None:
+        spec.timeout_seconds = args.timeout_s
+    annotations = dict(args.annotations)
+    template_meta = resources_pb2.ObjectMeta(annotations=annotations)
+    return resources_pb2.Service(
+        api_version="serving.knative.dev/v1",
+        kind="Service",
+        metadata=resources_pb2.ObjectMeta(
+            name=args.name, namespace=args.namespace, annotations=annotations, labels=dict(args.labels)
+        ),
+        spec=resources_pb2.ServiceSpec(
+            template=resources_pb2.RevisionTemplateSpec(metadata=template_meta, spec=spec)
+        ),
+    )
+
+
+def create_service(
+    client: ServingClient, service: resources_pb2.Service, *, force: bool, wait: bool,
+    wait_timeout_s: float, out: TextIO, err: TextIO,
+) -> None:
+    """Apply a new Service (or replace it with --force); with `wait`, block until Ready."""
+    name, namespace = service.metadata.name, service.metadata.namespace
+    if not force and client.find(resources_pb2.KIND_SERVICE, name, namespace) is not None:
+        raise CliError(f'service "{name}" already exists in namespace {namespace} (use --force to replace it)')
+    response = client.apply(resources_pb2.Resource(service=service))
+    verb = "created" if response.created else ("configured" if response.changed else "unchanged")
+    print(f"{qualified('Service', name)} {verb}", file=out, flush=True)
+    if not wait:
+        return
+    stored = inner(response.resource)
+    generation = stored.metadata.generation or 1
+    print(f"Waiting for service {name} to become ready (up to {wait_timeout_s:g}s)...", file=err, flush=True)
+    ready = wait_service_ready(client, name, namespace, generation, wait_timeout_s)
+    print(ready.status.url, file=out)
+
+
+def service_state(service: resources_pb2.Service, generation: int) -> tuple[str, str]:
+    """("ready", url) | ("failed", reason: message) | ("pending", reason) for one observation.
+
+    A status older than `generation` says nothing about the change we made, so it is pending.
+    """
+    status = service.status
+    if status.observed_generation < generation:
+        return "pending", "not observed yet"
+    cond = output.condition(status.conditions)
+    if cond is None or cond.status not in ("True", "False"):
+        return "pending", (cond.reason if cond is not None else "") or "Unknown"
+    if cond.status == "True":
+        return "ready", status.url
+    detail = ": ".join(part for part in (cond.reason, cond.message) if part)
+    return "failed", detail or "Ready=False"
+
+
+def wait_service_ready(
+    client: ServingClient, name: str, namespace: str, generation: int, timeout_s: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> resources_pb2.Service:
+    """The Service once Ready=True for `generation`; CliError when it fails or time runs out."""
+    deadline = clock() + timeout_s
+    last_reason = "no status yet"
+
+    def judge(service: resources_pb2.Service) -> resources_pb2.Service | None:
+        nonlocal last_reason
+        state, detail = service_state(service, generation)
+        if state == "ready":
+            return service
+        if state == "failed":
+            raise CliError(f"service {name} failed to become ready: {detail}")
+        last_reason = detail
+        return None
+
+    try:
+        for event in client.watch(resources_pb2.KIND_SERVICE, namespace, max(0.1, deadline - clock())):
+            if event.resource.WhichOneof("kind") != "service":
+                continue
+            service = event.resource.service
+            if service.metadata.name != name:
+                continue
+            if event.type == serving_pb2.EVENT_TYPE_DELETED:
+                raise CliError(f"service {name} was deleted while waiting for it")
+            done = judge(service)
+            if done is not None:
+                return done
+    except TimeoutError:
+        raise CliError(f"service {name} not ready after {timeout_s:g}s (last reason: {last_reason})") from None
+    except NotImplementedError:
+        pass  # an older controller without Watch: poll instead
+    while clock() < deadline:
+        found = client.find(resources_pb2.KIND_SERVICE, name, namespace)
+        if found is None:
+            raise CliError(f"service {name} was deleted while waiting for it")
+        done = judge(found.service)
+        if done is not None:
+            return done
+        time.sleep(min(POLL_INTERVAL_S, max(0.0, deadline - clock())))
+    raise CliError(f"service {name} not ready after {timeout_s:g}s (last reason: {last_reason})")
+
+
+# ---- views ----
+
+
+def _emit_list(messages: list, fmt: str, headers: Sequence[str], row: Callable, out: TextIO,
+               all_namespaces: bool, empty: str) -> None:
+    if fmt != "table":
+        print(output.dump(output.list_document(messages), fmt), file=out)
+        return
+    if not messages:
+        print(empty, file=sys.stderr)
+        return
+    if all_namespaces:
+        headers = ["NAMESPACE", *headers]
+    rows = [([m.metadata.namespace or "default"] if all_namespaces else []) + list(row(m)) for m in messages]
+    print(output.table(headers, rows), file=out)
+
+
+def list_services(client: ServingClient, namespace: str, fmt: str, out: TextIO) -> None:
+    services = [inner(r) for r in client.list(resources_pb2.KIND_SERVICE, namespace)]
+
+    def row(s):
+        return (s.metadata.name, s.status.url, s.status.latest_ready_revision_name or s.status.latest_created_revision_name,
+                output.ready_status(s.status.conditions), output.ready_reason(s.status.conditions))
+
+    _emit_list(services, fmt, ["NAME", "URL", "LATEST", "READY", "REASON"], row, out,
+               all_namespaces=not namespace, empty=_none_found("services", namespace))
+
+
+REVISION_HEADERS = ["NAME", "SERVICE", "GENERATION", "READY", "DESIRED", "ACTUAL", "READY-INSTANCES",
+                    "MODE", "CONCURRENCY(stable/panic)", "PANIC", "REASON"]
+
+
+def revision_row(rev: resources_pb2.Revision) -> tuple:
+    status = rev.status
+    desired = "?" if status.desired_replicas < 0 else status.desired_replicas
+    return (
+        rev.metadata.name,
+        rev.metadata.labels.get(output.SERVICE_LABEL, ""),
+        output.revision_generation(rev),
+        output.ready_status(status.conditions),
+        desired,
+        status.actual_replicas,
+        status.ready_replicas,
+        status.serving_mode or "-",
+        f"{status.stable_value:.2f}/{status.panic_value:.2f}",
+        "yes" if status.panic else "no",
+        output.ready_reason(status.conditions),
+    )
+
+
+def list_revisions(client: ServingClient, namespace: str, service: str | None, fmt: str, out: TextIO) -> None:
+    labels = {output.SERVICE_LABEL: service} if service else None
+    revisions = [inner(r) for r in client.list(resources_pb2.KIND_REVISION, namespace, labels)]
+    _emit_list(revisions, fmt, REVISION_HEADERS, revision_row, out, all_namespaces=not namespace,
+               empty=_none_found("revisions", namespace, service))
+
+
+def list_routes(client: ServingClient, namespace: str, fmt: str, out: TextIO) -> None:
+    routes = [inner(r) for r in client.list(resources_pb2.KIND_ROUTE, namespace)]
+
+    def row(r):
+        return (r.metadata.name, r.status.url, output.traffic_summary(r.status.traffic or r.spec.traffic),
+                output.ready_status(r.status.conditions), output.ready_reason(r.status.conditions))
+
+    _emit_list(routes, fmt, ["NAME", "URL", "TRAFFIC", "READY", "REASON"], row, out,
+               all_namespaces=not namespace, empty=_none_found("routes", namespace))
+
+
+def _none_found(what: str, namespace: str, service: str | None = None) -> str:
+    where = f" in namespace {namespace}" if namespace else ""
+    of = f" of service {service}" if service else ""
+    return f"No {what}{of} found{where}."
+
+
+def describe(client: ServingClient, kind: str, name: str, namespace: str, fmt: str, out: TextIO) -> None:
+    """One resource: a readable summary (table format) or its full JSON/YAML."""
+    code = KIND_BY_NAME[kind]
+    found = client.find(code, name, namespace)
+    if found is None:
+        raise CliError(f'{kind} "{name}" not found in namespace {namespace}')
+    resource = inner(found)
+    if fmt != "table":
+        print(output.dump(output.to_dict(resource), fmt), file=out)
+        return
+    revisions = []
+    if kind == "service":
+        revisions = [inner(r) for r in client.list(resources_pb2.KIND_REVISION, namespace, {output.SERVICE_LABEL: name})]
+    print(summary(kind, resource, revisions), file=out)
+
+
+def summary(kind: str, resource, revisions: Sequence[resources_pb2.Revision] = ()) -> str:
+    """Human-readable description of a resource (fields that are set, then conditions)."""
+    meta = resource.metadata
+    lines = [
+        f"Name:        {meta.name}",
+        f"Namespace:   {meta.namespace or 'default'}",
+    ]
+    created = output.format_timestamp(meta.creation_timestamp)
+    if created:
+        lines.append(f"Created:     {created}")
+    if meta.generation:
+        lines.append(f"Generation:  {meta.generation}")
+    for title, mapping in (("Labels", meta.labels), ("Annotations", meta.annotations)):
+        if mapping:
+            lines.append(f"{title + ':':<13}" + ", ".join(f"{k}={v}" for k, v in sorted(mapping.items())))
+    status = resource.status
+    url = getattr(status, "url", "")
+    if url:
+        lines.append(f"URL:         {url}")
+    spec = None
+    if kind == "service" or kind == "configuration":
+        spec = resource.spec.template.spec
+    elif kind == "revision":
+        spec = resource.spec
+    if spec is not None:
+        lines.extend(_container_lines(spec))
+    if kind in ("service", "configuration"):
+        if status.latest_created_revision_name:
+            lines.append(f"Latest:      {status.latest_created_revision_name} (created), "
+                         f"{status.latest_ready_revision_name or '-'} (ready)")
+    if kind == "revision":
+        s = status
+        desired = "?" if s.desired_replicas < 0 else s.desired_replicas
+        lines.append(f"Instances:   desired {desired}, actual {s.actual_replicas}, ready {s.ready_replicas}")
+        lines.append(f"Autoscaler:  mode {s.serving_mode or '-'}, stable {s.stable_value:.2f}, "
+                     f"panic {s.panic_value:.2f}{' (PANIC)' if s.panic else ''}, {s.requests_per_second:.1f} req/s")
+        if s.log_url:
+            lines.append(f"Logs:        {s.log_url}")
+    traffic = list(getattr(status, "traffic", []) or getattr(resource.spec, "traffic", []))
+    if kind in ("service", "route") and traffic:
+        lines.append("Traffic:")
+        rows = [(f"{t.percent}%", t.revision_name or t.configuration_name or "@latest",
+                 "latest" if t.latest_revision else "", t.tag, t.url) for t in traffic]
+        lines.append(output.indent(output.table(["PERCENT", "REVISION", "FOLLOWS", "TAG", "URL"], rows)))
+    if revisions:
+        lines.append("Revisions:")
+        rows = [(r.metadata.name, output.ready_status(r.status.conditions), r.status.ready_replicas,
+                 r.status.serving_mode or "-", output.ready_reason(r.status.conditions)) for r in revisions]
+        lines.append(output.indent(output.table(["NAME", "READY", "READY-INSTANCES", "MODE", "REASON"], rows)))
+    if status.conditions:
+        lines.append("Conditions:")
+        lines.append(output.indent(output.conditions_table(status.conditions)))
+    return "\n".join(lines)
+
+
+def _container_lines(spec: resources_pb2.RevisionSpec) -> list[str]:
+    lines = []
+    for container in spec.containers:
+        argv = [*container.command, *container.args]
+        if argv:
+            lines.append(f"Command:     {shlex.join(argv)}")
+        if container.image and container.image != "local":
+            lines.append(f"Image:       {container.image}")
+        if container.working_dir:
+            lines.append(f"Workdir:     {container.working_dir}")
+        if container.env:
+            lines.append("Env:         " + ", ".join(f"{e.name}={e.value}" for e in container.env))
+        if container.ports:
+            lines.append(f"Port:        {container.ports[0].container_port}")
+    if spec.HasField("container_concurrency"):
+        lines.append(f"Concurrency: {spec.container_concurrency} (0 = unlimited)")
+    if spec.HasField("timeout_seconds"):
+        lines.append(f"Timeout:     {spec.timeout_seconds}s")
+    return lines
+
+
+def delete(client: ServingClient, kind: str, name: str, namespace: str, out: TextIO) -> None:
+    client.delete(KIND_BY_NAME[kind], name, namespace)
+    print(f"{qualified(kind, name)} deleted", file=out)
+
+
+def default_workdir() -> str:
+    """Where `--cmd` runs in local mode unless `--workdir` says: the caller's directory, so
+    `--cmd "python samples/hello/app.py"` works from the repository root."""
+    return os.getcwd()

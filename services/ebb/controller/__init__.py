@@ -1,0 +1,1 @@
+"""The controller: resources, reconcilers, local runtime and the xDS server for the Envoy gateway."""

@@ -1,0 +1,3 @@
+from ebb.controller.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Controller entry point: settings, store, runtime, xDS, servers; then serve until signalled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from ebb.api.networking.v1 import endpoints_pb2_grpc
+from ebb.api.serving.v1 import serving_pb2_grpc
+from ebb.common.logs import setup_logging
+from ebb.common.server import ServiceCore, run, write_ready_file
+from ebb.common.settings import SettingsError
+from ebb.controller import settings as settings_mod
+from ebb.controller.manager import Controller
+from ebb.controller.runtime_local import LocalRuntime
+from ebb.controller.server import Admission, EndpointsServicer, ServingServicer
+from ebb.controller.store import SqliteStore
+from ebb.controller.xds import AdsServer
+
+log = logging.getLogger("ebb.controller")
+
+
+async def serve(cfg: settings_mod.ControllerSettings) -> int:
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqliteStore(cfg.data_dir / "ebb.db")
+    runtime = LocalRuntime(cfg.data_dir, autoscaler=cfg.autoscaler)
+    ads = AdsServer()
+    controller = Controller(store, runtime, ads, gateway_port=cfg.gateway_port)
+    admission = Admission(cfg.webhook)
+
+    core = ServiceCore("controller", port=cfg.grpc_port, drain_s=0.0)
+    core.add(
+        lambda s: serving_pb2_grpc.add_ServingServiceServicer_to_server(ServingServicer(store, admission), s),
+        "ebb.api.serving.v1.ServingService",
+    )
+    core.add(
+        lambda s: ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, s),
+        "envoy.service.discovery.v3.AggregatedDiscoveryService",
+    )
+    core.add(
+        lambda s: endpoints_pb2_grpc.add_EndpointsServiceServicer_to_server(EndpointsServicer(controller), s),
+        "ebb.api.networking.v1.EndpointsService",
+    )
+    try:
+        await core.start()
+    except OSError as exc:
+        log.error(str(exc))
+        print(f"controller: {exc}", file=sys.stderr)
+        return 1
+    core.install_signal_handlers()
+    await runtime.adopt()
+    loop_task = asyncio.ensure_future(controller.run())
+    write_ready_file(cfg.ready_file, {"grpc": core.address})
+    await core.wait_for_signal()
+
+    controller.stop()
+    await loop_task
+    await core.shutdown()
+    await runtime.close(stop_instances=not cfg.keep_instances_on_exit)
+    await admission.close()
+    store.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg = settings_mod.load(argv, os.environ)
+    except SettingsError as exc:
+        print(f"controller: {exc}", file=sys.stderr)
+        return 1
+    setup_logging("controller", cfg.log_level)
+    return run(lambda: serve(cfg))

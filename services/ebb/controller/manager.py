@@ -1,0 +1,284 @@
+"""The control loop: read the store and the runtime, run the reconcilers, write back, push xDS.
+
+Level-based: every pass reconciles everything from scratch (cheap at local scale); any store
+write, instance change or Envoy ACK triggers another pass, and a timer catches the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ebb.api.serving.v1 import resources_pb2 as r
+from ebb.controller import reconcile as rc
+from ebb.controller.gateway import gateway_spec, route_virtual_hosts
+from ebb.controller.resources import LABEL_CONFIGURATION, condition, key_of
+from ebb.controller.runtime import Address, InstanceSpec, RevisionKey, Runtime
+from ebb.controller.snapshot import VirtualHostSpec, build_snapshot
+from ebb.controller.store import Store
+
+log = logging.getLogger(__name__)
+
+RESYNC_S = 1.0
+ACK_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class EndpointsView:
+    """What activators learn of a revision (mirrors networking.v1.RevisionEndpoints)."""
+
+    addresses: tuple[str, ...]
+    not_ready_addresses: tuple[str, ...]
+    container_concurrency: int
+    timeout_s: int
+    response_start_timeout_s: int
+    idle_timeout_s: int
+
+
+def instance_spec(rev: r.Revision) -> InstanceSpec:
+    """What the runtime needs to start an instance of the revision."""
+    container = rev.spec.containers[0] if rev.spec.containers else r.Container()
+    port = container.ports[0].container_port if container.ports else 0
+    probe = container.readiness_probe
+    return InstanceSpec(
+        service=rev.metadata.labels.get("serving.knative.dev/service", ""),
+        configuration=rev.metadata.labels.get(LABEL_CONFIGURATION, ""),
+        revision=rev.metadata.name,
+        namespace=rev.metadata.namespace,
+        command=tuple(container.command) + tuple(container.args),
+        env=tuple((e.name, e.value) for e in container.env),
+        working_dir=container.working_dir,
+        container_port=port,
+        container_concurrency=rev.spec.container_concurrency if rev.spec.HasField("container_concurrency") else 0,
+        timeout_s=rev.spec.timeout_seconds if rev.spec.HasField("timeout_seconds") else 300,
+        response_start_timeout_s=rev.spec.response_start_timeout_seconds,
+        idle_timeout_s=rev.spec.idle_timeout_seconds,
+        readiness_path=probe.http_get.path if probe.HasField("http_get") else "",
+    )
+
+
+class Controller:
+    """Owns the reconcile loop, the gateway snapshot and the endpoints fan-out."""
+
+    def __init__(
+        self,
+        store: Store,
+        runtime: Runtime,
+        ads,
+        *,
+        gateway_port: int,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._runtime = runtime
+        self._ads = ads
+        self._gateway_port = gateway_port
+        self._wall = wall_clock
+        self._dirty = asyncio.Event()
+        self._stopped = False
+        self._snapshot_version = ""
+        self._acked_hosts: frozenset[VirtualHostSpec] = frozenset()
+        self._ack_task: asyncio.Task | None = None
+        self._endpoints: dict[RevisionKey, EndpointsView] = {}
+        self._endpoint_watchers: list[asyncio.Queue] = []
+        self.passes = 0
+        self.errors = 0
+        store.subscribe(lambda _event: self.trigger())
+        runtime.set_listener(self.trigger)
+
+    # ------------------------------------------------------------ loop
+
+    def trigger(self) -> None:
+        self._dirty.set()
+
+    async def run(self) -> None:
+        while not self._stopped:
+            try:
+                await asyncio.wait_for(self._dirty.wait(), RESYNC_S)
+            except TimeoutError:
+                pass
+            self._dirty.clear()
+            if self._stopped:
+                break
+            try:
+                await self.reconcile_once()
+            except Exception:  # a control loop never dies of one bad pass
+                self.errors += 1
+                log.exception("reconcile pass failed")
+            self.passes += 1
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._dirty.set()
+        if self._ack_task:
+            self._ack_task.cancel()
+
+    # ------------------------------------------------------------ one pass
+
+    async def reconcile_once(self) -> None:
+        now = self._wall()
+        store = self._store
+        services = {key_of(s): s for s in store.list("Service")}
+
+        # 1. Services own a Configuration and a Route of the same name.
+        for svc in services.values():
+            store.put(rc.service_configuration(svc), now_s=now)
+            store.put(rc.service_route(svc), now_s=now)
+
+        # 2. Children whose owner is gone are deleted (owner references, as Kubernetes' GC).
+        self._collect_garbage()
+
+        configurations = store.list("Configuration")
+        revisions = store.list("Revision")
+
+        # 3. One revision per Configuration generation.
+        by_config: dict[tuple[str, str], list[r.Revision]] = {}
+        for rev in revisions:
+            by_config.setdefault((rev.metadata.namespace, rev.metadata.labels.get(LABEL_CONFIGURATION, "")), []).append(rev)
+        for cfg in configurations:
+            new_rev = rc.revision_for(cfg, by_config.get((cfg.metadata.namespace, cfg.metadata.name), []))
+            if new_rev is not None:
+                stored, _ = store.put(new_rev, now_s=now)
+                by_config.setdefault((cfg.metadata.namespace, cfg.metadata.name), []).append(stored)
+                log.info("revision created", extra={"revision": stored.metadata.name})
+
+        # 4. Which revisions are routed (they need instances) - resolve with current statuses.
+        routes = store.list("Route")
+        configurations = {(c.metadata.namespace, c.metadata.name): c for c in store.list("Configuration")}
+        revisions = {(v.metadata.namespace, v.metadata.name): v for v in store.list("Revision")}
+        resolutions = {key_of(rt): self._resolve(rt, configurations, revisions) for rt in routes}
+        routed = {
+            RevisionKey(k.namespace, t.revision) for k, res in resolutions.items() for t in res.targets
+        }
+        latest_created = {
+            RevisionKey(c.metadata.namespace, c.status.latest_created_revision_name or rc.revision_name(c))
+            for c in configurations.values()
+        }
+
+        # 5. Instances and revision status.
+        for (ns, name), rev in revisions.items():
+            key = RevisionKey(ns, name)
+            desired = 1 if key in routed or key in latest_created else 0
+            await self._runtime.ensure(key, instance_spec(rev), desired, now_s=now)
+            revisions[(ns, name)] = store.put_status(rc.revision_status(rev, self._runtime.view(key), now_s=now))
+        for key in self._runtime.revisions() - {RevisionKey(ns, n) for ns, n in revisions}:
+            await self._runtime.remove(key)
+
+        # 6. Configuration status (latest created / ready).
+        for (ns, name), cfg in configurations.items():
+            mine = [v for v in revisions.values() if v.metadata.namespace == ns and v.metadata.labels.get(LABEL_CONFIGURATION) == name]
+            configurations[(ns, name)] = store.put_status(rc.configuration_status(cfg, mine, now_s=now))
+
+        # 7. Gateway: resolve again with fresh statuses, build and push the snapshot.
+        resolutions = {key_of(rt): self._resolve(rt, configurations, revisions) for rt in routes}
+        timeouts = {
+            RevisionKey(ns, n): float(v.spec.timeout_seconds or 300) for (ns, n), v in revisions.items()
+        }
+        hosts_by_route = {key_of(rt): route_virtual_hosts(rt, resolutions[key_of(rt)], timeouts) for rt in routes}
+        endpoints = {RevisionKey(ns, n): self._runtime.ready_addresses(RevisionKey(ns, n)) for ns, n in revisions}
+        spec = gateway_spec(self._gateway_port, [h for hs in hosts_by_route.values() for h in hs], endpoints)
+        self._push(spec)
+
+        # 8. Route and Service status.
+        routes_by_key = {}
+        for rt in routes:
+            k = key_of(rt)
+            hosts = hosts_by_route[k]
+            ingress_ready = bool(hosts) and all(h in self._acked_hosts for h in hosts)
+            routes_by_key[(k.namespace, k.name)] = store.put_status(
+                rc.route_status(rt, resolutions[k], ingress_ready, self._gateway_port, now_s=now)
+            )
+        for k, svc in services.items():
+            store.put_status(
+                rc.service_status(
+                    svc, configurations.get((k.namespace, k.name)), routes_by_key.get((k.namespace, k.name)), now_s=now
+                )
+            )
+
+        # 9. Endpoints for activators.
+        self._publish_endpoints(revisions)
+
+    def _resolve(self, route: r.Route, configurations: dict, revisions: dict) -> rc.Resolution:
+        ns = route.metadata.namespace
+        return rc.resolve_traffic(
+            route,
+            {n: c for (cns, n), c in configurations.items() if cns == ns},
+            {n: v for (vns, n), v in revisions.items() if vns == ns},
+        )
+
+    def _collect_garbage(self) -> None:
+        live = {
+            (kind, o.metadata.namespace, o.metadata.uid)
+            for kind in ("Service", "Configuration")
+            for o in self._store.list(kind)
+        }
+        for kind in ("Configuration", "Route", "Revision"):
+            for obj in self._store.list(kind):
+                owners = [o for o in obj.metadata.owner_references if o.controller]
+                if owners and all((o.kind, obj.metadata.namespace, o.uid) not in live for o in owners):
+                    self._store.delete(kind, obj.metadata.namespace, obj.metadata.name)
+                    log.info("garbage collected", extra={"kind": kind, "name": obj.metadata.name})
+
+    # ------------------------------------------------------------ xDS
+
+    def _push(self, spec) -> None:
+        snapshot = build_snapshot(spec)
+        version = snapshot.version if hasattr(snapshot, "version") else repr(sorted(snapshot.versions.items()))
+        if version == self._snapshot_version:
+            return
+        self._snapshot_version = version
+        self._ads.set_snapshot(snapshot)
+        hosts = frozenset(spec.virtual_hosts)
+        if self._ack_task:
+            self._ack_task.cancel()
+        self._ack_task = asyncio.ensure_future(self._await_ack(snapshot, hosts))
+
+    async def _await_ack(self, snapshot, hosts: frozenset) -> None:
+        if await self._ads.wait_snapshot_acked(snapshot, ACK_TIMEOUT_S):
+            self._acked_hosts = hosts
+            log.info("gateway acknowledged", extra={"virtual_hosts": len(hosts)})
+            self.trigger()
+
+    # ------------------------------------------------------------ endpoints
+
+    def _publish_endpoints(self, revisions: dict) -> None:
+        state: dict[RevisionKey, EndpointsView] = {}
+        for (ns, n), rev in revisions.items():
+            key = RevisionKey(ns, n)
+            spec = instance_spec(rev)
+            state[key] = EndpointsView(
+                addresses=tuple(str(a) for a in self._runtime.ready_addresses(key)),
+                not_ready_addresses=tuple(str(a) for a in self._runtime.not_ready_addresses(key)),
+                container_concurrency=spec.container_concurrency,
+                timeout_s=spec.timeout_s,
+                response_start_timeout_s=spec.response_start_timeout_s,
+                idle_timeout_s=spec.idle_timeout_s,
+            )
+        changed = {k: v for k, v in state.items() if self._endpoints.get(k) != v}
+        removed = [k for k in self._endpoints if k not in state]
+        self._endpoints = state
+        if changed or removed:
+            for queue in self._endpoint_watchers:
+                queue.put_nowait((changed, removed, False))
+
+    def watch_endpoints(self) -> asyncio.Queue:
+        """A queue of (changed, removed, snapshot) updates, starting with the full state."""
+        queue: asyncio.Queue = asyncio.Queue()
+        queue.put_nowait((dict(self._endpoints), [], True))
+        self._endpoint_watchers.append(queue)
+        return queue
+
+    def unwatch_endpoints(self, queue: asyncio.Queue) -> None:
+        if queue in self._endpoint_watchers:
+            self._endpoint_watchers.remove(queue)
+
+    def endpoints_of(self, key: RevisionKey) -> list[Address]:
+        return self._runtime.ready_addresses(key)
+
+
+def ready_reason(obj) -> str:
+    cond = condition(obj, "Ready")
+    return cond.reason if cond else ""

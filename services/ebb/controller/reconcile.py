@@ -1,0 +1,331 @@
+"""Reconcilers: pure functions from desired resources (and observed facts) to children and status.
+
+Nothing here touches a socket, a process or the clock: callers pass `now_s` and views of the
+runtime, and write what these functions return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ebb.api.serving.v1 import resources_pb2 as r
+from ebb.controller.resources import (
+    API_VERSION,
+    LABEL_CONFIGURATION,
+    LABEL_CONFIGURATION_GENERATION,
+    LABEL_ROUTE,
+    LABEL_SERVICE,
+    condition,
+    new,
+    set_condition,
+)
+
+# ---------------------------------------------------------------- Service -> children
+
+
+def _owner(parent, *, controller: bool = True) -> r.OwnerReference:
+    return r.OwnerReference(
+        api_version=API_VERSION,
+        kind=parent.kind or type(parent).__name__,
+        name=parent.metadata.name,
+        uid=parent.metadata.uid,
+        controller=controller,
+        block_owner_deletion=True,
+    )
+
+
+def service_configuration(svc: r.Service) -> r.Configuration:
+    """The Configuration a Service owns: same name, the Service's template."""
+    cfg = new("Configuration")
+    cfg.metadata.name = svc.metadata.name
+    cfg.metadata.namespace = svc.metadata.namespace
+    cfg.metadata.labels.update(svc.metadata.labels)
+    cfg.metadata.labels[LABEL_SERVICE] = svc.metadata.name
+    cfg.metadata.owner_references.append(_owner(svc))
+    cfg.spec.template.CopyFrom(svc.spec.template)
+    return cfg
+
+
+def service_route(svc: r.Service) -> r.Route:
+    """The Route a Service owns: its traffic block, `latestRevision` bound to its Configuration."""
+    route = new("Route")
+    route.metadata.name = svc.metadata.name
+    route.metadata.namespace = svc.metadata.namespace
+    route.metadata.labels.update(svc.metadata.labels)
+    route.metadata.labels[LABEL_SERVICE] = svc.metadata.name
+    route.metadata.owner_references.append(_owner(svc))
+    targets = list(svc.spec.traffic) or [r.TrafficTarget(latest_revision=True, percent=100)]
+    for target in targets:
+        out = route.spec.traffic.add()
+        out.CopyFrom(target)
+        if not target.revision_name:
+            # Inside a Service, "latest" means the latest ready revision of its Configuration.
+            out.configuration_name = svc.metadata.name
+            out.latest_revision = True
+    return route
+
+
+# ---------------------------------------------------------------- Configuration -> Revision
+
+
+def revision_name(cfg: r.Configuration) -> str:
+    """`NAME-0000N` by generation, unless the template chooses a name."""
+    return cfg.spec.template.metadata.name or f"{cfg.metadata.name}-{cfg.metadata.generation:05d}"
+
+
+def generation_of(rev: r.Revision) -> int:
+    try:
+        return int(rev.metadata.labels.get(LABEL_CONFIGURATION_GENERATION, "0"))
+    except ValueError:
+        return 0
+
+
+def revision_for(cfg: r.Configuration, revisions: list[r.Revision]) -> r.Revision | None:
+    """The Revision to create for the Configuration's current generation, or None if it exists.
+
+    A revision is stamped once per generation of the Configuration; metadata-only changes do
+    not bump the generation and so make no revision.
+    """
+    generation = cfg.metadata.generation
+    if any(generation_of(rev) == generation for rev in revisions):
+        return None
+    name = revision_name(cfg)
+    if any(rev.metadata.name == name for rev in revisions):
+        return None  # a user-chosen name that already exists: validation reports it
+    rev = new("Revision")
+    rev.metadata.name = name
+    rev.metadata.namespace = cfg.metadata.namespace
+    rev.metadata.labels.update(cfg.spec.template.metadata.labels)
+    rev.metadata.annotations.update(cfg.spec.template.metadata.annotations)
+    rev.metadata.labels[LABEL_CONFIGURATION] = cfg.metadata.name
+    rev.metadata.labels[LABEL_CONFIGURATION_GENERATION] = str(generation)
+    service = cfg.metadata.labels.get(LABEL_SERVICE)
+    if service:
+        rev.metadata.labels[LABEL_SERVICE] = service
+    rev.metadata.owner_references.append(_owner(cfg))
+    rev.spec.CopyFrom(cfg.spec.template.spec)
+    return rev
+
+
+def configuration_status(cfg: r.Configuration, revisions: list[r.Revision], *, now_s: float) -> r.Configuration:
+    """Configuration with latestCreated/latestReady revision names and its Ready condition."""
+    out = r.Configuration()
+    out.CopyFrom(cfg)
+    ordered = sorted(revisions, key=generation_of)
+    current = [rev for rev in ordered if generation_of(rev) == cfg.metadata.generation]
+    latest_created = current[-1] if current else (ordered[-1] if ordered else None)
+    ready = [rev for rev in ordered if _ready(rev) == "True"]
+    out.status.observed_generation = cfg.metadata.generation
+    out.status.latest_created_revision_name = latest_created.metadata.name if latest_created else ""
+    if ready:
+        out.status.latest_ready_revision_name = ready[-1].metadata.name
+    if latest_created is None:
+        set_condition(out, "Ready", "Unknown", "RevisionMissing", "Configuration has no revision yet.", now_s=now_s)
+    else:
+        state = _ready(latest_created)
+        cond = condition(latest_created, "Ready")
+        name = latest_created.metadata.name
+        if state == "True":
+            set_condition(out, "Ready", "True", now_s=now_s)
+        elif state == "False":
+            detail = cond.message if cond else ""
+            set_condition(
+                out, "Ready", "False", "RevisionFailed", f'Revision "{name}" failed with message: {detail}.', now_s=now_s
+            )
+        else:
+            set_condition(out, "Ready", "Unknown", "", f'Waiting for revision "{name}" to become ready.', now_s=now_s)
+    return out
+
+
+def _ready(obj) -> str:
+    cond = condition(obj, "Ready")
+    return cond.status if cond else "Unknown"
+
+
+# ---------------------------------------------------------------- Revision status
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    """What the runtime observed of a revision's instances."""
+
+    desired: int = 0
+    actual: int = 0  # started (running) instances
+    ready: int = 0  # instances passing readiness
+    ever_ready: bool = False  # an instance has been ready at some point
+    failure_reason: str = ""  # e.g. "ExitCode1"; empty when healthy
+    failure_message: str = ""
+
+
+def revision_status(rev: r.Revision, view: InstanceView, *, now_s: float) -> r.Revision:
+    """Revision Ready = ResourcesAvailable ∧ ContainerHealthy (Knative).
+
+    A revision that once became ready stays Ready when scaled to zero; a failure before it
+    was ever ready fails it with the reason the runtime saw.
+    """
+    out = r.Revision()
+    out.CopyFrom(rev)
+    st = out.status
+    st.observed_generation = rev.metadata.generation
+    st.desired_replicas, st.actual_replicas, st.ready_replicas = view.desired, view.actual, view.ready
+    if view.ever_ready or view.ready > 0:
+        set_condition(out, "ResourcesAvailable", "True", now_s=now_s)
+        set_condition(out, "ContainerHealthy", "True", now_s=now_s)
+        set_condition(out, "Ready", "True", now_s=now_s)
+    elif view.failure_reason:
+        set_condition(out, "ResourcesAvailable", "Unknown", "Deploying", now_s=now_s)
+        set_condition(out, "ContainerHealthy", "False", view.failure_reason, view.failure_message, now_s=now_s)
+        set_condition(out, "Ready", "False", view.failure_reason, view.failure_message, now_s=now_s)
+    else:
+        set_condition(out, "ResourcesAvailable", "Unknown", "Deploying", now_s=now_s)
+        set_condition(out, "ContainerHealthy", "Unknown", "Deploying", now_s=now_s)
+        set_condition(out, "Ready", "Unknown", "Deploying", now_s=now_s)
+    set_condition(
+        out,
+        "Active",
+        "True" if view.ready > 0 else "False",
+        "" if view.ready > 0 else "NoTraffic",
+        "" if view.ready > 0 else "The target is not receiving traffic.",
+        now_s=now_s,
+    )
+    return out
+
+
+# ---------------------------------------------------------------- Route
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    """A traffic target resolved to a concrete revision."""
+
+    revision: str
+    percent: int
+    tag: str = ""
+    latest_revision: bool = False
+    configuration: str = ""
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Traffic of a route as served, or why it cannot be served."""
+
+    targets: tuple[ResolvedTarget, ...] = ()
+    reason: str = ""  # empty when all traffic is assigned
+    message: str = ""
+
+
+def resolve_traffic(
+    route: r.Route, configurations: dict[str, r.Configuration], revisions: dict[str, r.Revision]
+) -> Resolution:
+    """Resolve every target to a revision name (same namespace maps keyed by name)."""
+    targets = []
+    for target in route.spec.traffic:
+        percent = target.percent if target.HasField("percent") else 0
+        if target.revision_name:
+            rev = revisions.get(target.revision_name)
+            if rev is None:
+                return Resolution(
+                    reason="RevisionMissing", message=f'Revision "{target.revision_name}" referenced in traffic not found.'
+                )
+            if _ready(rev) == "False":
+                return Resolution(
+                    reason="RevisionMissing", message=f'Revision "{target.revision_name}" failed to become ready.'
+                )
+            targets.append(ResolvedTarget(target.revision_name, percent, target.tag))
+        elif target.configuration_name:
+            cfg = configurations.get(target.configuration_name)
+            if cfg is None:
+                return Resolution(
+                    reason="ConfigurationMissing",
+                    message=f'Configuration "{target.configuration_name}" referenced in traffic not found.',
+                )
+            ready = cfg.status.latest_ready_revision_name
+            if not ready:
+                cond = condition(cfg, "Ready")
+                return Resolution(
+                    reason="RevisionMissing",
+                    message=(cond.message if cond and cond.message else "")
+                    or f'Configuration "{target.configuration_name}" does not have any ready Revision.',
+                )
+            targets.append(
+                ResolvedTarget(ready, percent, target.tag, latest_revision=True, configuration=target.configuration_name)
+            )
+    return Resolution(targets=tuple(targets))
+
+
+def host_of(name: str, namespace: str, tag: str = "") -> str:
+    """`NAME.NAMESPACE.localhost`, or `TAG-NAME.NAMESPACE.localhost` for a tag."""
+    return f"{tag + '-' if tag else ''}{name}.{namespace}.localhost"
+
+
+def url_of(host: str, gateway_port: int) -> str:
+    return f"http://{host}" + ("" if gateway_port == 80 else f":{gateway_port}")
+
+
+def route_status(
+    route: r.Route, resolution: Resolution, ingress_ready: bool, gateway_port: int, *, now_s: float
+) -> r.Route:
+    """Route Ready = AllTrafficAssigned ∧ IngressReady; status.traffic names revisions."""
+    out = r.Route()
+    out.CopyFrom(route)
+    st = out.status
+    st.observed_generation = route.metadata.generation
+    host = host_of(route.metadata.name, route.metadata.namespace)
+    st.url = url_of(host, gateway_port)
+    st.address.url = f"http://{route.metadata.name}.{route.metadata.namespace}.svc.cluster.local"
+    if resolution.reason:
+        set_condition(out, "AllTrafficAssigned", "False", resolution.reason, resolution.message, now_s=now_s)
+        set_condition(out, "IngressReady", "Unknown", "", "", now_s=now_s)
+        set_condition(out, "Ready", "False", resolution.reason, resolution.message, now_s=now_s)
+        return out
+    del st.traffic[:]
+    for target in resolution.targets:
+        t = st.traffic.add(revision_name=target.revision, percent=target.percent, tag=target.tag)
+        if target.latest_revision:
+            t.latest_revision = True
+        if target.tag:
+            t.url = url_of(host_of(route.metadata.name, route.metadata.namespace, target.tag), gateway_port)
+    set_condition(out, "AllTrafficAssigned", "True", now_s=now_s)
+    if ingress_ready:
+        set_condition(out, "IngressReady", "True", now_s=now_s)
+        set_condition(out, "Ready", "True", now_s=now_s)
+    else:
+        msg = "Waiting for the gateway to acknowledge the configuration."
+        set_condition(out, "IngressReady", "Unknown", "IngressNotConfigured", msg, now_s=now_s)
+        set_condition(out, "Ready", "Unknown", "IngressNotConfigured", msg, now_s=now_s)
+    return out
+
+
+# ---------------------------------------------------------------- Service status
+
+
+def service_status(svc: r.Service, cfg: r.Configuration | None, route: r.Route | None, *, now_s: float) -> r.Service:
+    """Service Ready = ConfigurationsReady ∧ RoutesReady, with the children's status merged."""
+    out = r.Service()
+    out.CopyFrom(svc)
+    st = out.status
+    st.observed_generation = svc.metadata.generation
+    for child, cond_type in ((cfg, "ConfigurationsReady"), (route, "RoutesReady")):
+        cond = condition(child, "Ready") if child is not None else None
+        if cond is None:
+            set_condition(out, cond_type, "Unknown", "Creating", "", now_s=now_s)
+        else:
+            set_condition(out, cond_type, cond.status, cond.reason, cond.message, now_s=now_s)
+    if cfg is not None:
+        st.latest_created_revision_name = cfg.status.latest_created_revision_name
+        st.latest_ready_revision_name = cfg.status.latest_ready_revision_name
+    if route is not None:
+        st.url = route.status.url
+        st.address.CopyFrom(route.status.address)
+        del st.traffic[:]
+        st.traffic.extend(route.status.traffic)
+    states = [condition(out, t).status for t in ("ConfigurationsReady", "RoutesReady")]
+    if all(s == "True" for s in states):
+        set_condition(out, "Ready", "True", now_s=now_s)
+    else:
+        failing = next(
+            (condition(out, t) for t in ("ConfigurationsReady", "RoutesReady") if condition(out, t).status == "False"),
+            None,
+        ) or next(condition(out, t) for t in ("ConfigurationsReady", "RoutesReady") if condition(out, t).status != "True")
+        set_condition(out, "Ready", failing.status, failing.reason, failing.message, now_s=now_s)
+    return out

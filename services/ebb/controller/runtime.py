@@ -1,0 +1,75 @@
+"""The Runtime interface: run N instances of a revision and report which are ready."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ebb.controller.reconcile import InstanceView
+
+
+@dataclass(frozen=True, order=True)
+class RevisionKey:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything needed to start one instance of a revision."""
+
+    service: str
+    configuration: str
+    revision: str
+    namespace: str
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    working_dir: str = ""
+    container_port: int = 0  # 0 = pick a free port and pass it in PORT
+    container_concurrency: int = 0
+    timeout_s: int = 300
+    response_start_timeout_s: int = 0
+    idle_timeout_s: int = 0
+    readiness_path: str = ""  # "" = TCP probe of the app by the queue
+    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Runtime(Protocol):
+    """Local processes or Kubernetes Deployments behind one narrow interface."""
+
+    def set_listener(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` whenever an instance changes state."""
+
+    async def ensure(self, key: RevisionKey, spec: InstanceSpec, count: int, *, now_s: float) -> None:
+        """Converge the revision to `count` instances (start new ones, drain surplus)."""
+
+    def view(self, key: RevisionKey) -> InstanceView:
+        """Counts and failures of the revision's instances."""
+
+    def ready_addresses(self, key: RevisionKey) -> list[Address]:
+        """Queue addresses of the ready instances (serving, not draining)."""
+
+    def not_ready_addresses(self, key: RevisionKey) -> list[Address]:
+        """Queue addresses of instances started but not yet ready."""
+
+    def revisions(self) -> set[RevisionKey]:
+        """Revisions that have instances (running or stopping)."""
+
+    async def remove(self, key: RevisionKey) -> None:
+        """Drain and stop every instance of the revision."""
+
+    async def close(self, *, stop_instances: bool) -> None:
+        """Stop watching; stop every instance too when asked."""

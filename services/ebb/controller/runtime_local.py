@@ -1,0 +1,415 @@
+"""Local runtime: each instance is two processes, the user's command and a `queue` in front.
+
+Instances run in their own sessions, so they outlive a controller crash; their pids and ports
+are kept in DATA_DIR/instances.json and a restarted controller adopts the ones still alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ebb.controller.reconcile import InstanceView
+from ebb.controller.runtime import Address, InstanceSpec, RevisionKey
+
+log = logging.getLogger(__name__)
+
+PROBE_FAST_S = 0.05  # Knative probes aggressively until the first success
+PROBE_SLOW_S = 1.0
+PROBE_TIMEOUT_S = 0.3
+START_DEADLINE_S = 120.0  # an instance not ready by then is failed and replaced
+BACKOFF_MAX_S = 30.0
+QUEUE_DRAIN_MAX_S = 30.0
+APP_STOP_GRACE_S = 5.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def kill_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+        os.killpg(pid, sig)
+
+
+async def probe_queue(address: Address, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Knative's network probe: `K-Network-Probe: queue` must answer 200 with body `queue`."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(address.host, address.port), timeout_s)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(
+            f"GET /healthz HTTP/1.1\r\nHost: {address}\r\nK-Network-Probe: queue\r\n"
+            "User-Agent: ebb-controller-probe\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = await asyncio.wait_for(reader.read(4096), timeout_s)
+        while data and b"\r\n\r\n" in data and not data.split(b"\r\n\r\n", 1)[1]:
+            more = await asyncio.wait_for(reader.read(4096), timeout_s)
+            if not more:
+                break
+            data += more
+        return data.startswith(b"HTTP/1.1 200") and data.split(b"\r\n\r\n", 1)[-1].startswith(b"queue")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+@dataclass
+class Instance:
+    """One running instance; persisted so a restarted controller can adopt it."""
+
+    id: str
+    namespace: str
+    revision: str
+    app_port: int
+    queue_port: int
+    app_pid: int = 0
+    queue_pid: int = 0
+    started_at_s: float = 0.0
+    spec_hash: str = ""
+    # runtime-only state
+    ready: bool = field(default=False, compare=False)
+    stopping: bool = field(default=False, compare=False)
+    failed: str = field(default="", compare=False)
+    failed_message: str = field(default="", compare=False)
+    task: asyncio.Task | None = field(default=None, compare=False, repr=False)
+    app_proc: asyncio.subprocess.Process | None = field(default=None, compare=False, repr=False)
+    queue_proc: asyncio.subprocess.Process | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def key(self) -> RevisionKey:
+        return RevisionKey(self.namespace, self.revision)
+
+    @property
+    def address(self) -> Address:
+        return Address("127.0.0.1", self.queue_port)
+
+    def record(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("ready", "stopping", "failed", "failed_message", "task", "app_proc", "queue_proc")}
+
+
+@dataclass
+class _RevisionState:
+    instances: list[Instance] = field(default_factory=list)
+    ever_ready: bool = False
+    failure_reason: str = ""
+    failure_message: str = ""
+    consecutive_failures: int = 0
+    next_start_s: float = 0.0
+    desired: int = 0
+
+
+class LocalRuntime:
+    """Runs revision instances as local processes under DATA_DIR."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        autoscaler: str = "",
+        queue_command: tuple[str, ...] = (sys.executable, "-m", "ebb.queue"),
+        extra_queue_args: tuple[str, ...] = (),
+    ) -> None:
+        self._data_dir = Path(data_dir)
+        self._state_file = self._data_dir / "instances.json"
+        self._logs = self._data_dir / "logs" / "revisions"
+        self._autoscaler = autoscaler
+        self._queue_command = queue_command
+        self._extra_queue_args = extra_queue_args
+        self._revs: dict[RevisionKey, _RevisionState] = {}
+        self._listener: Callable[[], None] = lambda: None
+        self._closing = False
+        self._stop_tasks: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------ interface
+
+    def set_listener(self, callback: Callable[[], None]) -> None:
+        self._listener = callback
+
+    def revisions(self) -> set[RevisionKey]:
+        return {k for k, st in self._revs.items() if st.instances}
+
+    def view(self, key: RevisionKey) -> InstanceView:
+        st = self._revs.get(key)
+        if st is None:
+            return InstanceView()
+        live = [i for i in st.instances if not i.stopping]
+        return InstanceView(
+            desired=st.desired,
+            actual=len(live),
+            ready=sum(1 for i in live if i.ready),
+            ever_ready=st.ever_ready,
+            failure_reason=st.failure_reason,
+            failure_message=st.failure_message,
+        )
+
+    def ready_addresses(self, key: RevisionKey) -> list[Address]:
+        st = self._revs.get(key)
+        return [i.address for i in st.instances if i.ready and not i.stopping] if st else []
+
+    def not_ready_addresses(self, key: RevisionKey) -> list[Address]:
+        st = self._revs.get(key)
+        return [i.address for i in st.instances if not i.ready and not i.stopping] if st else []
+
+    async def ensure(self, key: RevisionKey, spec: InstanceSpec, count: int, *, now_s: float) -> None:
+        st = self._revs.setdefault(key, _RevisionState())
+        st.desired = count
+        live = [i for i in st.instances if not i.stopping]
+        if len(live) < count and now_s >= st.next_start_s and not self._closing:
+            for _ in range(count - len(live)):
+                await self._start(key, spec, st, now_s)
+        elif len(live) > count:
+            # Drain the not-ready ones first, then the youngest.
+            surplus = sorted(live, key=lambda i: (i.ready, -i.started_at_s))[: len(live) - count]
+            for inst in surplus:
+                self._begin_stop(inst)
+
+    async def remove(self, key: RevisionKey) -> None:
+        st = self._revs.get(key)
+        if not st:
+            return
+        st.desired = 0
+        for inst in list(st.instances):
+            self._begin_stop(inst)
+
+    async def close(self, *, stop_instances: bool) -> None:
+        self._closing = True
+        insts = [i for st in self._revs.values() for i in st.instances]
+        for inst in insts:
+            if inst.task:
+                inst.task.cancel()
+        if stop_instances:
+            for inst in insts:
+                self._begin_stop(inst)
+            if self._stop_tasks:
+                await asyncio.gather(*self._stop_tasks, return_exceptions=True)
+            self._save()
+
+    # ------------------------------------------------------------ adoption
+
+    async def adopt(self) -> int:
+        """Take over instances a previous controller left running; returns how many."""
+        try:
+            records = json.loads(self._state_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
+        adopted = 0
+        for rec in records:
+            try:
+                inst = Instance(**rec)
+            except TypeError:
+                continue
+            if not (pid_alive(inst.app_pid) and pid_alive(inst.queue_pid)):
+                kill_group(inst.app_pid, signal.SIGKILL)
+                kill_group(inst.queue_pid, signal.SIGKILL)
+                continue
+            st = self._revs.setdefault(inst.key, _RevisionState())
+            st.instances.append(inst)
+            inst.ready = await probe_queue(inst.address)
+            st.ever_ready = st.ever_ready or inst.ready
+            inst.task = asyncio.ensure_future(self._watch(inst, st))
+            adopted += 1
+        log.info("adopted instances", extra={"count": adopted})
+        self._save()
+        return adopted
+
+    def _save(self) -> None:
+        records = [i.record() for st in self._revs.values() for i in st.instances]
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(records, indent=1))
+        tmp.replace(self._state_file)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def _start(self, key: RevisionKey, spec: InstanceSpec, st: _RevisionState, now_s: float) -> None:
+        inst_id = f"{spec.revision}-{uuid.uuid4().hex[:6]}"
+        app_port = spec.container_port or free_port()
+        queue_port = free_port()
+        inst = Instance(inst_id, key.namespace, key.name, app_port, queue_port, started_at_s=now_s)
+        log_dir = self._logs / key.namespace / key.name
+        log_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(dict(spec.env))
+        env.update(
+            PORT=str(app_port),
+            K_SERVICE=spec.service,
+            K_CONFIGURATION=spec.configuration,
+            K_REVISION=spec.revision,
+        )
+        cwd = spec.working_dir or str(self._data_dir)
+        try:
+            with open(log_dir / f"{inst_id}.app.log", "ab") as out:
+                inst.app_proc = await asyncio.create_subprocess_exec(
+                    *spec.command,
+                    env=env,
+                    cwd=cwd,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        except (OSError, ValueError) as exc:
+            self._fail_start(st, now_s, "ExitCode127", f"cannot start {spec.command[0] if spec.command else '<none>'}: {exc}")
+            return
+        inst.app_pid = inst.app_proc.pid
+        queue_args = [
+            *self._queue_command,
+            "--http-port", str(queue_port),
+            "--admin-port", "0",
+            "--app-port", str(app_port),
+            "--revision", f"{key.namespace}/{key.name}",
+            "--instance", inst_id,
+            "--container-concurrency", str(spec.container_concurrency),
+            "--timeout-seconds", str(spec.timeout_s),
+            *self._extra_queue_args,
+        ]
+        if spec.response_start_timeout_s:
+            queue_args += ["--response-start-timeout-seconds", str(spec.response_start_timeout_s)]
+        if spec.idle_timeout_s:
+            queue_args += ["--idle-timeout-seconds", str(spec.idle_timeout_s)]
+        if self._autoscaler:
+            queue_args += ["--autoscaler", self._autoscaler]
+        with open(log_dir / f"{inst_id}.queue.log", "ab") as out:
+            inst.queue_proc = await asyncio.create_subprocess_exec(
+                *queue_args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        inst.queue_pid = inst.queue_proc.pid
+        st.instances.append(inst)
+        inst.task = asyncio.ensure_future(self._watch(inst, st))
+        self._save()
+        log.info("instance started", extra={"instance": inst_id, "app_port": app_port, "queue_port": queue_port})
+        self._listener()
+
+    def _fail_start(self, st: _RevisionState, now_s: float, reason: str, message: str) -> None:
+        st.failure_reason, st.failure_message = reason, message
+        st.consecutive_failures += 1
+        st.next_start_s = now_s + min(BACKOFF_MAX_S, 2.0 ** (st.consecutive_failures - 1))
+        self._listener()
+
+    async def _watch(self, inst: Instance, st: _RevisionState) -> None:
+        """Probe the instance (fast until ready, then slow) and notice when its app dies."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_DEADLINE_S
+        try:
+            while not inst.stopping:
+                code = self._exit_code(inst)
+                if code is not None:
+                    self._on_exit(inst, st, code, loop.time())
+                    return
+                ok = await probe_queue(inst.address)
+                if ok != inst.ready and not inst.stopping:
+                    inst.ready = ok
+                    if ok:
+                        st.ever_ready = True
+                        st.consecutive_failures = 0
+                        st.failure_reason = st.failure_message = ""
+                    self._listener()
+                if not inst.ready and not st.ever_ready and loop.time() > deadline:
+                    self._fail(inst, st, "ProgressDeadlineExceeded", "Instance did not become ready in time.", loop.time())
+                    return
+                await asyncio.sleep(PROBE_SLOW_S if inst.ready else PROBE_FAST_S)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("instance watcher failed", extra={"instance": inst.id})
+
+    def _exit_code(self, inst: Instance) -> int | None:
+        if inst.app_proc is not None:
+            return inst.app_proc.returncode
+        return None if pid_alive(inst.app_pid) else -1
+
+    def _on_exit(self, inst: Instance, st: _RevisionState, code: int, now_s: float) -> None:
+        tail = self._log_tail(inst)
+        reason = f"ExitCode{code}" if code >= 0 else "Terminated"
+        message = f"Container exited with code {code}." + (f" Last output: {tail}" if tail else "")
+        self._fail(inst, st, reason, message, now_s)
+
+    def _fail(self, inst: Instance, st: _RevisionState, reason: str, message: str, now_s: float) -> None:
+        log.warning("instance failed", extra={"instance": inst.id, "reason": reason})
+        inst.ready = False
+        self._begin_stop(inst)
+        self._fail_start(st, now_s, reason, message)
+
+    def _log_tail(self, inst: Instance) -> str:
+        path = self._logs / inst.namespace / inst.revision / f"{inst.id}.app.log"
+        try:
+            lines = path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(lines[-3:])[-400:]
+
+    def _begin_stop(self, inst: Instance) -> None:
+        if inst.stopping:
+            return
+        inst.stopping = True
+        inst.ready = False
+        if inst.task and inst.task is not asyncio.current_task():
+            inst.task.cancel()
+        task = asyncio.ensure_future(self._stop(inst))
+        self._stop_tasks.add(task)
+        task.add_done_callback(self._stop_tasks.discard)
+        self._listener()
+
+    async def _stop(self, inst: Instance) -> None:
+        """Queue first (it drains accepted requests), then the app, then SIGKILL leftovers."""
+        kill_group(inst.queue_pid, signal.SIGTERM)
+        await self._wait_exit(inst.queue_proc, inst.queue_pid, QUEUE_DRAIN_MAX_S + 5)
+        kill_group(inst.queue_pid, signal.SIGKILL)
+        kill_group(inst.app_pid, signal.SIGTERM)
+        await self._wait_exit(inst.app_proc, inst.app_pid, APP_STOP_GRACE_S)
+        kill_group(inst.app_pid, signal.SIGKILL)
+        await self._wait_exit(inst.app_proc, inst.app_pid, 1.0)
+        st = self._revs.get(inst.key)
+        if st and inst in st.instances:
+            st.instances.remove(inst)
+        self._save()
+        log.info("instance stopped", extra={"instance": inst.id})
+        self._listener()
+
+    @staticmethod
+    async def _wait_exit(proc: asyncio.subprocess.Process | None, pid: int, timeout_s: float) -> None:
+        if proc is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), timeout_s)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while pid_alive(pid) and loop.time() < deadline:
+            await asyncio.sleep(0.05)

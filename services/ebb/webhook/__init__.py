@@ -1,0 +1,1 @@
+"""The webhook: Knative's defaulting and validation of Serving resources, over gRPC and AdmissionReview."""

@@ -1,0 +1,182 @@
+"""Reconcilers: Service children, revision naming, statuses and traffic resolution (tables)."""
+
+import pytest
+
+from ebb.api.serving.v1 import resources_pb2 as r
+from ebb.controller import reconcile as rc
+from ebb.controller.resources import condition, new, set_condition
+
+NOW = 1_000.0
+
+
+def _service(name="hello", traffic=()):
+    svc = new("Service")
+    svc.metadata.name, svc.metadata.namespace, svc.metadata.uid = name, "default", "uid-svc"
+    svc.metadata.generation = 1
+    svc.spec.template.spec.containers.add(command=["python", "app.py"])
+    for t in traffic:
+        svc.spec.traffic.add().CopyFrom(t)
+    return svc
+
+
+def _cfg(name="hello", generation=1, template_name=""):
+    cfg = rc.service_configuration(_service(name))
+    cfg.metadata.generation = generation
+    cfg.metadata.uid = "uid-cfg"
+    cfg.spec.template.metadata.name = template_name
+    return cfg
+
+
+def _ready(obj, status="True", reason="", message=""):
+    set_condition(obj, "Ready", status, reason, message, now_s=NOW)
+    return obj
+
+
+def test_service_children_carry_owner_and_labels():
+    svc = _service()
+    cfg, route = rc.service_configuration(svc), rc.service_route(svc)
+    for child in (cfg, route):
+        assert child.metadata.labels["serving.knative.dev/service"] == "hello"
+        assert child.metadata.owner_references[0].uid == "uid-svc"
+        assert child.metadata.owner_references[0].controller
+    assert cfg.spec.template == svc.spec.template
+
+
+def test_service_without_traffic_routes_all_to_latest():
+    route = rc.service_route(_service())
+    assert len(route.spec.traffic) == 1
+    target = route.spec.traffic[0]
+    assert (target.configuration_name, target.latest_revision, target.percent) == ("hello", True, 100)
+
+
+def test_service_traffic_keeps_pinned_revisions_and_tags():
+    route = rc.service_route(
+        _service(traffic=[r.TrafficTarget(revision_name="hello-00001", percent=90, tag="old"),
+                          r.TrafficTarget(latest_revision=True, percent=10)])
+    )
+    assert [(t.revision_name, t.configuration_name, t.percent, t.tag) for t in route.spec.traffic] == [
+        ("hello-00001", "", 90, "old"),
+        ("", "hello", 10, ""),
+    ]
+
+
+@pytest.mark.parametrize(
+    "generation,template_name,expected",
+    [(1, "", "hello-00001"), (2, "", "hello-00002"), (12, "", "hello-00012"), (3, "hello-blue", "hello-blue")],
+)
+def test_revision_naming(generation, template_name, expected):
+    rev = rc.revision_for(_cfg(generation=generation, template_name=template_name), [])
+    assert rev.metadata.name == expected
+    assert rev.metadata.labels["serving.knative.dev/configurationGeneration"] == str(generation)
+    assert rev.metadata.labels["serving.knative.dev/configuration"] == "hello"
+    assert rev.metadata.labels["serving.knative.dev/service"] == "hello"
+
+
+def test_one_revision_per_generation():
+    cfg = _cfg(generation=1)
+    rev = rc.revision_for(cfg, [])
+    assert rc.revision_for(cfg, [rev]) is None
+    cfg.metadata.generation = 2
+    assert rc.revision_for(cfg, [rev]).metadata.name == "hello-00002"
+
+
+def _rev(name, generation, ready="True", message=""):
+    rev = new("Revision")
+    rev.metadata.name, rev.metadata.namespace = name, "default"
+    rev.metadata.labels["serving.knative.dev/configurationGeneration"] = str(generation)
+    return _ready(rev, ready, "ExitCode1" if ready == "False" else "", message)
+
+
+def test_configuration_status_latest_created_and_ready():
+    cfg = _cfg(generation=2)
+    out = rc.configuration_status(cfg, [_rev("hello-00001", 1), _rev("hello-00002", 2, "Unknown")], now_s=NOW)
+    assert out.status.latest_created_revision_name == "hello-00002"
+    assert out.status.latest_ready_revision_name == "hello-00001"
+    assert condition(out, "Ready").status == "Unknown"
+
+
+def test_configuration_status_failed_revision_keeps_previous_ready():
+    cfg = _cfg(generation=2)
+    revs = [_rev("hello-00001", 1), _rev("hello-00002", 2, "False", "Container exited with code 1.")]
+    out = rc.configuration_status(cfg, revs, now_s=NOW)
+    assert out.status.latest_ready_revision_name == "hello-00001"
+    cond = condition(out, "Ready")
+    assert (cond.status, cond.reason) == ("False", "RevisionFailed")
+    assert "Container exited with code 1." in cond.message
+
+
+@pytest.mark.parametrize(
+    "view,ready,reason",
+    [
+        (rc.InstanceView(desired=1, actual=1, ready=1, ever_ready=True), "True", ""),
+        (rc.InstanceView(desired=0, actual=0, ready=0, ever_ready=True), "True", ""),
+        (rc.InstanceView(desired=1, actual=1, ready=0), "Unknown", "Deploying"),
+        (rc.InstanceView(desired=1, actual=0, failure_reason="ExitCode3", failure_message="boom"), "False", "ExitCode3"),
+    ],
+)
+def test_revision_status(view, ready, reason):
+    out = rc.revision_status(_rev("hello-00001", 1, "Unknown"), view, now_s=NOW)
+    cond = condition(out, "Ready")
+    assert (cond.status, cond.reason) == (ready, reason)
+    assert (out.status.desired_replicas, out.status.actual_replicas, out.status.ready_replicas) == (
+        view.desired, view.actual, view.ready)
+
+
+def _route(*targets):
+    route = new("Route")
+    route.metadata.name, route.metadata.namespace = "hello", "default"
+    for t in targets:
+        route.spec.traffic.add().CopyFrom(t)
+    return route
+
+
+def test_resolve_latest_and_pinned():
+    cfg = _cfg()
+    cfg.status.latest_ready_revision_name = "hello-00002"
+    res = rc.resolve_traffic(
+        _route(r.TrafficTarget(configuration_name="hello", latest_revision=True, percent=80),
+               r.TrafficTarget(revision_name="hello-00001", percent=20, tag="v1")),
+        {"hello": cfg},
+        {"hello-00001": _rev("hello-00001", 1), "hello-00002": _rev("hello-00002", 2)},
+    )
+    assert res.reason == ""
+    assert [(t.revision, t.percent, t.tag) for t in res.targets] == [("hello-00002", 80, ""), ("hello-00001", 20, "v1")]
+
+
+@pytest.mark.parametrize(
+    "target,reason",
+    [
+        (r.TrafficTarget(revision_name="nope", percent=100), "RevisionMissing"),
+        (r.TrafficTarget(configuration_name="nope", percent=100), "ConfigurationMissing"),
+        (r.TrafficTarget(configuration_name="hello", percent=100), "RevisionMissing"),  # none ready yet
+    ],
+)
+def test_resolve_failures(target, reason):
+    assert rc.resolve_traffic(_route(target), {"hello": _cfg()}, {}).reason == reason
+
+
+def test_route_status_ready_only_after_ingress():
+    route = _route(r.TrafficTarget(revision_name="hello-00001", percent=100, tag="blue"))
+    res = rc.Resolution(targets=(rc.ResolvedTarget("hello-00001", 100, "blue"),))
+    waiting = rc.route_status(route, res, False, 8080, now_s=NOW)
+    assert condition(waiting, "Ready").status == "Unknown"
+    assert condition(waiting, "AllTrafficAssigned").status == "True"
+    ready = rc.route_status(route, res, True, 8080, now_s=NOW)
+    assert condition(ready, "Ready").status == "True"
+    assert ready.status.url == "http://hello.default.localhost:8080"
+    assert ready.status.traffic[0].url == "http://blue-hello.default.localhost:8080"
+
+
+def test_service_status_merges_children():
+    svc = _service()
+    cfg = _ready(_cfg())
+    cfg.status.latest_created_revision_name = cfg.status.latest_ready_revision_name = "hello-00001"
+    route = _ready(_route())
+    route.status.url = "http://hello.default.localhost:8080"
+    out = rc.service_status(svc, cfg, route, now_s=NOW)
+    assert condition(out, "Ready").status == "True"
+    assert out.status.url == route.status.url
+    assert out.status.latest_ready_revision_name == "hello-00001"
+    failing = rc.service_status(svc, _ready(_cfg(), "False", "RevisionFailed", "bad"), route, now_s=NOW)
+    cond = condition(failing, "Ready")
+    assert (cond.status, cond.reason, cond.message) == ("False", "RevisionFailed", "bad")

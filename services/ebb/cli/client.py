@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 import grpc
-
 from ebb.api.serving.v1 import resources_pb2, serving_pb2, serving_pb2_grpc
 from ebb.cli.errors import CliError
 

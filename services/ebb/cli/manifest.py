@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from ebb.api.serving.v1 import resources_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-
-from ebb.api.serving.v1 import resources_pb2
 
 API_VERSION = "serving.knative.dev/v1"
 GROUP = "serving.knative.dev"
@@ -265,14 +264,16 @@ def translate_parse_error(text: str) -> str:
     field: ... <problem> at "Service.spec.template"`; the chain of field names is the path.
     """
     chain = re.findall(r"Failed to parse (\w+) field: ", text)
-    problem = re.split(r"Failed to parse \w+ field: ", text)[-1]
-    problem = problem.split("\n")[0].rstrip(".").strip()
-    problem = re.sub(r' at "?[\w.\[\]]+"?$', "", problem)
+    problem = re.split(r"Failed to parse \w+ field: ", text)[-1].split("\n")[0].rstrip(".").strip()
+    at = re.search(r' at "?\w+\.?([\w.\[\]]*?)"?$', problem)
+    if at:
+        problem = problem[: at.start()]
+        chain = [at.group(1)] if at.group(1) else []
     unknown = re.match(r'Message type "[\w.]+" has no field named "([^"]+)"', problem)
     if unknown:
         chain.append(unknown.group(1))
         problem = "unknown field"
-    path = ".".join(chain)
+    path = ".".join(part for part in chain if part)
     return f"{path}: {problem}" if path else problem
 
 

@@ -8,7 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from envoy.service.discovery.v3 import ads_pb2_grpc
+# ads_pb2_grpc does not import ads_pb2, whose descriptor reflection needs to describe ADS.
+from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc  # noqa: F401
 
 from ebb.api.networking.v1 import endpoints_pb2_grpc
 from ebb.api.serving.v1 import serving_pb2_grpc

@@ -121,11 +121,10 @@ def _known_and_unique(annotations: Mapping[str, str], at) -> list[FieldError]:
     for k in sorted(annotations):
         if k.startswith(PREFIX) and k not in _CANONICAL_OF:
             errs.append(FieldError(at(k), f'invalid key name "{k}" (not a known autoscaling annotation)'))
-    for name, aliases in ALIASES.items():
+    for aliases in ALIASES.values():
         present = [PREFIX + a for a in aliases if PREFIX + a in annotations]
         if len(present) > 1:
             errs.append(FieldError(", ".join(at(k) for k in present), "expected exactly one, got both"))
-        del name
     return errs
 
 

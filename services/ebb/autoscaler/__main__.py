@@ -1,0 +1,3 @@
+from ebb.autoscaler.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""Shared test helpers: free ports, the repo root, bounded polling (import as `helpers`)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_APP = REPO / "samples" / "hello" / "app.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.1, message: str = "condition"):
+    """Poll `predicate` until it returns a truthy value; fail with `message` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # keep polling; report the last error on timeout
+            last_exc = exc
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {message}" + (f" (last error: {last_exc!r})" if last_exc else ""))

@@ -16,8 +16,8 @@ GEN = ROOT / "gen"
 
 def generate(out_dir: Path) -> None:
     """Run protoc over every .proto under protos/ into out_dir."""
-    from grpc_tools import protoc  # test/gen-time dependency only
     import grpc_tools
+    from grpc_tools import protoc  # test/gen-time dependency only
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     files = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))

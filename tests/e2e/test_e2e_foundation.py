@@ -9,9 +9,8 @@ import signal
 import sys
 
 import pytest
-from mesh import Mesh
-
 from helpers import SAMPLE_APP, wait_until
+from mesh import Mesh
 
 pytestmark = pytest.mark.e2e
 

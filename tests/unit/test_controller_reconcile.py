@@ -180,3 +180,28 @@ def test_service_status_merges_children():
     failing = rc.service_status(svc, _ready(_cfg(), "False", "RevisionFailed", "bad"), route, now_s=NOW)
     cond = condition(failing, "Ready")
     assert (cond.status, cond.reason, cond.message) == ("False", "RevisionFailed", "bad")
+
+
+A = "autoscaling.knative.dev/"
+
+
+@pytest.mark.parametrize(
+    "annotations,reachable,latest,decision,zero_ok,expected",
+    [
+        ({}, True, True, None, True, 1),  # before the first decision: initial-scale 1
+        ({A + "initial-scale": "3"}, True, True, None, True, 3),
+        ({A + "initial-scale": "0"}, True, True, None, True, 0),
+        ({A + "min-scale": "2"}, True, True, rc.Decision(desired=1), True, 2),  # min applies when routed
+        ({A + "min-scale": "2"}, False, True, rc.Decision(desired=1), True, 1),  # ...not when unrouted
+        ({A + "max-scale": "4"}, True, True, rc.Decision(desired=9), True, 4),
+        ({}, True, True, rc.Decision(desired=0), True, 0),  # scale to zero with an activator
+        ({}, True, True, rc.Decision(desired=0), False, 1),  # never below one without it
+        ({}, False, False, rc.Decision(desired=5), True, 0),  # neither routed nor newest
+        ({}, True, False, rc.Decision(desired=-1), True, 1),  # unknown decision = initial scale
+        ({A + "min-scale": "x"}, True, True, rc.Decision(desired=3), True, 3),  # malformed ignored
+    ],
+)
+def test_desired_instances(annotations, reachable, latest, decision, zero_ok, expected):
+    assert rc.desired_instances(
+        annotations, reachable=reachable, latest=latest, decision=decision, can_scale_to_zero=zero_ok
+    ) == expected

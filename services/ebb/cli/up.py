@@ -414,8 +414,23 @@ def existing_mesh(data_dir: Path) -> int | None:
     return None
 
 
-def run_up(settings: UpSettings, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
-    """Start the mesh, wait for a signal or a death, stop it; the exit code."""
+def run_up(
+    settings: UpSettings,
+    out: IO[str] | None = None,
+    err: IO[str] | None = None,
+    *,
+    python: str | None = None,
+    envoy: Callable[[UpSettings], list[str]] | None = None,
+) -> int:
+    """Start the mesh, wait for a signal or a death, stop it; the exit code.
+
+    `python` runs the components (`python -m ebb.<name>`) and `envoy` prepares the gateway
+    and returns its command line; tests inject fakes for both.
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
+    python = python or sys.executable
+    envoy = envoy or envoy_setup
     data_dir = settings.data_dir
     try:
         (data_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -430,7 +445,7 @@ def run_up(settings: UpSettings, out: IO[str] = sys.stdout, err: IO[str] = sys.s
     ports = resolve_ports(settings.ports)
     check_ports_free(ports)
     settings = _replace(settings, ports=ports)
-    envoy_argv = envoy_setup(settings)
+    envoy_argv = envoy(settings)
 
     procs.become_subreaper()
     supervisor = Supervisor(settings, out, err)
@@ -438,7 +453,7 @@ def run_up(settings: UpSettings, out: IO[str] = sys.stdout, err: IO[str] = sys.s
     mesh_path = data_dir / meshmod.MESH_FILE
     code = 1
     try:
-        specs = plan(settings, sys.executable, envoy_argv)
+        specs = plan(settings, python, envoy_argv)
         by_name = {spec.name: spec for spec in specs}
         # webhook and autoscaler need nobody: start both, then wait for both.
         for first in ("webhook", "autoscaler"):

@@ -19,6 +19,7 @@ from ebb.common.settings import SettingsError
 from ebb.controller import settings as settings_mod
 from ebb.controller.manager import Controller
 from ebb.controller.runtime_local import LocalRuntime
+from ebb.controller.scaling import ScalingClient
 from ebb.controller.server import Admission, EndpointsServicer, ServingServicer
 from ebb.controller.store import SqliteStore
 from ebb.controller.xds import AdsServer
@@ -31,7 +32,8 @@ async def serve(cfg: settings_mod.ControllerSettings) -> int:
     store = SqliteStore(cfg.data_dir / "ebb.db")
     runtime = LocalRuntime(cfg.data_dir, autoscaler=cfg.autoscaler)
     ads = AdsServer()
-    controller = Controller(store, runtime, ads, gateway_port=cfg.gateway_port)
+    scaling = ScalingClient(cfg.autoscaler, lambda: controller.trigger()) if cfg.autoscaler else None
+    controller = Controller(store, runtime, ads, gateway_port=cfg.gateway_port, scaling=scaling)
     admission = Admission(cfg.webhook)
 
     core = ServiceCore("controller", port=cfg.grpc_port, drain_s=0.0)
@@ -55,6 +57,8 @@ async def serve(cfg: settings_mod.ControllerSettings) -> int:
         return 1
     core.install_signal_handlers()
     await runtime.adopt()
+    if scaling is not None:
+        scaling.start()
     loop_task = asyncio.ensure_future(controller.run())
     write_ready_file(cfg.ready_file, {"grpc": core.address})
     await core.wait_for_signal()
@@ -64,6 +68,8 @@ async def serve(cfg: settings_mod.ControllerSettings) -> int:
     await core.shutdown()
     await runtime.close(stop_instances=not cfg.keep_instances_on_exit)
     await admission.close()
+    if scaling is not None:
+        await scaling.close()
     store.close()
     return 0
 

@@ -17,6 +17,7 @@ from ebb.controller import reconcile as rc
 from ebb.controller.gateway import gateway_spec, route_virtual_hosts
 from ebb.controller.resources import LABEL_CONFIGURATION, condition, key_of
 from ebb.controller.runtime import Address, InstanceSpec, RevisionKey, Runtime
+from ebb.controller.scaling import ScalingSpec
 from ebb.controller.snapshot import VirtualHostSpec, build_snapshot
 from ebb.controller.store import Store
 
@@ -70,6 +71,8 @@ class Controller:
         ads,
         *,
         gateway_port: int,
+        scaling=None,
+        can_scale_to_zero: bool = False,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -77,6 +80,8 @@ class Controller:
         self._ads = ads
         self._gateway_port = gateway_port
         self._wall = wall_clock
+        self._scaling = scaling
+        self._can_scale_to_zero = can_scale_to_zero
         self._dirty = asyncio.Event()
         self._stopped = False
         self._snapshot_version = ""
@@ -161,11 +166,41 @@ class Controller:
         # 5. Instances and revision status.
         for (ns, name), rev in revisions.items():
             key = RevisionKey(ns, name)
-            desired = 1 if key in routed or key in latest_created else 0
-            await self._runtime.ensure(key, instance_spec(rev), desired, now_s=now)
-            revisions[(ns, name)] = store.put_status(rc.revision_status(rev, self._runtime.view(key), now_s=now))
-        for key in self._runtime.revisions() - {RevisionKey(ns, n) for ns, n in revisions}:
+            spec = instance_spec(rev)
+            decision = None
+            if self._scaling is not None:
+                self._scaling.register(
+                    key,
+                    ScalingSpec(
+                        annotations=tuple(sorted(rev.metadata.annotations.items())),
+                        container_concurrency=spec.container_concurrency,
+                        reachable=key in routed,
+                        ready_instances=self._runtime.view(key).ready,
+                    ),
+                )
+                decision = self._scaling.decisions.get(key)
+            desired = rc.desired_instances(
+                rev.metadata.annotations,
+                reachable=key in routed,
+                latest=key in latest_created,
+                decision=decision,
+                can_scale_to_zero=self._can_scale_to_zero,
+            )
+            await self._runtime.ensure(key, spec, desired, now_s=now)
+            status = rc.revision_status(rev, self._runtime.view(key), now_s=now)
+            status.status.serving_mode = "serve"
+            if decision is not None:
+                status.status.stable_value = decision.stable_value
+                status.status.panic_value = decision.panic_value
+                status.status.panic = decision.panic
+                status.status.requests_per_second = decision.requests_per_second
+            revisions[(ns, name)] = store.put_status(status)
+        live_keys = {RevisionKey(ns, n) for ns, n in revisions}
+        for key in self._runtime.revisions() - live_keys:
             await self._runtime.remove(key)
+        if self._scaling is not None:
+            for key in self._scaling.known() - live_keys:
+                self._scaling.unregister(key)
 
         # 6. Configuration status (latest created / ready).
         for (ns, name), cfg in configurations.items():

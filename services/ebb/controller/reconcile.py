@@ -13,7 +13,6 @@ from ebb.controller.resources import (
     API_VERSION,
     LABEL_CONFIGURATION,
     LABEL_CONFIGURATION_GENERATION,
-    LABEL_ROUTE,
     LABEL_SERVICE,
     condition,
     new,
@@ -329,3 +328,60 @@ def service_status(svc: r.Service, cfg: r.Configuration | None, route: r.Route |
         ) or next(condition(out, t) for t in ("ConfigurationsReady", "RoutesReady") if condition(out, t).status != "True")
         set_condition(out, "Ready", failing.status, failing.reason, failing.message, now_s=now_s)
     return out
+
+
+# ---------------------------------------------------------------- applying scale decisions
+
+ANNOTATION_PREFIX = "autoscaling.knative.dev/"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The autoscaler's latest verdict for a revision (mirrors autoscaler.v1.ScaleDecision)."""
+
+    desired: int  # -1 = unknown yet
+    excess_burst_capacity: int = 0
+    panic: bool = False
+    stable_value: float = 0.0
+    panic_value: float = 0.0
+    requests_per_second: float = 0.0
+
+
+def _int_annotation(annotations, name: str, default: int) -> int:
+    try:
+        return int(annotations.get(ANNOTATION_PREFIX + name, default))
+    except (TypeError, ValueError):
+        return default  # the webhook rejects malformed values; never fail the loop on one
+
+
+def desired_instances(
+    annotations,
+    *,
+    reachable: bool,
+    latest: bool,
+    decision: Decision | None,
+    can_scale_to_zero: bool,
+) -> int:
+    """Instances to run, applying a decision as Knative's KPA reconciler does.
+
+    - min-scale applies only while the revision is reachable (routed);
+    - before the first decision, initial-scale (default 1) is the floor;
+    - then clamp to [min, max] (max 0 = unbounded);
+    - a revision that is neither routed nor the newest of its configuration runs nothing;
+    - without an activator to hold requests, a routed revision never goes below one.
+
+    e.g. min-scale 2, decision 1 while routed -> 2; the same revision unrouted -> 0.
+    """
+    if not reachable and not latest:
+        return 0
+    min_scale = _int_annotation(annotations, "min-scale", 0) if reachable else 0
+    max_scale = _int_annotation(annotations, "max-scale", 0)
+    if decision is None or decision.desired < 0:
+        desired = max(_int_annotation(annotations, "initial-scale", 1), min_scale)
+    else:
+        desired = max(decision.desired, min_scale)
+    if max_scale > 0:
+        desired = min(desired, max_scale)
+    if reachable and not can_scale_to_zero:
+        desired = max(desired, 1)
+    return desired

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Union
 
 from google.protobuf import json_format, timestamp_pb2
 
@@ -13,7 +12,7 @@ from ebb.api.serving.v1 import resources_pb2 as r
 API_VERSION = "serving.knative.dev/v1"
 DEFAULT_NAMESPACE = "default"
 
-Object = Union[r.Service, r.Configuration, r.Revision, r.Route]
+Object = r.Service | r.Configuration | r.Revision | r.Route
 
 KINDS: dict[str, type] = {
     "Service": r.Service,

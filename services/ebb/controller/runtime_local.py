@@ -271,7 +271,7 @@ class LocalRuntime:
         )
         cwd = spec.working_dir or str(self._data_dir)
         try:
-            with open(log_dir / f"{inst_id}.app.log", "ab") as out:
+            with open(log_dir / f"{inst_id}.app.log", "ab") as out:  # noqa: ASYNC230 - local file, opened once
                 inst.app_proc = await asyncio.create_subprocess_exec(
                     *spec.command,
                     env=env,
@@ -302,7 +302,7 @@ class LocalRuntime:
             queue_args += ["--idle-timeout-seconds", str(spec.idle_timeout_s)]
         if self._autoscaler:
             queue_args += ["--autoscaler", self._autoscaler]
-        with open(log_dir / f"{inst_id}.queue.log", "ab") as out:
+        with open(log_dir / f"{inst_id}.queue.log", "ab") as out:  # noqa: ASYNC230 - local file, opened once
             inst.queue_proc = await asyncio.create_subprocess_exec(
                 *queue_args,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -411,5 +411,5 @@ class LocalRuntime:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while pid_alive(pid) and loop.time() < deadline:
+        while pid_alive(pid) and loop.time() < deadline:  # noqa: ASYNC110 - an adopted pid has no waitable handle
             await asyncio.sleep(0.05)

@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ebb.controller.resources import DEFAULT_NAMESPACE, KINDS, Key, Object, from_json, key_of, timestamp, to_json
+from ebb.controller.resources import (
+    DEFAULT_NAMESPACE,
+    KINDS,
+    Key,
+    Object,
+    from_json,
+    key_of,
+    timestamp,
+    to_json,
+)
 
 
 class NotFound(KeyError):

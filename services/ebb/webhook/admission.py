@@ -63,7 +63,11 @@ def review_response(
     obj = request.get("object")
     old = request.get("oldObject")
     old = old if isinstance(old, dict) else None
-    skip = operation not in ("CREATE", "UPDATE") or request.get("subResource") or not isinstance(obj, dict)
+    skip = (
+        operation not in ("CREATE", "UPDATE")
+        or request.get("subResource")
+        or not isinstance(obj, dict)
+    )
 
     if action == "validate" and not skip:
         errors = validate(obj, old, operation, settings=settings)

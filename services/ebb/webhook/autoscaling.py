@@ -26,7 +26,10 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "class": ("class",),
     "metric": ("metric",),
     "target": ("target",),
-    "target-utilization-percentage": ("target-utilization-percentage", "targetUtilizationPercentage"),
+    "target-utilization-percentage": (
+        "target-utilization-percentage",
+        "targetUtilizationPercentage",
+    ),
     "target-burst-capacity": ("target-burst-capacity", "targetBurstCapacity"),
     "window": ("window",),
     "panic-window-percentage": ("panic-window-percentage", "panicWindowPercentage"),
@@ -120,11 +123,15 @@ def _known_and_unique(annotations: Mapping[str, str], at) -> list[FieldError]:
     errs = []
     for k in sorted(annotations):
         if k.startswith(PREFIX) and k not in _CANONICAL_OF:
-            errs.append(FieldError(at(k), f'invalid key name "{k}" (not a known autoscaling annotation)'))
+            errs.append(
+                FieldError(at(k), f'invalid key name "{k}" (not a known autoscaling annotation)')
+            )
     for aliases in ALIASES.values():
         present = [PREFIX + a for a in aliases if PREFIX + a in annotations]
         if len(present) > 1:
-            errs.append(FieldError(", ".join(at(k) for k in present), "expected exactly one, got both"))
+            errs.append(
+                FieldError(", ".join(at(k) for k in present), "expected exactly one, got both")
+            )
     return errs
 
 
@@ -155,14 +162,18 @@ def _int_ge0(annotations: Mapping[str, str], name: str, at) -> tuple[int, list[F
     return value, []
 
 
-def _validate_min_max(annotations: Mapping[str, str], at, settings: AdmissionSettings) -> list[FieldError]:
+def _validate_min_max(
+    annotations: Mapping[str, str], at, settings: AdmissionSettings
+) -> list[FieldError]:
     min_scale, errs = _int_ge0(annotations, "min-scale", at)
     max_scale, max_errs = _int_ge0(annotations, "max-scale", at)
     errs += max_errs
     max_found = _lookup(annotations, "max-scale")
     if max_scale != 0 and max_scale < min_scale:
         errs.append(
-            FieldError(at(max_found[0]), f"max-scale={max_scale} is less than min-scale={min_scale}")
+            FieldError(
+                at(max_found[0]), f"max-scale={max_scale} is less than min-scale={min_scale}"
+            )
         )
     if max_found is not None and settings.max_scale_limit > 0 and not max_errs:
         limit = settings.max_scale_limit
@@ -182,14 +193,21 @@ def _validate_min_max(annotations: Mapping[str, str], at, settings: AdmissionSet
         else:
             if min_scale > activation:
                 errs.append(
-                    FieldError(at(k), f"min-scale={min_scale} is greater than activation-scale={activation}")
+                    FieldError(
+                        at(k),
+                        f"min-scale={min_scale} is greater than activation-scale={activation}",
+                    )
                 )
             elif max_scale != 0 and max_scale < activation:
                 errs.append(
-                    FieldError(at(k), f"max-scale={max_scale} is less than activation-scale={activation}")
+                    FieldError(
+                        at(k), f"max-scale={max_scale} is less than activation-scale={activation}"
+                    )
                 )
             elif activation < 2:
-                errs.append(FieldError(at(k), f"activation-scale={activation} must be greater than 1"))
+                errs.append(
+                    FieldError(at(k), f"activation-scale={activation} must be greater than 1")
+                )
     return errs
 
 
@@ -211,7 +229,9 @@ def _validate_floats(annotations: Mapping[str, str], at) -> list[FieldError]:
             continue
         if not low <= value <= high:
             errs.append(
-                FieldError(at(k), f"expected {format_go_number(low)} <= {v} <= {format_go_number(high)}")
+                FieldError(
+                    at(k), f"expected {format_go_number(low)} <= {v} <= {format_go_number(high)}"
+                )
             )
     found = _lookup(annotations, "target")
     if found is not None:
@@ -222,7 +242,11 @@ def _validate_floats(annotations: Mapping[str, str], at) -> list[FieldError]:
             errs.append(FieldError(at(k), f"invalid value: {v}"))
         else:
             if value < TARGET_MIN:
-                errs.append(FieldError(at(k), f"target {v} should be at least {format_go_number(TARGET_MIN)}"))
+                errs.append(
+                    FieldError(
+                        at(k), f"target {v} should be at least {format_go_number(TARGET_MIN)}"
+                    )
+                )
     found = _lookup(annotations, "target-burst-capacity")
     if found is not None:
         k, v = found
@@ -250,7 +274,10 @@ def _validate_durations(annotations: Mapping[str, str], at) -> list[FieldError]:
                 errs.append(FieldError(at(k), f"expected {low_text} <= {v} <= {high_text}"))
             elif ns % SECOND_NS:
                 errs.append(FieldError(at(k), "must be specified with at most second precision"))
-    for name, whole_seconds in (("scale-down-delay", True), ("scale-to-zero-pod-retention-period", False)):
+    for name, whole_seconds in (
+        ("scale-down-delay", True),
+        ("scale-to-zero-pod-retention-period", False),
+    ):
         found = _lookup(annotations, name)
         if found is None:
             continue

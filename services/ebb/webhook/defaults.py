@@ -122,7 +122,9 @@ def _default_traffic(spec: dict, owner_service: str, *, in_service: bool) -> Non
             spec["traffic"] = [{"latestRevision": True, "percent": 100}]
         elif owner_service:
             # A Route generated for a Service follows that Service's configuration.
-            spec["traffic"] = [{"configurationName": owner_service, "latestRevision": True, "percent": 100}]
+            spec["traffic"] = [
+                {"configurationName": owner_service, "latestRevision": True, "percent": 100}
+            ]
         return
     for target in as_list(traffic):
         if isinstance(target, dict) and target.get("latestRevision") is None:

@@ -14,11 +14,10 @@ import ssl
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
-
 from ebb.api.serving.v1 import resources_pb2
 from ebb.api.webhook.v1 import admission_pb2, admission_pb2_grpc
 from ebb.webhook.admission import AdmissionSettings, default, review_response, validate
+from google.protobuf import json_format
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,9 @@ class KindMismatch(ValueError):
 def _ints(value: Any) -> Any:
     if isinstance(value, dict):
         return {
-            k: int(v) if k in _INT64_FIELDS and isinstance(v, str) and v.lstrip("-").isdigit() else _ints(v)
+            k: int(v)
+            if k in _INT64_FIELDS and isinstance(v, str) and v.lstrip("-").isdigit()
+            else _ints(v)
             for k, v in value.items()
         }
     if isinstance(value, list):
@@ -97,7 +98,9 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
     def __init__(self, settings: AdmissionSettings) -> None:
         self._settings = settings
 
-    def _decode(self, resource, old_resource) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    def _decode(
+        self, resource, old_resource
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         obj = resource_to_dict(resource)
         old = resource_to_dict(old_resource) if old_resource.WhichOneof("kind") else None
         return obj, old
@@ -112,9 +115,14 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
         defaulted = default(obj, old, settings=self._settings)
         try:
             resource = dict_to_resource(defaulted)
-        except (json_format.ParseError, KeyError) as exc:  # only if a default does not fit the proto
+        except (
+            json_format.ParseError,
+            KeyError,
+        ) as exc:  # only if a default does not fit the proto
             log.exception("defaulted resource does not fit the proto")
-            await context.abort(grpc.StatusCode.INTERNAL, f"defaulted resource does not fit the proto: {exc}")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"defaulted resource does not fit the proto: {exc}"
+            )
         return admission_pb2.DefaultResponse(resource=resource)
 
     async def Validate(self, request, context):
@@ -144,7 +152,14 @@ def make_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 411: "Length Required", 413: "Payload Too Large"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Payload Too Large",
+}
 
 
 class AdmissionReviewServer:
@@ -172,7 +187,10 @@ class AdmissionReviewServer:
         """Listen on host:port (TLS unless `tls` is None, which only tests use); returns the port."""
         self._server = await asyncio.start_server(self._handle, host, port, ssl=tls)
         self.bound_port = self._server.sockets[0].getsockname()[1]
-        log.info("admission review serving", extra={"address": f"{host}:{self.bound_port}", "tls": tls is not None})
+        log.info(
+            "admission review serving",
+            extra={"address": f"{host}:{self.bound_port}", "tls": tls is not None},
+        )
         return self.bound_port
 
     async def close(self) -> None:
@@ -190,7 +208,13 @@ class AdmissionReviewServer:
         try:
             while await self._one_request(reader, writer):
                 pass
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ssl.SSLError):
+        except (
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+            ssl.SSLError,
+        ):
             pass
         except Exception:  # one bad connection must not take the server down
             log.exception("admission review connection failed")
@@ -200,7 +224,9 @@ class AdmissionReviewServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _one_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         """Serve one request; True when the connection stays open for another."""
         line = await asyncio.wait_for(reader.readline(), self._idle_timeout_s)
         if not line:
@@ -219,16 +245,27 @@ class AdmissionReviewServer:
             headers[name.strip().lower()] = value.strip()
         keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         if "chunked" in headers.get("transfer-encoding", "").lower():
-            await self._respond(writer, 411, {"error": "a Content-Length body is required"}, keep_alive=False)
+            await self._respond(
+                writer, 411, {"error": "a Content-Length body is required"}, keep_alive=False
+            )
             return False
         try:
             length = int(headers.get("content-length", "0"))
         except ValueError:
             length = -1
         if length < 0 or length > self._max_body_bytes:
-            await self._respond(writer, 413 if length > 0 else 400, {"error": "bad Content-Length"}, keep_alive=False)
+            await self._respond(
+                writer,
+                413 if length > 0 else 400,
+                {"error": "bad Content-Length"},
+                keep_alive=False,
+            )
             return False
-        body = await asyncio.wait_for(reader.readexactly(length), self._idle_timeout_s) if length else b""
+        body = (
+            await asyncio.wait_for(reader.readexactly(length), self._idle_timeout_s)
+            if length
+            else b""
+        )
         status, payload = self._route(method, target.split("?", 1)[0], body)
         await self._respond(writer, status, payload, keep_alive=keep_alive)
         return keep_alive
@@ -246,13 +283,14 @@ class AdmissionReviewServer:
         except ValueError as exc:  # bad JSON or not an AdmissionReview
             return 400, {"error": str(exc)}
         response = answer["response"]
-        request = review.get("request", {})
+        request = review["request"]
+        kind = request.get("kind")
         log.info(
             "admission review",
             extra={
                 "action": path[1:],
                 "uid": response["uid"],
-                "kind": (request.get("kind") or {}).get("kind"),
+                "kind": kind.get("kind") if isinstance(kind, dict) else None,
                 "operation": request.get("operation"),
                 "allowed": response["allowed"],
                 "patched": "patch" in response,
@@ -261,7 +299,9 @@ class AdmissionReviewServer:
         return 200, answer
 
     @staticmethod
-    async def _respond(writer: asyncio.StreamWriter, status: int, payload: Any, *, keep_alive: bool) -> None:
+    async def _respond(
+        writer: asyncio.StreamWriter, status: int, payload: Any, *, keep_alive: bool
+    ) -> None:
         body = json.dumps(payload).encode()
         head = (
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"

@@ -61,7 +61,9 @@ def validate(
     errs: list[FieldError] = []
     api_version = obj.get("apiVersion")
     if api_version and api_version != API_VERSION:
-        errs.append(FieldError("apiVersion", f"invalid value: {api_version} (expected {API_VERSION})"))
+        errs.append(
+            FieldError("apiVersion", f"invalid value: {api_version} (expected {API_VERSION})")
+        )
     meta = as_dict(obj.get("metadata"))
     errs += _object_meta(meta, "metadata", kind=kind, settings=settings)
     spec = as_dict(obj.get("spec"))
@@ -69,7 +71,9 @@ def validate(
 
     if kind in ("Service", "Configuration"):
         template = as_dict(spec.get("template"))
-        errs += _template(template, "spec.template", parent_name=as_str(meta.get("name")), settings=settings)
+        errs += _template(
+            template, "spec.template", parent_name=as_str(meta.get("name")), settings=settings
+        )
         if old is not None:
             old_template = as_dict(as_dict(old.get("spec")).get("template"))
             errs += _verify_name_change(template, old_template, "spec.template")
@@ -88,7 +92,8 @@ def validate(
                 errs.append(
                     FieldError(
                         "spec",
-                        "Immutable fields changed (-old +new)" + _describe_changes(old_spec, spec, "spec"),
+                        "Immutable fields changed (-old +new)"
+                        + _describe_changes(old_spec, spec, "spec"),
                     )
                 )
     return errs
@@ -97,7 +102,9 @@ def validate(
 # ---- metadata ----
 
 
-def _object_meta(meta: dict, path: str, *, kind: str, settings: AdmissionSettings) -> list[FieldError]:
+def _object_meta(
+    meta: dict, path: str, *, kind: str, settings: AdmissionSettings
+) -> list[FieldError]:
     errs: list[FieldError] = []
     name = meta.get("name")
     if not name:
@@ -105,20 +112,36 @@ def _object_meta(meta: dict, path: str, *, kind: str, settings: AdmissionSetting
     elif not isinstance(name, str):
         errs.append(FieldError(f"{path}.name", f"invalid value: {name}"))
     elif "." in name:
-        errs.append(FieldError(f"{path}.name", "Invalid resource name: special character . must not be present"))
+        errs.append(
+            FieldError(
+                f"{path}.name", "Invalid resource name: special character . must not be present"
+            )
+        )
     elif len(name) > 63:
-        errs.append(FieldError(f"{path}.name", "Invalid resource name: length must be no more than 63 characters"))
+        errs.append(
+            FieldError(
+                f"{path}.name", "Invalid resource name: length must be no more than 63 characters"
+            )
+        )
     elif problems := dns1035_label_errors(name):
         # Names become host labels (NAME.NAMESPACE.localhost) and revision names.
-        errs.append(FieldError(f"{path}.name", f"invalid value: not a DNS 1035 label: {go_list(problems)}"))
+        errs.append(
+            FieldError(f"{path}.name", f"invalid value: not a DNS 1035 label: {go_list(problems)}")
+        )
     if meta.get("generateName"):
-        errs.append(FieldError(f"{path}.generateName", f"{DISALLOWED} (Ebb does not support generateName)"))
+        errs.append(
+            FieldError(f"{path}.generateName", f"{DISALLOWED} (Ebb does not support generateName)")
+        )
     namespace = meta.get("namespace")
     if namespace:
-        problems = dns1123_label_errors(namespace) if isinstance(namespace, str) else ["not a string"]
+        problems = (
+            dns1123_label_errors(namespace) if isinstance(namespace, str) else ["not a string"]
+        )
         if problems:
             errs.append(
-                FieldError(f"{path}.namespace", f"invalid value: not a DNS 1123 label: {go_list(problems)}")
+                FieldError(
+                    f"{path}.namespace", f"invalid value: not a DNS 1123 label: {go_list(problems)}"
+                )
             )
     annotations = _string_map(meta.get("annotations"))
     if kind == "Revision":
@@ -135,12 +158,16 @@ def _string_map(value: Any) -> dict[str, str]:
 # ---- revision template and spec ----
 
 
-def _template(template: dict, path: str, *, parent_name: str, settings: AdmissionSettings) -> list[FieldError]:
+def _template(
+    template: dict, path: str, *, parent_name: str, settings: AdmissionSettings
+) -> list[FieldError]:
     errs: list[FieldError] = []
     meta = as_dict(template.get("metadata"))
     if meta.get("generateName"):
         errs.append(
-            FieldError(f"{path}.metadata.generateName", f"{DISALLOWED} (Ebb does not support generateName)")
+            FieldError(
+                f"{path}.metadata.generateName", f"{DISALLOWED} (Ebb does not support generateName)"
+            )
         )
     errs += autoscaling.validate_annotations(
         _string_map(meta.get("annotations")), f"{path}.metadata.annotations", settings
@@ -151,10 +178,17 @@ def _template(template: dict, path: str, *, parent_name: str, settings: Admissio
         prefix = parent_name + "-"
         if problems := dns1035_label_errors(name):
             errs.append(
-                FieldError(f"{path}.metadata.name", f"invalid value: not a DNS 1035 label: {go_list(problems)}")
+                FieldError(
+                    f"{path}.metadata.name",
+                    f"invalid value: not a DNS 1035 label: {go_list(problems)}",
+                )
             )
         elif not name.startswith(prefix):
-            errs.append(FieldError(f"{path}.metadata.name", f'invalid value: "{name}" must have prefix "{prefix}"'))
+            errs.append(
+                FieldError(
+                    f"{path}.metadata.name", f'invalid value: "{name}" must have prefix "{prefix}"'
+                )
+            )
     errs += _revision_spec(as_dict(template.get("spec")), f"{path}.spec", settings)
     return errs
 
@@ -184,7 +218,10 @@ def _revision_spec(spec: dict, path: str, settings: AdmissionSettings) -> list[F
     elif len(containers) > 1:
         # Ebb runs one app process per instance (plus its queue): no sidecars.
         errs.append(
-            FieldError(f"{path}.containers", f"multi-container is off, but found {len(containers)} containers")
+            FieldError(
+                f"{path}.containers",
+                f"multi-container is off, but found {len(containers)} containers",
+            )
         )
     with_ports = [i for i, c in enumerate(containers) if as_list(as_dict(c).get("ports"))]
     port_count = sum(len(as_list(as_dict(containers[i]).get("ports"))) for i in with_ports)
@@ -197,7 +234,9 @@ def _revision_spec(spec: dict, path: str, settings: AdmissionSettings) -> list[F
     max_timeout = settings.max_revision_timeout_s
     timeout = _int_field(spec, "timeoutSeconds", path, errs)
     if timeout is not None and timeout != 0 and not 0 <= timeout <= max_timeout:
-        errs.append(FieldError(f"{path}.timeoutSeconds", f"expected 0 <= {timeout} <= {max_timeout}"))
+        errs.append(
+            FieldError(f"{path}.timeoutSeconds", f"expected 0 <= {timeout} <= {max_timeout}")
+        )
     # The start and idle limits only make sense within the request's overall limit.
     if timeout is None or timeout == 0:
         upper = settings.revision_timeout_s
@@ -210,7 +249,9 @@ def _revision_spec(spec: dict, path: str, settings: AdmissionSettings) -> list[F
     cc_max = settings.container_concurrency_max
     concurrency = _int_field(spec, "containerConcurrency", path, errs)
     if concurrency is not None and not 0 <= concurrency <= cc_max:
-        errs.append(FieldError(f"{path}.containerConcurrency", f"expected 0 <= {concurrency} <= {cc_max}"))
+        errs.append(
+            FieldError(f"{path}.containerConcurrency", f"expected 0 <= {concurrency} <= {cc_max}")
+        )
     return errs
 
 
@@ -236,7 +277,11 @@ def _container(container: Any, path: str) -> list[FieldError]:
         if not env_name:
             errs.append(FieldError(f"{path}.env[{j}].name", MISSING))
         elif env_name in RESERVED_ENV_VARS:
-            errs.append(FieldError(f"{path}.env[{j}].name", f'"{env_name}" is a reserved environment variable'))
+            errs.append(
+                FieldError(
+                    f"{path}.env[{j}].name", f'"{env_name}" is a reserved environment variable'
+                )
+            )
     # Knative requires an image. Ebb's local mode runs `command` instead, so either will do.
     if not container.get("image") and not as_list(container.get("command")):
         errs.append(FieldError(path, "expected image or command, got neither"))
@@ -254,9 +299,13 @@ def _port(port: dict, path: str) -> list[FieldError]:
     errs: list[FieldError] = []
     number = as_int(port.get("containerPort", 0))
     if number is None:
-        errs.append(FieldError(f"{path}.containerPort", f"invalid value: {port.get('containerPort')}"))
+        errs.append(
+            FieldError(f"{path}.containerPort", f"invalid value: {port.get('containerPort')}")
+        )
     elif number in RESERVED_PORTS:
-        errs.append(FieldError(f"{path}.containerPort", f"invalid value: {number} is a reserved port"))
+        errs.append(
+            FieldError(f"{path}.containerPort", f"invalid value: {number} is a reserved port")
+        )
     elif not 0 <= number <= 65535:
         errs.append(FieldError(f"{path}.containerPort", f"expected 0 <= {number} <= 65535"))
     protocol = port.get("protocol") or ""
@@ -265,7 +314,10 @@ def _port(port: dict, path: str) -> list[FieldError]:
     name = port.get("name") or ""
     if name not in PORT_NAMES:
         errs.append(
-            FieldError(f"{path}.name", f"Port name {name} is not allowed (Name must be empty, or one of: 'h2c', 'http1')")
+            FieldError(
+                f"{path}.name",
+                f"Port name {name} is not allowed (Name must be empty, or one of: 'h2c', 'http1')",
+            )
         )
     return errs
 
@@ -278,7 +330,9 @@ def _probe(probe: dict, path: str) -> list[FieldError]:
         if h not in SUPPORTED_PROBE_HANDLERS
     ]
     if not handlers:
-        errs.append(FieldError(", ".join(f"{path}.{h}" for h in SUPPORTED_PROBE_HANDLERS), GOT_NEITHER))
+        errs.append(
+            FieldError(", ".join(f"{path}.{h}" for h in SUPPORTED_PROBE_HANDLERS), GOT_NEITHER)
+        )
     elif len(handlers) > 1:
         errs.append(FieldError(", ".join(f"{path}.{h}" for h in handlers), GOT_BOTH))
     return errs
@@ -293,7 +347,9 @@ def _readiness_probe(probe: dict, path: str) -> list[FieldError]:
 
     def bounds(field: str, low: int) -> None:
         if value(field) < low:
-            errs.append(FieldError(f"{path}.{field}", f"expected {low} <= {value(field)} <= {INT32_MAX}"))
+            errs.append(
+                FieldError(f"{path}.{field}", f"expected {low} <= {value(field)} <= {INT32_MAX}")
+            )
 
     bounds("periodSeconds", 0)
     bounds("initialDelaySeconds", 0)
@@ -302,9 +358,19 @@ def _readiness_probe(probe: dict, path: str) -> list[FieldError]:
     # timing: the per-attempt knobs do not apply.
     if value("periodSeconds") == 0:
         if value("failureThreshold") != 0:
-            errs.append(FieldError(f"{path}.failureThreshold", "failureThreshold is disallowed when periodSeconds is zero"))
+            errs.append(
+                FieldError(
+                    f"{path}.failureThreshold",
+                    "failureThreshold is disallowed when periodSeconds is zero",
+                )
+            )
         if value("timeoutSeconds") != 0:
-            errs.append(FieldError(f"{path}.timeoutSeconds", "timeoutSeconds is disallowed when periodSeconds is zero"))
+            errs.append(
+                FieldError(
+                    f"{path}.timeoutSeconds",
+                    "timeoutSeconds is disallowed when periodSeconds is zero",
+                )
+            )
     else:
         bounds("timeoutSeconds", 1)
         bounds("failureThreshold", 1)
@@ -336,7 +402,9 @@ def _traffic(traffic: Any, path: str, *, in_service: bool) -> list[FieldError]:
             continue
         tag = str(tag)
         if problems := dns1035_label_errors(tag):
-            errs.append(FieldError(f"{at}.tag", f"invalid value: not a DNS 1035 label: {go_list(problems)}"))
+            errs.append(
+                FieldError(f"{at}.tag", f"invalid value: not a DNS 1035 label: {go_list(problems)}")
+            )
         if tag in seen_tags:
             errs.append(FieldError(f"{at}.tag", f'Multiple definitions for "{tag}"'))
         seen_tags.add(tag)
@@ -370,7 +438,9 @@ def _traffic_target(target: dict, at: str, *, in_service: bool) -> list[FieldErr
             errs.append(FieldError(f"{at}.revisionName", f'invalid key name "{revision}"'))
     elif configuration:
         if not is_qualified_name(configuration):
-            errs.append(FieldError(f"{at}.configurationName", f'invalid key name "{configuration}"'))
+            errs.append(
+                FieldError(f"{at}.configurationName", f'invalid key name "{configuration}"')
+            )
     elif not in_service:
         errs.append(FieldError(f"{at}.revisionName, {at}.configurationName", GOT_NEITHER))
     if target.get("url"):

@@ -288,8 +288,8 @@ class StreamState:
         version, items = self._wanted(type_url)
         if version == st.nacked_version:
             return None
-        if not resend and version == st.sent_version and set(items) == set(st.sent_items):
-            return None
+        if not resend and version == st.sent_version and set(items) <= set(st.sent_items):
+            return None  # Envoy has all of it (a shrunk subscription needs no answer)
         nonce = str(next(self._nonces))
         response = discovery_pb2.DiscoveryResponse(
             version_info=version,

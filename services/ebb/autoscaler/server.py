@@ -1,0 +1,329 @@
+"""The autoscaler's gRPC edge: StatsService, ScalingService, the tick loop and the watchers.
+
+All decisions happen in `MultiScaler` (pure); this module converts protos to values and
+back, runs the 2 s tick, pokes a revision at zero when load arrives, and fans verdicts
+out to every `WatchDecisions` stream. `close()` ends the tick loop and every open stream
+cleanly, so the server can stop without waiting out its grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
+from ebb.api.autoscaler.v1 import autoscaler_pb2_grpc as pb_grpc
+from ebb.autoscaler.collector import StatValue
+from ebb.autoscaler.multiscaler import MultiScaler, RevisionSpec, Verdict
+from ebb.autoscaler.settings import RPS, AutoscalerSettings
+from ebb.common.server import ServiceCore
+
+log = logging.getLogger("ebb.autoscaler")
+
+STATS_SERVICE = pb.DESCRIPTOR.services_by_name["StatsService"].full_name
+SCALING_SERVICE = pb.DESCRIPTOR.services_by_name["ScalingService"].full_name
+
+INTERNAL_ERROR = "internal_error"  # a stat whose handling raised (a bug); counted as dropped
+
+
+def stat_from_proto(stat: pb.Stat) -> StatValue:
+    """The proto as a plain value; validation is the collector's job."""
+    return StatValue(
+        instance=stat.instance,
+        namespace=stat.revision.namespace,
+        name=stat.revision.name,
+        average_concurrency=stat.average_concurrency,
+        average_proxied_concurrency=stat.average_proxied_concurrency,
+        request_count=stat.request_count,
+        proxied_request_count=stat.proxied_request_count,
+        process_uptime_s=stat.process_uptime_seconds,
+        period_s=stat.period_seconds,
+    )
+
+
+def spec_from_proto(spec: pb.AutoscalingSpec) -> RevisionSpec:
+    return RevisionSpec(
+        namespace=spec.revision.namespace,
+        name=spec.revision.name,
+        annotations=dict(spec.annotations),
+        container_concurrency=int(spec.container_concurrency),
+        reachable=bool(spec.reachable),
+        ready_instances=max(0, int(spec.ready_instances)),
+    )
+
+
+def decision_to_proto(verdict: Verdict, decided_at_s: float) -> pb.ScaleDecision:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(decided_at_s * 1e9))
+    return pb.ScaleDecision(
+        revision=pb.RevisionKey(namespace=verdict.key[0], name=verdict.key[1]),
+        desired_scale=verdict.desired,
+        excess_burst_capacity=verdict.ebc,
+        panic=verdict.panic,
+        stable_value=verdict.stable_value,
+        panic_value=verdict.panic_value,
+        metric=pb.METRIC_RPS if verdict.metric == RPS else pb.METRIC_CONCURRENCY,
+        requests_per_second=verdict.rps,
+        decided_at=stamp,
+    )
+
+
+class _Watcher:
+    """One WatchDecisions stream: pending verdicts by revision (latest wins) and a wake-up."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.pending: dict[tuple[str, str], pb.ScaleDecision] = {}
+        self.wake = asyncio.Event()
+
+    def offer(self, key: tuple[str, str], decision: pb.ScaleDecision) -> None:
+        if self.namespace and key[0] != self.namespace:
+            return
+        self.pending[key] = decision
+        self.wake.set()
+
+
+class AutoscalerServer:
+    """Owns the MultiScaler and the asyncio side: tick loop, pokes, watcher fan-out.
+
+    `clock` is a monotonic seconds clock (the running loop's time by default) and is the
+    only time the decisions see; `wall_clock` only stamps `decided_at`.
+    """
+
+    def __init__(
+        self,
+        settings: AutoscalerSettings,
+        *,
+        tick_interval_s: float = 2.0,
+        clock: Callable[[], float] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.scaler = MultiScaler(settings)
+        self.tick_interval_s = tick_interval_s
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._watchers: set[_Watcher] = set()
+        self._decided_at: dict[tuple[str, str], float] = {}
+        self._closed = asyncio.Event()
+        self._tick_task: asyncio.Task[None] | None = None
+        self.counters: Counter[str] = Counter()  # ticks, tick_errors, pokes, decisions, ...
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def add_to(self, core: ServiceCore) -> None:
+        """Register both services on a ServiceCore (for health and reflection by name)."""
+        core.add(lambda s: pb_grpc.add_StatsServiceServicer_to_server(StatsServicer(self), s), STATS_SERVICE)
+        core.add(
+            lambda s: pb_grpc.add_ScalingServiceServicer_to_server(ScalingServicer(self), s), SCALING_SERVICE
+        )
+
+    def now(self) -> float:
+        if self._clock is None:
+            self._clock = asyncio.get_running_loop().time
+        return self._clock()
+
+    async def start(self) -> None:
+        """Start the tick loop (idempotent)."""
+        if self._tick_task is None:
+            self.now()  # bind the loop clock while we are inside the loop
+            self._tick_task = asyncio.ensure_future(self._tick_loop())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def close(self) -> None:
+        """Stop ticking and end every watch and stats stream; idempotent."""
+        self._closed.set()
+        for watcher in list(self._watchers):
+            watcher.wake.set()
+        if self._tick_task is not None:
+            task, self._tick_task = self._tick_task, None
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # -- decisions ---------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                await asyncio.wait_for(self._closed.wait(), timeout=self.tick_interval_s)
+            except TimeoutError:
+                pass
+            if self._closed.is_set():
+                return
+            try:
+                self.tick()
+            except Exception:  # the loop never dies of one bad step
+                self.counters["tick_errors"] += 1
+                log.exception("autoscaler tick failed")
+
+    def tick(self) -> int:
+        """Decide for every registered revision now; returns how many verdicts changed."""
+        self.counters["ticks"] += 1
+        now = self.now()
+        changed = 0
+        for key in self.scaler.keys():
+            changed += self._decide(key, now)
+        return changed
+
+    def _decide(self, key: tuple[str, str], now: float) -> int:
+        try:
+            verdict, changed = self.scaler.decide(key, now)
+        except Exception:
+            self.counters["decide_errors"] += 1
+            log.exception("decision failed", extra={"revision": "/".join(key)})
+            return 0
+        if verdict is None:
+            return 0
+        self.counters["decisions"] += 1
+        self._decided_at[key] = self._wall_clock()
+        if changed:
+            log.info(
+                "scale decision",
+                extra={
+                    "revision": "/".join(key),
+                    "desired": verdict.desired,
+                    "raw_desired": verdict.raw_desired,
+                    "ebc": verdict.ebc,
+                    "panic": verdict.panic,
+                    "stable": verdict.stable_value,
+                    "panic_value": verdict.panic_value,
+                },
+            )
+            self._publish(verdict)
+            return 1
+        return 0
+
+    def _publish(self, verdict: Verdict) -> None:
+        decision = decision_to_proto(verdict, self._decided_at.get(verdict.key, self._wall_clock()))
+        for watcher in list(self._watchers):
+            watcher.offer(verdict.key, decision)
+
+    def take_stats(self, stats) -> tuple[int, int]:
+        """Record a batch of proto stats; returns (accepted, dropped). Never raises."""
+        accepted = dropped = 0
+        now = self.now()
+        pokes: list[tuple[str, str]] = []
+        for stat in stats:
+            try:
+                value = stat_from_proto(stat)
+                reason, poke = self.scaler.record(now, value)
+            except Exception:
+                log.exception("stat handling failed")
+                self.scaler.collector.dropped[INTERNAL_ERROR] += 1
+                dropped += 1
+                continue
+            if reason is None:
+                accepted += 1
+                if poke and value.revision not in pokes:
+                    pokes.append(value.revision)
+            else:
+                dropped += 1
+                log.debug("stat dropped", extra={"reason": reason, "instance": value.instance})
+        for key in pokes:
+            # Load for a revision at zero: decide now rather than at the next tick.
+            self.counters["pokes"] += 1
+            self._decide(key, now)
+        return accepted, dropped
+
+    def register(self, spec: RevisionSpec) -> tuple[str, ...]:
+        warnings, verdict = self.scaler.register(spec, self.now())
+        if warnings:
+            log.warning("invalid autoscaling annotations", extra={"revision": "/".join(spec.key), "warnings": warnings})
+        if verdict is not None:
+            self._decided_at[spec.key] = self._wall_clock()
+            self._publish(verdict)
+        return warnings
+
+    def unregister(self, key: tuple[str, str]) -> None:
+        self.scaler.unregister(key)
+        self._decided_at.pop(key, None)
+
+    def snapshot(self, namespace: str) -> list[pb.ScaleDecision]:
+        now = self._wall_clock()
+        return [decision_to_proto(v, self._decided_at.get(v.key, now)) for v in self.scaler.latest(namespace)]
+
+    # -- watchers ----------------------------------------------------------------------
+
+    async def watch(self, namespace: str) -> AsyncIterator[pb.WatchDecisionsResponse]:
+        """First the latest verdict of every revision, then each new one, until close()."""
+        watcher = _Watcher(namespace)
+        self._watchers.add(watcher)
+        try:
+            yield pb.WatchDecisionsResponse(decisions=self.snapshot(namespace))
+            while not self._closed.is_set():
+                await watcher.wake.wait()
+                watcher.wake.clear()
+                if self._closed.is_set():
+                    return
+                batch, watcher.pending = list(watcher.pending.values()), {}
+                if batch:
+                    yield pb.WatchDecisionsResponse(decisions=batch)
+        finally:
+            self._watchers.discard(watcher)
+
+    @property
+    def watcher_count(self) -> int:
+        return len(self._watchers)
+
+
+class StatsServicer(pb_grpc.StatsServiceServicer):
+    def __init__(self, owner: AutoscalerServer) -> None:
+        self._owner = owner
+
+    async def StreamStats(self, request_iterator, context):
+        accepted = dropped = 0
+        closed = asyncio.ensure_future(self._owner.wait_closed())
+        iterator = request_iterator.__aiter__()
+        try:
+            while True:
+                nxt = asyncio.ensure_future(iterator.__anext__())
+                done, _ = await asyncio.wait({nxt, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:  # shutting down: answer with the totals so far
+                    nxt.cancel()
+                    break
+                try:
+                    request = nxt.result()
+                except StopAsyncIteration:
+                    break
+                a, d = self._owner.take_stats(request.stats)
+                accepted += a
+                dropped += d
+        finally:
+            closed.cancel()
+        return pb.StreamStatsResponse(accepted=accepted, dropped=dropped)
+
+
+class ScalingServicer(pb_grpc.ScalingServiceServicer):
+    def __init__(self, owner: AutoscalerServer) -> None:
+        self._owner = owner
+
+    async def RegisterRevision(self, request, context):
+        spec = spec_from_proto(request.spec)
+        if not spec.namespace or not spec.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "spec.revision: namespace and name are required")
+        warnings = list(self._owner.register(spec))
+        if request.spec.ready_instances < 0:
+            warnings.append(f"spec.ready_instances: expected 0 <= {request.spec.ready_instances} (0 is used)")
+        return pb.RegisterRevisionResponse(warnings=warnings)
+
+    async def UnregisterRevision(self, request, context):
+        self._owner.unregister((request.revision.namespace, request.revision.name))
+        return pb.UnregisterRevisionResponse()
+
+    async def WatchDecisions(self, request, context):
+        async for response in self._owner.watch(request.namespace):
+            yield response

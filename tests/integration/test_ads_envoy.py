@@ -31,12 +31,29 @@ HELLO = "hello.default.localhost"
 DEADLINE_S = 15.0
 
 
+async def start_ads(port: int = 0) -> tuple[AdsServer, grpc.aio.Server, int]:
+    ads = AdsServer()
+    server = grpc.aio.server()
+    ads.add_to_server(server)
+    bound = server.add_insecure_port(f"{HOST}:{port}")
+    await server.start()
+    return ads, server, bound
+
+
 @dataclass
 class Gateway:
     ads: AdsServer
+    grpc_server: grpc.aio.Server
+    ads_port: int
     envoy: EnvoyProcess
     listener_port: int
     servers: list[asyncio.Server] = field(default_factory=list)
+
+    async def restart_ads(self) -> None:
+        """Stop the ADS server (Envoy's stream breaks) and serve again on the same port
+        with a fresh AdsServer, as a restarted controller would."""
+        await self.grpc_server.stop(None)
+        self.ads, self.grpc_server, _ = await start_ads(self.ads_port)
 
     async def upstream(self, body: bytes) -> int:
         server, port = await start_upstream(body)
@@ -62,7 +79,9 @@ class Gateway:
                 )
                 for host, targets in routes.items()
             ),
-            clusters=tuple(ClusterSpec(name, (Endpoint(HOST, port),)) for name, port in clusters.items()),
+            clusters=tuple(
+                ClusterSpec(name, (Endpoint(HOST, port),)) for name, port in clusters.items()
+            ),
         )
 
     async def apply(self, snapshot: Snapshot) -> None:
@@ -83,12 +102,8 @@ class Gateway:
 
 @pytest.fixture
 async def gateway(tmp_path: Path):
-    ads = AdsServer()
-    server = grpc.aio.server()
-    ads.add_to_server(server)
-    ads_port = server.add_insecure_port(f"{HOST}:0")
-    await server.start()
-    gw = Gateway(ads, EnvoyProcess(tmp_path, ads_port), free_port())
+    ads, server, ads_port = await start_ads()
+    gw = Gateway(ads, server, ads_port, EnvoyProcess(tmp_path, ads_port), free_port())
     try:
         gw.envoy.start()
         yield gw
@@ -97,16 +112,21 @@ async def gateway(tmp_path: Path):
         for upstream in gw.servers:
             upstream.close()
             await upstream.wait_closed()
-        await server.stop(None)
+        await gw.grpc_server.stop(None)
 
 
 async def test_host_routes_to_upstream_and_404_once_removed(gateway: Gateway) -> None:
     port = await gateway.upstream(b"hello")
-    first = build_snapshot(gateway.spec({HELLO: [("default/hello-00001", 100)]}, {"default/hello-00001": port}))
+    first = build_snapshot(
+        gateway.spec({HELLO: [("default/hello-00001", 100)]}, {"default/hello-00001": port})
+    )
     await gateway.apply(first)
 
     assert await gateway.serves(HELLO, 200, b"hello"), gateway.envoy.log_tail()
-    assert await gateway.get(f"{HELLO}:{gateway.listener_port}") == (200, b"hello")  # host:* variant
+    assert await gateway.get(f"{HELLO}:{gateway.listener_port}") == (
+        200,
+        b"hello",
+    )  # host:* variant
     assert (await gateway.get("other.default.localhost"))[0] == 404
 
     empty = build_snapshot(gateway.spec({}, {}))
@@ -127,12 +147,18 @@ async def test_nack_is_recorded_not_resent_and_old_config_keeps_serving(gateway:
     assert await gateway.serves(HELLO, 200, b"hello"), gateway.envoy.log_tail()
 
     # Envoy refuses routes that rewrite Host; our snapshot checks do not know that rule.
-    bad = build_snapshot(gateway.spec({HELLO: [("hello", 100)]}, clusters, headers=(("host", "evil"),)))
+    bad = build_snapshot(
+        gateway.spec({HELLO: [("hello", 100)]}, clusters, headers=(("host", "evil"),))
+    )
     gateway.ads.set_snapshot(bad)
     assert await gateway.ads.wait_nacked(ROUTE_TYPE, bad.version_of(ROUTE_TYPE), DEADLINE_S)
     nack = gateway.ads.last_nack()
     assert nack is not None
-    assert (nack.type_url, nack.version, nack.node_id) == (ROUTE_TYPE, bad.version_of(ROUTE_TYPE), "test-gateway")
+    assert (nack.type_url, nack.version, nack.node_id) == (
+        ROUTE_TYPE,
+        bad.version_of(ROUTE_TYPE),
+        "test-gateway",
+    )
     assert "host" in nack.message
     pushes = gateway.ads.stats()["pushes"]["rds"]
 
@@ -185,3 +211,16 @@ async def test_delta_xds_is_unimplemented() -> None:
             assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         await server.stop(None)
+
+
+async def test_envoy_resyncs_with_a_restarted_ads_server(gateway: Gateway) -> None:
+    port = await gateway.upstream(b"hello")
+    await gateway.apply(build_snapshot(gateway.spec({HELLO: [("hello", 100)]}, {"hello": port})))
+    assert await gateway.serves(HELLO, 200, b"hello"), gateway.envoy.log_tail()
+
+    # Envoy reconnects to the new server quoting the versions and nonces of the old one.
+    await gateway.restart_ads()
+    moved = await gateway.upstream(b"moved")
+    snapshot = build_snapshot(gateway.spec({HELLO: [("hello", 100)]}, {"hello": moved}))
+    await gateway.apply(snapshot)
+    assert await gateway.serves(HELLO, 200, b"moved"), gateway.envoy.log_tail()

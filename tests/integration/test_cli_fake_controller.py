@@ -368,9 +368,8 @@ async def test_service_list_describe_delete(controller, capsys):
 
     assert await ebb(address, "service", "list", "-o", "json") == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["kind"] == "List"
-    assert [item["metadata"]["name"] for item in data["items"]] == ["hello"]
-    assert data["items"][0]["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "app.py"]
+    assert [item["metadata"]["name"] for item in data] == ["hello"]
+    assert data[0]["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "app.py"]
 
     assert await ebb(address, "service", "describe", "hello") == 0
     text = capsys.readouterr().out
@@ -402,7 +401,9 @@ async def test_revision_and_route_lists(controller, capsys):
     assert lines[1].split() == ["hello-00001", "hello", "1", "True", "1", "1", "1", "serve", "0.50/1.00", "no"]
     assert len(lines) == 2
     assert await ebb(address, "revision", "list", "-o", "json") == 0
-    assert len(json.loads(capsys.readouterr().out)["items"]) == 2
+    revisions = json.loads(capsys.readouterr().out)
+    assert [r["metadata"]["name"] for r in revisions] == ["hello-00001", "other-00001"]
+    assert revisions[0]["status"]["readyReplicas"] == 1
     assert await ebb(address, "revision", "describe", "hello-00001") == 0
     assert "Instances:   desired 1, actual 1, ready 1" in capsys.readouterr().out
     assert await ebb(address, "route", "list") == 0

@@ -206,7 +206,8 @@ def test_plan_orders_components_and_wires_addresses(tmp_path):
     assert flag(controller, "--webhook") == "127.0.0.1:8093"
     assert flag(controller, "--activator") == "127.0.0.1:8012"
     assert flag(controller, "--activator-grpc") == "127.0.0.1:8092"
-    assert flag(controller, "--ready-file") == str(tmp_path / "run" / "controller.ready")
+    assert flag(controller, "--ready-file") == str(tmp_path / "run" / "controller.json")
+    assert all(flag(s.argv, "--log-level") == "info" for s in specs if s.name != "envoy")
     assert by_name["controller"].stop_timeout_s > by_name["webhook"].stop_timeout_s
     activator = by_name["activator"].argv
     assert flag(activator, "--http-port") == "8012" and flag(activator, "--grpc-port") == "8092"
@@ -241,6 +242,29 @@ def test_config_is_validated(tmp_path):
         up.validate_config(tmp_path / "missing.yaml")
 
 
+def test_config_autoscaler_section_must_be_a_mapping(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("autoscaler: 3\n")
+    with pytest.raises(CliError, match="autoscaler: expected a mapping of config-autoscaler keys, got int"):
+        up.validate_config(path)
+
+
+@pytest.mark.parametrize(
+    ("deaths", "max_restarts", "delay"),
+    [
+        ([100.0], 5, 0.5),
+        ([99.0, 100.0], 5, 1.0),
+        ([97.0, 98.0, 99.0, 100.0], 5, 4.0),
+        ([10.0, 20.0, 100.0], 5, 0.5),  # deaths older than the 60 s window are forgiven
+        ([95.0, 96.0, 97.0, 98.0, 99.0, 100.0], 5, None),
+        ([100.0], 0, None),
+        ([91.0, 92.0, 93.0, 94.0, 95.0, 100.0], 10, 5.0),  # capped
+    ],
+)
+def test_restart_delay(deaths, max_restarts, delay):
+    assert up.restart_delay(deaths, 100.0, max_restarts) == delay
+
+
 def test_log_tail_renders_json_lines(tmp_path):
     log = tmp_path / "x.log"
     lines = ["plain text line", json.dumps({"level": "error", "msg": "boom", "exc": "Traceback\n  ...\nValueError: bad"})]
@@ -250,9 +274,10 @@ def test_log_tail_renders_json_lines(tmp_path):
 
 
 def test_settings_from_args(tmp_path):
-    args = parse("up", "--data-dir", str(tmp_path), "--webhook-port", "0")
+    args = parse("up", "--data-dir", str(tmp_path), "--webhook-port", "0", "--max-restarts", "0")
     settings = up.settings_from_args(args, {"HOME": "/nowhere"})
     assert settings.data_dir == tmp_path and settings.ports["webhook"] == 0
+    assert settings.max_restarts == 0
     assert settings.hint_data_dir  # not the default dir: the hint must carry --data-dir
 
 

@@ -43,7 +43,9 @@ HELLO = VirtualHostSpec(
     request_headers_to_add=(("k-original-host", "hello.default.localhost"),),
 )
 SPLIT = VirtualHostSpec(
-    "default/split", ("split.default.localhost",), (RouteTarget(A.name, 70), RouteTarget(B.name, 30))
+    "default/split",
+    ("split.default.localhost",),
+    (RouteTarget(A.name, 70), RouteTarget(B.name, 30)),
 )
 SPEC = GatewaySpec(listener_port=8080, virtual_hosts=(HELLO, SPLIT), clusters=(A, B))
 
@@ -157,6 +159,17 @@ def test_zero_weight_targets_are_dropped() -> None:
     assert got.routes[0].route.cluster == B.name
 
 
+def test_targets_on_one_cluster_are_merged() -> None:
+    targets = (RouteTarget(A.name, 40), RouteTarget(B.name, 20), RouteTarget(A.name, 40))
+    vh = dataclasses.replace(SPLIT, targets=targets)
+    got = vhosts(build_snapshot(dataclasses.replace(SPEC, virtual_hosts=(vh,))))["default/split"]
+    clusters = got.routes[0].route.weighted_clusters.clusters
+    assert [(c.name, c.weight.value) for c in clusters] == [(A.name, 80), (B.name, 20)]
+    only = dataclasses.replace(SPLIT, targets=(RouteTarget(A.name, 50), RouteTarget(A.name, 50)))
+    got = vhosts(build_snapshot(dataclasses.replace(SPEC, virtual_hosts=(only,))))["default/split"]
+    assert got.routes[0].route.cluster == A.name
+
+
 @pytest.mark.parametrize(
     ("domains", "expanded"),
     [
@@ -247,8 +260,14 @@ def _listener_to_missing_routes(res: dict) -> None:
         (_drop_assignment, "cluster 'default/hello-00002' has no ClusterLoadAssignment"),
         (_route_to_missing, "virtual host 'default/hello' routes to missing cluster 'nowhere'"),
         (_bad_weights, "weights [60, 30] sum to 90, must be 100"),
-        (_duplicate_domain, "domain 'hello.default.localhost' is in virtual hosts 'default/hello' and 'default/split'"),
-        (_listener_to_missing_routes, "listener 'gateway' refers to missing route configuration 'gateway'"),
+        (
+            _duplicate_domain,
+            "domain 'hello.default.localhost' is in virtual hosts 'default/hello' and 'default/split'",
+        ),
+        (
+            _listener_to_missing_routes,
+            "listener 'gateway' refers to missing route configuration 'gateway'",
+        ),
     ],
 )
 def test_check_consistency_names_the_problem(breakage, message: str) -> None:
@@ -269,15 +288,31 @@ def test_check_consistency_passes_a_built_snapshot() -> None:
     ("spec", "message"),
     [
         (
-            dataclasses.replace(SPEC, virtual_hosts=(dataclasses.replace(HELLO, targets=(RouteTarget("nowhere", 100),)),)),
+            dataclasses.replace(
+                SPEC,
+                virtual_hosts=(dataclasses.replace(HELLO, targets=(RouteTarget("nowhere", 100),)),),
+            ),
             "virtual host 'default/hello' routes to missing cluster 'nowhere'",
         ),
         (
-            dataclasses.replace(SPEC, virtual_hosts=(HELLO, dataclasses.replace(SPLIT, domains=("hello.default.localhost",)))),
+            dataclasses.replace(
+                SPEC,
+                virtual_hosts=(
+                    HELLO,
+                    dataclasses.replace(SPLIT, domains=("hello.default.localhost",)),
+                ),
+            ),
             "domain 'hello.default.localhost' is in virtual hosts 'default/hello' and 'default/split'",
         ),
         (
-            dataclasses.replace(SPEC, virtual_hosts=(dataclasses.replace(SPLIT, targets=(RouteTarget(A.name, 50), RouteTarget(B.name, 40))),)),
+            dataclasses.replace(
+                SPEC,
+                virtual_hosts=(
+                    dataclasses.replace(
+                        SPLIT, targets=(RouteTarget(A.name, 50), RouteTarget(B.name, 40))
+                    ),
+                ),
+            ),
             "virtual host 'default/split': target weights sum to 90, must be 100",
         ),
         (
@@ -285,7 +320,14 @@ def test_check_consistency_passes_a_built_snapshot() -> None:
             "virtual host 'default/hello' has no targets",
         ),
         (
-            dataclasses.replace(SPEC, virtual_hosts=(dataclasses.replace(SPLIT, targets=(RouteTarget(A.name, 110), RouteTarget(B.name, -10))),)),
+            dataclasses.replace(
+                SPEC,
+                virtual_hosts=(
+                    dataclasses.replace(
+                        SPLIT, targets=(RouteTarget(A.name, 110), RouteTarget(B.name, -10))
+                    ),
+                ),
+            ),
             "target 'default/hello-00002' has weight -10, must be >= 0",
         ),
         (dataclasses.replace(SPEC, listener_port=0), "listener_port = 0, must be in 1..65535"),

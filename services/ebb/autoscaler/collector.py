@@ -34,7 +34,14 @@ NOT_A_NUMBER = "not_a_number"
 NOT_FINITE = "not_finite"
 NEGATIVE = "negative"
 UNKNOWN_REVISION = "unknown_revision"
-DROP_REASONS = (MISSING_REVISION, MISSING_INSTANCE, NOT_A_NUMBER, NOT_FINITE, NEGATIVE, UNKNOWN_REVISION)
+DROP_REASONS = (
+    MISSING_REVISION,
+    MISSING_INSTANCE,
+    NOT_A_NUMBER,
+    NOT_FINITE,
+    NEGATIVE,
+    UNKNOWN_REVISION,
+)
 
 
 @dataclass(frozen=True)
@@ -165,7 +172,9 @@ class Collector:
         self.accepted = 0
         self.dropped: Counter[str] = Counter()
 
-    def track(self, key: RevisionKey, *, stable_window_s: int, panic_window_s: int, aggregation: str) -> None:
+    def track(
+        self, key: RevisionKey, *, stable_window_s: int, panic_window_s: int, aggregation: str
+    ) -> None:
         """Start collecting for `key`, or change its windows (keeping the data that fits)."""
         revision = self._revisions.get(key)
         if revision is None:
@@ -211,4 +220,6 @@ class Collector:
         if stable.is_empty(now_s):
             return None
         last_second = revision.rps_totals.get(math.floor(now_s) - 1, 0.0)
-        return Observation(stable=stable.average(now_s), panic=panic.average(now_s), rps=max(0.0, last_second))
+        return Observation(
+            stable=stable.average(now_s), panic=panic.average(now_s), rps=max(0.0, last_second)
+        )

@@ -40,7 +40,9 @@ def initial_ebc(config: RevisionScalingConfig) -> int:
     return int(config.initial_scale * config.total_value - tbc)  # int() truncates as Go's int32()
 
 
-def excess_burst_capacity(config: RevisionScalingConfig, ready_instances: int, panic_value: float) -> int:
+def excess_burst_capacity(
+    config: RevisionScalingConfig, ready_instances: int, panic_value: float
+) -> int:
     """floor(ready x total - TBC - panic); 0 when TBC = 0, -1 when TBC = -1.
 
     3 ready at total 100 with TBC 211 and 50 in flight: floor(300 - 211 - 50) = 39.
@@ -81,11 +83,15 @@ class Decider:
     without crossing the threshold.
     """
 
-    def __init__(self, config: RevisionScalingConfig, *, ready_instances: int, now_s: float) -> None:
+    def __init__(
+        self, config: RevisionScalingConfig, *, ready_instances: int, now_s: float
+    ) -> None:
         self._config = config
         self._panic_since: float | None = now_s if ready_instances > 1 else None
         self._max_panic = max(0, ready_instances)
-        self._delay = TrailingMax(config.scale_down_delay_s) if config.scale_down_delay_s > 0 else None
+        self._delay = (
+            TrailingMax(config.scale_down_delay_s) if config.scale_down_delay_s > 0 else None
+        )
         self.desired = -1
         self.ebc = initial_ebc(config)
 
@@ -100,11 +106,18 @@ class Decider:
     def update(self, config: RevisionScalingConfig) -> None:
         """New spec; panic state is kept, the delay window restarts if its length changed."""
         if config.scale_down_delay_s != self._config.scale_down_delay_s:
-            self._delay = TrailingMax(config.scale_down_delay_s) if config.scale_down_delay_s > 0 else None
+            self._delay = (
+                TrailingMax(config.scale_down_delay_s) if config.scale_down_delay_s > 0 else None
+            )
         self._config = config
 
     def scale(
-        self, now_s: float, observation: Observation | None, *, ready_instances: int, reachable: bool
+        self,
+        now_s: float,
+        observation: Observation | None,
+        *,
+        ready_instances: int,
+        reachable: bool,
     ) -> Decision | None:
         """One tick; None (and no state change) when there is no data to scale on."""
         if observation is None:

@@ -112,7 +112,9 @@ class MultiScaler:
         )
         if reg is None:
             decider = Decider(config, ready_instances=spec.ready_instances, now_s=now_s)
-            reg = _Registration(spec=spec, config=config, warnings=resolution.errors, decider=decider)
+            reg = _Registration(
+                spec=spec, config=config, warnings=resolution.errors, decider=decider
+            )
             self._revisions[key] = reg
             reg.latest = Verdict(
                 key=key,

@@ -118,9 +118,13 @@ class AutoscalerServer:
 
     def add_to(self, core: ServiceCore) -> None:
         """Register both services on a ServiceCore (for health and reflection by name)."""
-        core.add(lambda s: pb_grpc.add_StatsServiceServicer_to_server(StatsServicer(self), s), STATS_SERVICE)
         core.add(
-            lambda s: pb_grpc.add_ScalingServiceServicer_to_server(ScalingServicer(self), s), SCALING_SERVICE
+            lambda s: pb_grpc.add_StatsServiceServicer_to_server(StatsServicer(self), s),
+            STATS_SERVICE,
+        )
+        core.add(
+            lambda s: pb_grpc.add_ScalingServiceServicer_to_server(ScalingServicer(self), s),
+            SCALING_SERVICE,
         )
 
     def now(self) -> float:
@@ -242,7 +246,10 @@ class AutoscalerServer:
     def register(self, spec: RevisionSpec) -> tuple[str, ...]:
         warnings, verdict = self.scaler.register(spec, self.now())
         if warnings:
-            log.warning("invalid autoscaling annotations", extra={"revision": "/".join(spec.key), "warnings": warnings})
+            log.warning(
+                "invalid autoscaling annotations",
+                extra={"revision": "/".join(spec.key), "warnings": warnings},
+            )
         if verdict is not None:
             self._decided_at[spec.key] = self._wall_clock()
             self._publish(verdict)
@@ -254,7 +261,10 @@ class AutoscalerServer:
 
     def snapshot(self, namespace: str) -> list[pb.ScaleDecision]:
         now = self._wall_clock()
-        return [decision_to_proto(v, self._decided_at.get(v.key, now)) for v in self.scaler.latest(namespace)]
+        return [
+            decision_to_proto(v, self._decided_at.get(v.key, now))
+            for v in self.scaler.latest(namespace)
+        ]
 
     # -- watchers ----------------------------------------------------------------------
 
@@ -314,10 +324,14 @@ class ScalingServicer(pb_grpc.ScalingServiceServicer):
     async def RegisterRevision(self, request, context):
         spec = spec_from_proto(request.spec)
         if not spec.namespace or not spec.name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "spec.revision: namespace and name are required")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "spec.revision: namespace and name are required"
+            )
         warnings = list(self._owner.register(spec))
         if request.spec.ready_instances < 0:
-            warnings.append(f"spec.ready_instances: expected 0 <= {request.spec.ready_instances} (0 is used)")
+            warnings.append(
+                f"spec.ready_instances: expected 0 <= {request.spec.ready_instances} (0 is used)"
+            )
         return pb.RegisterRevisionResponse(warnings=warnings)
 
     async def UnregisterRevision(self, request, context):

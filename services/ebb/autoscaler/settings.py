@@ -160,7 +160,9 @@ def _duration_ns(key: str, value: object) -> int:
     try:
         return parse_duration_ns(text)
     except ValueError:
-        raise SettingsError(f"{key} = {value!r}, must be a duration like 30s, 1m30s or 500ms") from None
+        raise SettingsError(
+            f"{key} = {value!r}, must be a duration like 30s, 1m30s or 500ms"
+        ) from None
 
 
 def _as_seconds(key: str, value: object) -> float:
@@ -193,7 +195,10 @@ _Convert = Callable[[str, object], object]
 _KEYS: dict[str, tuple[str, _Convert]] = {
     "enable-scale-to-zero": ("enable_scale_to_zero", _as_bool),
     "container-concurrency-target-default": ("container_concurrency_target_default", _as_float),
-    "container-concurrency-target-percentage": ("container_concurrency_target_percentage", _as_fraction),
+    "container-concurrency-target-percentage": (
+        "container_concurrency_target_percentage",
+        _as_fraction,
+    ),
     "requests-per-second-target-default": ("requests_per_second_target_default", _as_float),
     "target-burst-capacity": ("target_burst_capacity", _as_float),
     "activator-capacity": ("activator_capacity", _as_float),
@@ -227,7 +232,11 @@ def _validate(s: AutoscalerSettings) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             fail(f.name, value, "must be a finite number")
     if s.container_concurrency_target_default <= 0:
-        fail("container_concurrency_target_default", s.container_concurrency_target_default, "must be greater than 0")
+        fail(
+            "container_concurrency_target_default",
+            s.container_concurrency_target_default,
+            "must be greater than 0",
+        )
     if not 0.0 < s.container_concurrency_target_percentage <= 1.0:
         fail(
             "container_concurrency_target_percentage",
@@ -241,9 +250,17 @@ def _validate(s: AutoscalerSettings) -> None:
             f"yield a target concurrency of {format_number(target)}, must be at least {TARGET_MIN}"
         )
     if s.requests_per_second_target_default < TARGET_MIN:
-        fail("requests_per_second_target_default", s.requests_per_second_target_default, f"must be at least {TARGET_MIN}")
+        fail(
+            "requests_per_second_target_default",
+            s.requests_per_second_target_default,
+            f"must be at least {TARGET_MIN}",
+        )
     if s.target_burst_capacity < 0 and s.target_burst_capacity != -1:
-        fail("target_burst_capacity", s.target_burst_capacity, "must be at least 0, or -1 (activator always in the path)")
+        fail(
+            "target_burst_capacity",
+            s.target_burst_capacity,
+            "must be at least 0, or -1 (activator always in the path)",
+        )
     if s.activator_capacity < 1:
         fail("activator_capacity", s.activator_capacity, "must be at least 1")
     if not WINDOW_MIN_S <= s.stable_window_s <= WINDOW_MAX_S:
@@ -259,9 +276,17 @@ def _validate(s: AutoscalerSettings) -> None:
     if s.max_scale_down_rate <= 1.0:
         fail("max_scale_down_rate", s.max_scale_down_rate, "must be greater than 1.0")
     if s.scale_to_zero_grace_period_s <= 0:
-        fail("scale_to_zero_grace_period_s", s.scale_to_zero_grace_period_s, "must be greater than 0s")
+        fail(
+            "scale_to_zero_grace_period_s",
+            s.scale_to_zero_grace_period_s,
+            "must be greater than 0s",
+        )
     if s.scale_to_zero_pod_retention_period_s < 0:
-        fail("scale_to_zero_pod_retention_period_s", s.scale_to_zero_pod_retention_period_s, "must be at least 0s")
+        fail(
+            "scale_to_zero_pod_retention_period_s",
+            s.scale_to_zero_pod_retention_period_s,
+            "must be at least 0s",
+        )
     if not 0 <= s.scale_down_delay_s <= WINDOW_MAX_S:
         fail("scale_down_delay_s", s.scale_down_delay_s, "must be in 0s..1h")
     if s.scale_down_delay_s != int(s.scale_down_delay_s):
@@ -269,7 +294,11 @@ def _validate(s: AutoscalerSettings) -> None:
     if s.initial_scale < 0:
         fail("initial_scale", s.initial_scale, "must be at least 0")
     if s.initial_scale == 0 and not s.allow_zero_initial_scale:
-        fail("initial_scale", s.initial_scale, "must be at least 1 unless allow-zero-initial-scale is true")
+        fail(
+            "initial_scale",
+            s.initial_scale,
+            "must be at least 1 unless allow-zero-initial-scale is true",
+        )
     if s.min_scale < 0:
         fail("min_scale", s.min_scale, "must be at least 0")
     if s.max_scale < 0:
@@ -277,9 +306,17 @@ def _validate(s: AutoscalerSettings) -> None:
     if s.max_scale_limit < 0:
         fail("max_scale_limit", s.max_scale_limit, "must be at least 0 (0 = no limit)")
     if s.max_scale_limit > 0 and not 1 <= s.max_scale <= s.max_scale_limit:
-        fail("max_scale", s.max_scale, f"must be in 1..{s.max_scale_limit} when max-scale-limit is set")
+        fail(
+            "max_scale",
+            s.max_scale,
+            f"must be in 1..{s.max_scale_limit} when max-scale-limit is set",
+        )
     if s.max_scale > 0 and s.max_scale < s.min_scale:
-        fail("max_scale", s.max_scale, f"must be at least min-scale = {s.min_scale} (or 0 = unbounded)")
+        fail(
+            "max_scale",
+            s.max_scale,
+            f"must be at least min-scale = {s.min_scale} (or 0 = unbounded)",
+        )
     if s.pod_autoscaler_class != KPA_CLASS:
         raise SettingsError(
             f"pod-autoscaler-class = {s.pod_autoscaler_class!r}, must be {KPA_CLASS} (the only class Ebb implements)"
@@ -333,7 +370,10 @@ ANNOTATION_ALIASES: dict[str, tuple[str, ...]] = {
     "class": ("class",),
     "metric": ("metric",),
     "target": ("target",),
-    "target-utilization-percentage": ("target-utilization-percentage", "targetUtilizationPercentage"),
+    "target-utilization-percentage": (
+        "target-utilization-percentage",
+        "targetUtilizationPercentage",
+    ),
     "target-burst-capacity": ("target-burst-capacity", "targetBurstCapacity"),
     "window": ("window",),
     "panic-window-percentage": ("panic-window-percentage", "panicWindowPercentage"),
@@ -349,8 +389,14 @@ ANNOTATION_ALIASES: dict[str, tuple[str, ...]] = {
         "scaleToZeroPodRetentionPeriod",
     ),
 }
-_KNOWN_ANNOTATIONS = {ANNOTATION_PREFIX + a for aliases in ANNOTATION_ALIASES.values() for a in aliases}
-_ALGORITHMS = {LINEAR: LINEAR, WEIGHTED_EXPONENTIAL: WEIGHTED_EXPONENTIAL, "weightedExponential": WEIGHTED_EXPONENTIAL}
+_KNOWN_ANNOTATIONS = {
+    ANNOTATION_PREFIX + a for aliases in ANNOTATION_ALIASES.values() for a in aliases
+}
+_ALGORITHMS = {
+    LINEAR: LINEAR,
+    WEIGHTED_EXPONENTIAL: WEIGHTED_EXPONENTIAL,
+    "weightedExponential": WEIGHTED_EXPONENTIAL,
+}
 
 
 class _Annotations:
@@ -378,9 +424,14 @@ class _Annotations:
         for aliases in ANNOTATION_ALIASES.values():
             present = [ANNOTATION_PREFIX + a for a in aliases if ANNOTATION_PREFIX + a in self._m]
             if len(present) > 1:
-                self.error(present[1], f"expected exactly one of {', '.join(present)}, got both ({present[0]} is used)")
+                self.error(
+                    present[1],
+                    f"expected exactly one of {', '.join(present)}, got both ({present[0]} is used)",
+                )
 
-    def number(self, name: str, low: float | None = None, high: float | None = None) -> float | None:
+    def number(
+        self, name: str, low: float | None = None, high: float | None = None
+    ) -> float | None:
         found = self.get(name)
         if found is None:
             return None
@@ -414,7 +465,9 @@ class _Annotations:
             return None
         return value
 
-    def duration_s(self, name: str, low_s: int, high_s: int, whole_seconds: bool) -> int | float | None:
+    def duration_s(
+        self, name: str, low_s: int, high_s: int, whole_seconds: bool
+    ) -> int | float | None:
         found = self.get(name)
         if found is None:
             return None
@@ -425,7 +478,9 @@ class _Annotations:
             self.error(key, f"invalid value: {text}")
             return None
         if not low_s * SECOND_NS <= ns <= high_s * SECOND_NS:
-            self.error(key, f"expected {format_duration_s(low_s)} <= {text} <= {format_duration_s(high_s)}")
+            self.error(
+                key, f"expected {format_duration_s(low_s)} <= {text} <= {format_duration_s(high_s)}"
+            )
             return None
         if whole_seconds and ns % SECOND_NS:
             self.error(key, "must be specified with at most second precision")
@@ -525,7 +580,9 @@ def resolve(
             a.error(max_key[0], f"expected 1 <= {max_ann} <= {settings.max_scale_limit}")
             max_scale = settings.max_scale
         elif settings.max_scale_limit > 0 and max_ann == 0:
-            a.error(max_key[0], f"max-scale=0 (unlimited), must be less than {settings.max_scale_limit}")
+            a.error(
+                max_key[0], f"max-scale=0 (unlimited), must be less than {settings.max_scale_limit}"
+            )
             max_scale = settings.max_scale
 
     activation_scale = 1
@@ -565,8 +622,12 @@ def resolve(
 
     delay = a.duration_s("scale-down-delay", 0, WINDOW_MAX_S, whole_seconds=True)
     scale_down_delay_s = int(delay) if delay is not None else settings.scale_down_delay_s
-    retention = a.duration_s("scale-to-zero-pod-retention-period", 0, WINDOW_MAX_S, whole_seconds=False)
-    retention_s = float(retention) if retention is not None else settings.scale_to_zero_pod_retention_period_s
+    retention = a.duration_s(
+        "scale-to-zero-pod-retention-period", 0, WINDOW_MAX_S, whole_seconds=False
+    )
+    retention_s = (
+        float(retention) if retention is not None else settings.scale_to_zero_pod_retention_period_s
+    )
 
     aggregation = LINEAR
     found = a.get("metric-aggregation-algorithm")

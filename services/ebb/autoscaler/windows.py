@@ -8,7 +8,7 @@ silence starts over (the "first write" moves); averages look at the window endin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Knative rounds the linear average to 6 digits so float noise does not flip a ceil().
@@ -51,15 +51,17 @@ def smoothing_coefficient(buckets: int) -> float:
     return max(1.0 - (1.0 - _WEIGHT_PRECISION) ** (1.0 / buckets), _MIN_ALPHA)
 
 
-def weighted_exponential(view: WindowView) -> float:
+def weighted_exponential(view: WindowView, alpha: float | None = None) -> float:
     """Exponentially weighted: the second `age` seconds old weighs alpha x (1 - alpha)^age.
 
-    Not normalised, as in Knative: with alpha = 0.6 and [10, 10, 5, 5] (newest last) it is
+    alpha defaults to smoothing_coefficient(window length). Not normalised, as in Knative:
+    with alpha = 0.6 and [10, 10, 5, 5] (newest last) it is
     5*0.6 + 5*0.6*0.4 + 10*0.6*0.4^2 + 10*0.6*0.4^3 = 5.544.
     """
     if view.valid <= 0 or not view.values:
         return 0.0
-    alpha = smoothing_coefficient(len(view.values))
+    if alpha is None:
+        alpha = smoothing_coefficient(len(view.values))
     total = 0.0
     weight = alpha
     for value in reversed(view.values):
@@ -140,11 +142,16 @@ class BucketWindow:
         """Change the window length, keeping the data that still fits (Knative's ResizeWindow)."""
         if window_s < 1:
             raise ValueError(f"window_s = {window_s}, must be at least 1")
+        if int(window_s) == self._window_s:
+            return
+        kept_s = min(self._window_s, int(window_s))
         self._window_s = int(window_s)
-        if self._last is not None:
-            horizon = self._last - self._window_s
+        if self._last is not None and self._first is not None:
+            horizon = self._last - kept_s
             for old in [s for s in self._buckets if s <= horizon]:
                 del self._buckets[old]
+            # Seconds before what was kept are unknown now, not zeros: they are not valid.
+            self._first = max(self._first, horizon + 1)
 
     def set_policy(self, policy: Aggregation) -> None:
         self._policy = policy

@@ -94,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--tracing", action="store_true", help="export OpenTelemetry traces from every component")
     up.add_argument("--sample", action="store_true", help="also deploy samples/hello once the mesh is up")
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                    help="controller log level (default info)")
+                    help="log level of every component (default info)")
+    up.add_argument("--max-restarts", type=_positive_int, default=5, metavar="N",
+                    help="restart a component that dies up to N times a minute, then stop the mesh "
+                         "(default 5; 0 = stop at the first death)")
     up.add_argument("--start-timeout", type=_seconds, default=30.0, metavar="S",
                     help="seconds each component may take to become ready (default 30)")
 

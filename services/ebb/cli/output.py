@@ -40,9 +40,9 @@ def dump(data: Any, fmt: str) -> str:
     return json.dumps(data, indent=2)
 
 
-def list_document(messages: Iterable[Message]) -> dict:
-    """Several resources in the shape `kubectl get -o json` prints: {kind: List, items: [...]}."""
-    return {"apiVersion": "v1", "kind": "List", "items": [to_dict(m) for m in messages]}
+def list_document(messages: Iterable[Message]) -> list[dict]:
+    """Several resources as a JSON array of resources (`jq '.[].status.url'`)."""
+    return [to_dict(m) for m in messages]
 
 
 def condition(conditions: Iterable[Any], type_: str = "Ready") -> Any | None:

@@ -125,7 +125,7 @@ def killpg_quietly(pgid: int, sig: int) -> None:
 def sweep(leftovers: list[ProcInfo], skip: set[int], grace_s: float = 3.0) -> list[ProcInfo]:
     """SIGTERM the still-living `leftovers`, wait up to `grace_s`, SIGKILL the rest; reap.
 
-    Returns the processes that had to be killed.
+    Returns the processes that were still alive (and so were stopped here).
     """
     living = [p for p in leftovers if alive(p)]
     for info in living:
@@ -134,9 +134,9 @@ def sweep(leftovers: list[ProcInfo], skip: set[int], grace_s: float = 3.0) -> li
     while time.monotonic() < deadline and any(alive(p) for p in living):
         reap_zombies(skip)
         time.sleep(0.05)
-    killed = [p for p in living if alive(p)]
-    for info in killed:
+    stubborn = [p for p in living if alive(p)]
+    for info in stubborn:
         signal_proc(info, signal.SIGKILL)
-    time.sleep(0.05 if killed else 0)
+    time.sleep(0.05 if stubborn else 0)
     reap_zombies(skip)
-    return killed
+    return living

@@ -45,6 +45,13 @@ CONTROLLER_STOP_TIMEOUT_S = 30.0  # it stops every app instance (and their queue
 SWEEP_GRACE_S = 3.0
 POLL_S = 0.05
 SAMPLE_READY_TIMEOUT_S = 60.0
+# A component that dies is restarted (the controller re-adopts its running instances), with
+# backoff 0.5 s, 1 s, 2 s, ... up to 5 s; more than MAX_RESTARTS deaths within the window
+# means it cannot run, and `ebb up` stops the mesh and exits 1.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+RESTART_BACKOFF_S = 0.5
+RESTART_BACKOFF_MAX_S = 5.0
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -59,6 +66,9 @@ class UpSettings:
     sample: bool = False
     log_level: str = "info"
     start_timeout_s: float = START_TIMEOUT_S
+    stop_timeout_s: float = STOP_TIMEOUT_S
+    controller_stop_timeout_s: float = CONTROLLER_STOP_TIMEOUT_S
+    max_restarts: int = MAX_RESTARTS  # per component within RESTART_WINDOW_S; 0 = never restart
     hint_data_dir: bool = False  # other commands need --data-dir to find this mesh
 
     def address(self, name: str) -> str:
@@ -77,8 +87,9 @@ class ProcessSpec:
 
 
 def validate_config(path: Path) -> Path:
-    """The autoscaler config must be a YAML mapping (Knative's config-autoscaler keys, or a
-    ConfigMap whose `data` holds them); the autoscaler checks the keys and ranges."""
+    """The config file must be a YAML mapping whose `autoscaler:` section (if any) is a mapping
+    of Knative config-autoscaler keys; the autoscaler itself checks the keys and ranges (and
+    `ebb up` shows its log if it refuses them)."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -96,6 +107,10 @@ def validate_config(path: Path) -> Path:
     for key in data or {}:
         if not isinstance(key, str):
             raise CliError(f"--config {path}: key {key!r} must be a string")
+    section = (data or {}).get("autoscaler")
+    if section is not None and not isinstance(section, dict):
+        raise CliError(f"--config {path}: autoscaler: expected a mapping of config-autoscaler keys, "
+                       f"got {type(section).__name__}")
     return path.resolve()
 
 
@@ -136,9 +151,9 @@ def plan(settings: UpSettings, python: str, envoy_argv: list[str]) -> list[Proce
     run = settings.data_dir / "run"
     addr = settings.address
 
-    def component(name: str, *args: str, stop_timeout_s: float = STOP_TIMEOUT_S) -> ProcessSpec:
-        ready = run / f"{name}.ready"
-        argv = [python, "-m", f"ebb.{name}", *args, "--ready-file", str(ready)]
+    def component(name: str, *args: str, stop_timeout_s: float = settings.stop_timeout_s) -> ProcessSpec:
+        ready = run / f"{name}.json"
+        argv = [python, "-m", f"ebb.{name}", *args, "--ready-file", str(ready), "--log-level", settings.log_level]
         env = {"PYTHONUNBUFFERED": "1"}
         if settings.tracing:
             env |= {"EBB_TRACING": "1", "OTEL_SERVICE_NAME": f"ebb-{name}"}
@@ -159,8 +174,7 @@ def plan(settings: UpSettings, python: str, envoy_argv: list[str]) -> list[Proce
             "--webhook", addr("webhook"),
             "--activator", addr("activator"),
             "--activator-grpc", addr("activator-grpc"),
-            "--log-level", settings.log_level,
-            stop_timeout_s=CONTROLLER_STOP_TIMEOUT_S,
+            stop_timeout_s=settings.controller_stop_timeout_s,
         ),
         component(
             "activator",
@@ -169,7 +183,7 @@ def plan(settings: UpSettings, python: str, envoy_argv: list[str]) -> list[Proce
             "--controller", addr("controller"),
             "--autoscaler", addr("autoscaler"),
         ),
-        ProcessSpec(name="envoy", argv=envoy_argv, ready_file=None),
+        ProcessSpec(name="envoy", argv=envoy_argv, ready_file=None, stop_timeout_s=settings.stop_timeout_s),
     ]
 
 
@@ -238,6 +252,7 @@ class Supervisor:
         self.logs = settings.data_dir / "logs"
         self.started: list[tuple[ProcessSpec, subprocess.Popen]] = []
         self.signal_received: int | None = None
+        self.deaths: dict[str, list[float]] = {}  # component -> monotonic times it died
 
     # -- signals --
 
@@ -255,11 +270,16 @@ class Supervisor:
 
     # -- start --
 
-    def start(self, spec: ProcessSpec) -> subprocess.Popen:
+    def start(self, spec: ProcessSpec, restart: bool = False) -> subprocess.Popen:
+        """Popen the spec; a restart appends to its log and keeps its old ready file (readers
+        see the old pid until the new process replaces the file)."""
         log_path = self.logs / f"{spec.name}.log"
-        if spec.ready_file is not None:
+        if spec.ready_file is not None and not restart:
             spec.ready_file.unlink(missing_ok=True)
-        with open(log_path, "wb") as log:
+        with open(log_path, "ab" if restart else "wb") as log:
+            if restart:
+                log.write(f"--- ebb up: restarting {spec.name} ---\n".encode())
+                log.flush()
             try:
                 proc = subprocess.Popen(
                     spec.argv,
@@ -273,7 +293,10 @@ class Supervisor:
                 )
             except OSError as exc:
                 raise StartError(f"cannot start {spec.name} ({spec.argv[0]}): {exc.strerror}") from None
-        self.started.append((spec, proc))
+        if restart:
+            self.started = [(s, proc if s is spec else p) for s, p in self.started]
+        else:
+            self.started.append((spec, proc))
         return proc
 
     def wait_ready(self, spec: ProcessSpec, proc: subprocess.Popen, probe: Callable[[], dict | None]) -> dict:
@@ -301,18 +324,41 @@ class Supervisor:
     # -- run --
 
     def watch(self, tick: Callable[[], None] | None = None) -> int:
-        """Block until a signal (returns 0) or a component dies (returns 1)."""
+        """Block until a signal (returns 0) or a component dies more often than it may be
+        restarted (returns 1). A dead component is restarted after a backoff."""
+        pending: dict[str, float] = {}  # component -> when to restart it
         while True:
             if self.signal_received is not None:
                 return 0
-            for spec, proc in self.started:
+            now = time.monotonic()
+            for spec, proc in list(self.started):
+                if spec.name in pending:
+                    if now >= pending[spec.name]:
+                        del pending[spec.name]
+                        # Whatever the dead leader left in its group must not hold its ports.
+                        procs.killpg_quietly(proc.pid, signal.SIGKILL)
+                        try:
+                            self.start(spec, restart=True)
+                        except StartError as exc:
+                            print(f"ebb up: {exc}; stopping the mesh", file=self.err, flush=True)
+                            return 1
+                    continue
                 code = proc.poll()
-                if code is not None:
-                    print(f"ebb up: {spec.name} exited unexpectedly with code {code}; stopping the mesh",
+                if code is None:
+                    continue
+                deaths = self.deaths.setdefault(spec.name, [])
+                deaths.append(now)
+                delay = restart_delay(deaths, now, self.settings.max_restarts)
+                if delay is None:
+                    times = f" ({len(deaths)} times within {RESTART_WINDOW_S:g}s)" if len(deaths) > 1 else ""
+                    print(f"ebb up: {spec.name} exited unexpectedly with code {code}{times}; stopping the mesh",
                           file=self.err, flush=True)
                     for line in log_tail(self.logs / f"{spec.name}.log"):
                         print(f"  {line}", file=self.err)
                     return 1
+                print(f"ebb up: {spec.name} exited unexpectedly with code {code}; restarting it in {delay:g}s",
+                      file=self.err, flush=True)
+                pending[spec.name] = now + delay
             procs.reap_zombies(self._popen_pids())
             if tick is not None:
                 tick()
@@ -329,10 +375,10 @@ class Supervisor:
         for spec, proc in reversed(self.started):
             self._stop_one(spec, proc)
         leftovers = procs.descendants(os.getpid())
-        killed = procs.sweep(leftovers, skip, SWEEP_GRACE_S)
-        if killed:
-            print(f"ebb up: killed {len(killed)} leftover process(es): "
-                  f"{', '.join(str(p.pid) for p in killed)}", file=self.err)
+        stopped = procs.sweep(leftovers, skip, SWEEP_GRACE_S)
+        if stopped:
+            print(f"ebb up: stopped {len(stopped)} leftover process(es): "
+                  f"{', '.join(str(p.pid) for p in stopped)}", file=self.err)
         self.started.clear()
 
     def _stop_one(self, spec: ProcessSpec, proc: subprocess.Popen) -> None:
@@ -353,6 +399,19 @@ class Supervisor:
 
     def _popen_pids(self) -> set[int]:
         return {proc.pid for _, proc in self.started}
+
+
+def restart_delay(deaths: list[float], now: float, max_restarts: int,
+                  window_s: float = RESTART_WINDOW_S) -> float | None:
+    """Seconds to wait before restarting a component that died at the times in `deaths`
+    (the last one just now); None when it died more than `max_restarts` times in the window.
+
+    E.g. the third death within a minute waits 0.5 * 2**2 = 2 s.
+    """
+    recent = [t for t in deaths if now - t <= window_s]
+    if len(recent) > max_restarts:
+        return None
+    return min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** (len(recent) - 1))
 
 
 class Interrupted(Exception):
@@ -402,7 +461,7 @@ def envoy_setup(settings: UpSettings) -> list[str]:
     config_path = settings.data_dir / "envoy.json"
     write_json_atomically(config_path, bootstrap)
     # base_id keys Envoy's shared memory; the admin port is unique among Envoys on this host.
-    return list(envoy_support.envoy_command(binary, str(config_path), admin_port, None, 1))
+    return list(envoy_support.envoy_command(binary, str(config_path), admin_port, None, concurrency=1))
 
 
 def existing_mesh(data_dir: Path) -> int | None:
@@ -591,5 +650,6 @@ def settings_from_args(args: Any, environ: Mapping[str, str]) -> UpSettings:
         sample=args.sample,
         log_level=args.log_level,
         start_timeout_s=args.start_timeout,
+        max_restarts=args.max_restarts,
         hint_data_dir=data_dir != default_dir,
     )

@@ -74,7 +74,10 @@ def bootstrap(
                                     {
                                         "endpoint": {
                                             "address": {
-                                                "socket_address": {"address": ads_host, "port_value": ads_port}
+                                                "socket_address": {
+                                                    "address": ads_host,
+                                                    "port_value": ads_port,
+                                                }
                                             }
                                         }
                                     }

@@ -89,7 +89,8 @@ class RouteTarget:
 class VirtualHostSpec:
     """One routed host. `domains` are bare hosts; `host:*` port variants are added.
 
-    Targets' weights add up to WEIGHT_TOTAL (100); zero-weight targets are dropped.
+    Targets' weights add up to WEIGHT_TOTAL (100); zero-weight targets are dropped and
+    targets on the same cluster merged.
     """
 
     name: str
@@ -208,17 +209,23 @@ def _check_spec(spec: GatewaySpec) -> None:
             )
         for e in c.endpoints:
             if not 0 < e.port < 65536:
-                raise SnapshotError(f"cluster {c.name!r}: endpoint port {e.port}, must be in 1..65535")
+                raise SnapshotError(
+                    f"cluster {c.name!r}: endpoint port {e.port}, must be in 1..65535"
+                )
     for vh in spec.virtual_hosts:
         if vh.timeout_s < 0:
-            raise SnapshotError(f"virtual host {vh.name!r}: timeout_s = {vh.timeout_s}, must be >= 0")
+            raise SnapshotError(
+                f"virtual host {vh.name!r}: timeout_s = {vh.timeout_s}, must be >= 0"
+            )
         if not vh.domains:
             raise SnapshotError(f"virtual host {vh.name!r} has no domains")
         if not vh.targets:
             raise SnapshotError(f"virtual host {vh.name!r} has no targets")
         for t in vh.targets:
             if t.weight < 0:
-                raise SnapshotError(f"virtual host {vh.name!r}: target {t.cluster!r} has weight {t.weight}, must be >= 0")
+                raise SnapshotError(
+                    f"virtual host {vh.name!r}: target {t.cluster!r} has weight {t.weight}, must be >= 0"
+                )
         total = sum(t.weight for t in vh.targets)
         if total != WEIGHT_TOTAL:
             raise SnapshotError(
@@ -233,7 +240,9 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 def _socket_address(host: str, port: int) -> address_pb2.Address:
-    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=host, port_value=port)
+    )
 
 
 def _ads_source() -> config_source_pb2.ConfigSource:
@@ -284,7 +293,9 @@ def _load_assignment(spec: ClusterSpec) -> endpoint_pb2.ClusterLoadAssignment:
             endpoint_components_pb2.LocalityLbEndpoints(
                 lb_endpoints=[
                     endpoint_components_pb2.LbEndpoint(
-                        endpoint=endpoint_components_pb2.Endpoint(address=_socket_address(e.host, e.port))
+                        endpoint=endpoint_components_pb2.Endpoint(
+                            address=_socket_address(e.host, e.port)
+                        )
                     )
                     for e in sorted(set(spec.endpoints), key=lambda e: (e.host, e.port))
                 ]
@@ -325,7 +336,9 @@ def _listener(spec: GatewaySpec) -> listener_pb2.Listener:
         address=_socket_address(spec.listener_host, spec.listener_port),
         filter_chains=[
             listener_components_pb2.FilterChain(
-                filters=[listener_components_pb2.Filter(name=_HCM_FILTER, typed_config=_packed(manager))]
+                filters=[
+                    listener_components_pb2.Filter(name=_HCM_FILTER, typed_config=_packed(manager))
+                ]
             )
         ],
     )
@@ -344,23 +357,30 @@ def expand_domains(domains: Iterable[str]) -> list[str]:
 def _route_configuration(spec: GatewaySpec) -> route_pb2.RouteConfiguration:
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
-        virtual_hosts=[_virtual_host(vh) for vh in sorted(spec.virtual_hosts, key=lambda v: v.name)],
+        virtual_hosts=[
+            _virtual_host(vh) for vh in sorted(spec.virtual_hosts, key=lambda v: v.name)
+        ],
     )
 
 
 def _virtual_host(vh: VirtualHostSpec) -> route_components_pb2.VirtualHost:
-    targets = [t for t in vh.targets if t.weight > 0]
+    # Two targets on one cluster (e.g. a tag and latest on the same revision) add up;
+    # zero weights are dropped. Order is kept: it is the order Envoy lists them in.
+    weights: dict[str, int] = {}
+    for t in vh.targets:
+        if t.weight > 0:
+            weights[t.cluster] = weights.get(t.cluster, 0) + t.weight
     action = route_components_pb2.RouteAction(timeout=_duration(vh.timeout_s))
-    if len(targets) == 1:
-        action.cluster = targets[0].cluster
+    if len(weights) == 1:
+        action.cluster = next(iter(weights))
     else:
         action.weighted_clusters.CopyFrom(
             route_components_pb2.WeightedCluster(
                 clusters=[
                     route_components_pb2.WeightedCluster.ClusterWeight(
-                        name=t.cluster, weight=wrappers_pb2.UInt32Value(value=t.weight)
+                        name=name, weight=wrappers_pb2.UInt32Value(value=weight)
                     )
-                    for t in targets
+                    for name, weight in weights.items()
                 ]
             )
         )
@@ -388,12 +408,16 @@ def _virtual_host(vh: VirtualHostSpec) -> route_components_pb2.VirtualHost:
 # ---------------------------------------------------------------------------- checking
 
 
-def _unpack(items: Mapping[str, any_pb2.Any], cls: type[message.Message]) -> dict[str, message.Message]:
+def _unpack(
+    items: Mapping[str, any_pb2.Any], cls: type[message.Message]
+) -> dict[str, message.Message]:
     out = {}
     for name, packed in items.items():
         msg = cls()
         if not packed.Unpack(msg):
-            raise SnapshotError(f"resource {name!r} is a {packed.type_url}, not a {cls.DESCRIPTOR.full_name}")
+            raise SnapshotError(
+                f"resource {name!r} is a {packed.type_url}, not a {cls.DESCRIPTOR.full_name}"
+            )
         out[name] = msg
     return out
 
@@ -443,7 +467,9 @@ def check_consistency(snapshot: Snapshot) -> None:
                 _check_route(config_name, vh.name, route, clusters)
 
 
-def _check_route(config: str, vhost: str, route: route_components_pb2.Route, clusters: Mapping[str, object]) -> None:
+def _check_route(
+    config: str, vhost: str, route: route_components_pb2.Route, clusters: Mapping[str, object]
+) -> None:
     where = f"route configuration {config!r}, virtual host {vhost!r}"
     if not route.HasField("route"):
         return
@@ -455,7 +481,9 @@ def _check_route(config: str, vhost: str, route: route_components_pb2.Route, clu
         weights = [cw.weight.value for cw in action.weighted_clusters.clusters]
         total = action.weighted_clusters.total_weight.value or WEIGHT_TOTAL
         if sum(weights) != total:
-            raise SnapshotError(f"{where}: weights {weights} sum to {sum(weights)}, must be {total}")
+            raise SnapshotError(
+                f"{where}: weights {weights} sum to {sum(weights)}, must be {total}"
+            )
         names = [cw.name for cw in action.weighted_clusters.clusters]
     else:
         return

@@ -89,6 +89,7 @@ class _TypeState:
     acked_version: str | None = None
     acked_names: frozenset[str] = frozenset()
     nacked_version: str | None = None  # not sent again until the snapshot changes
+    rejected: bool = False  # the last response sent was NACKed: Envoy has the acked one
 
 
 class StreamState:
@@ -118,7 +119,9 @@ class StreamState:
 
     # ------------------------------------------------------------------ inputs
 
-    def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
+    def on_request(
+        self, request: discovery_pb2.DiscoveryRequest
+    ) -> list[discovery_pb2.DiscoveryResponse]:
         if request.node.id:
             self.node_id = request.node.id
         type_url = request.type_url
@@ -160,6 +163,10 @@ class StreamState:
     def snapshot(self) -> Snapshot | None:
         return self._snapshot
 
+    @property
+    def stats(self) -> XdsStats:
+        return self._stats
+
     def acked_version(self, type_url: str) -> str | None:
         return self._types[type_url].acked_version
 
@@ -184,11 +191,14 @@ class StreamState:
 
     # ------------------------------------------------------------------ protocol
 
-    def _take_answer(self, type_url: str, st: _TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
+    def _take_answer(
+        self, type_url: str, st: _TypeState, request: discovery_pb2.DiscoveryRequest
+    ) -> None:
         name = TYPE_NAMES[type_url]
         detail = request.error_detail
         if request.HasField("error_detail") and (detail.code or detail.message):
             st.nacked_version = st.sent_version
+            st.rejected = True
             self.last_nack = Nack(
                 node_id=self.node_id,
                 type_url=type_url,
@@ -219,7 +229,12 @@ class StreamState:
                 self._client_clusters = dict(st.sent_items)
             log.debug(
                 "xds: ACK",
-                extra={"stream": self._stream_id, "node": self.node_id, "type": name, "version": st.acked_version},
+                extra={
+                    "stream": self._stream_id,
+                    "node": self.node_id,
+                    "type": name,
+                    "version": st.acked_version,
+                },
             )
         else:
             log.debug(
@@ -242,7 +257,9 @@ class StreamState:
         # else: empty from the start means everything
 
     @staticmethod
-    def _subset(st: _TypeState, type_url: str, items: Mapping[str, any_pb2.Any]) -> Mapping[str, any_pb2.Any]:
+    def _subset(
+        st: _TypeState, type_url: str, items: Mapping[str, any_pb2.Any]
+    ) -> Mapping[str, any_pb2.Any]:
         if type_url not in _NAMED_TYPES or st.names is None:
             return items
         return {n: items[n] for n in sorted(st.names) if n in items}
@@ -281,6 +298,14 @@ class StreamState:
                 break
         return out
 
+    @staticmethod
+    def _client_has(st: _TypeState, version: str, items: Mapping[str, any_pb2.Any]) -> bool:
+        """Envoy has, or is about to get, `items` at `version` (a shrunk subscription
+        needs no answer)."""
+        if st.rejected:
+            return version == st.acked_version and set(items) <= st.acked_names
+        return version == st.sent_version and set(items) <= set(st.sent_items)
+
     def _maybe_push(self, type_url: str, resend: bool) -> discovery_pb2.DiscoveryResponse | None:
         st = self._types[type_url]
         if not st.subscribed:
@@ -288,8 +313,8 @@ class StreamState:
         version, items = self._wanted(type_url)
         if version == st.nacked_version:
             return None
-        if not resend and version == st.sent_version and set(items) <= set(st.sent_items):
-            return None  # Envoy has all of it (a shrunk subscription needs no answer)
+        if not resend and self._client_has(st, version, items):
+            return None
         nonce = str(next(self._nonces))
         response = discovery_pb2.DiscoveryResponse(
             version_info=version,
@@ -299,6 +324,7 @@ class StreamState:
             control_plane=base_pb2.ControlPlane(identifier=CONTROL_PLANE_ID),
         )
         st.sent_version, st.sent_nonce, st.sent_items = version, nonce, dict(items)
+        st.rejected = False
         if type_url == CLUSTER_TYPE:
             if any(self._client_clusters.get(n) != a for n, a in items.items()):
                 self._refresh_endpoints = True
@@ -358,7 +384,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if self._snapshot is not None and snapshot.version == self._snapshot.version:
             return
         self._snapshot = snapshot
-        log.info("xds: new snapshot", extra={"version": snapshot.version, "streams": len(self._streams)})
+        log.info(
+            "xds: new snapshot", extra={"version": snapshot.version, "streams": len(self._streams)}
+        )
         for stream in self._streams.values():
             for response in stream.state.on_snapshot(snapshot):
                 stream.queue.put_nowait(response)
@@ -446,7 +474,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 await reader
             del self._streams[stream_id]
             self._notify()
-            log.info("xds: stream closed", extra={"stream": stream_id, "node": stream.state.node_id})
+            log.info(
+                "xds: stream closed", extra={"stream": stream_id, "node": stream.state.node_id}
+            )
 
     async def _read(
         self, stream: _Stream, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest]
@@ -467,6 +497,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             stream.queue.put_nowait(None)
 
     async def DeltaAggregatedResources(  # noqa: N802 (grpc method name)
-        self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext,
     ) -> None:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ebb serves state-of-the-world ADS only")

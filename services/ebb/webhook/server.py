@@ -14,10 +14,11 @@ import ssl
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
+
 from ebb.api.serving.v1 import resources_pb2
 from ebb.api.webhook.v1 import admission_pb2, admission_pb2_grpc
 from ebb.webhook.admission import AdmissionSettings, default, review_response, validate
-from google.protobuf import json_format
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,151 @@
+"""Autoscaler entry point: flags and config file -> settings, then serve until a signal."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ebb.autoscaler.server import AutoscalerServer
+from ebb.autoscaler.settings import AutoscalerSettings, unknown_keys
+from ebb.common.logs import setup_logging
+from ebb.common.server import ServiceCore, run, write_ready_file
+from ebb.common.settings import Flag, SettingsError, env_view, parse_port, read_flags
+
+log = logging.getLogger("ebb.autoscaler")
+
+PROG = "python -m ebb.autoscaler"
+FLAGS = (
+    Flag(
+        "grpc-port", "EBB_AUTOSCALER_GRPC_PORT", "8091", "gRPC port: StatsService, ScalingService"
+    ),
+    Flag(
+        "config",
+        "EBB_AUTOSCALER_CONFIG",
+        "",
+        "YAML file whose `autoscaler:` section holds Knative config-autoscaler keys",
+    ),
+    Flag("tick-interval-s", "EBB_AUTOSCALER_TICK_INTERVAL_S", "2", "seconds between KPA decisions"),
+    Flag(
+        "ready-file", "EBB_AUTOSCALER_READY_FILE", "", "write the bound address here once serving"
+    ),
+    Flag("log-level", "EBB_AUTOSCALER_LOG_LEVEL", "info", "debug, info, warning, error"),
+)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """The process's settings: where to listen, how often to decide, and the KPA settings."""
+
+    grpc_port: int
+    tick_interval_s: float
+    ready_file: str
+    log_level: str
+    autoscaler: AutoscalerSettings
+    config_file: str = ""
+    ignored_keys: tuple[str, ...] = ()
+
+
+def read_config_file(path: str) -> tuple[AutoscalerSettings, tuple[str, ...]]:
+    """Settings from the `autoscaler:` section of a YAML file, plus the keys it ignored.
+
+    A file without that section means all defaults. Errors name the file and the key.
+    """
+    where = f"config {path}"
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SettingsError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise SettingsError(f"{where}: not valid YAML{line}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise SettingsError(f"{where}: must be a YAML mapping with an `autoscaler:` section")
+    section = data.get("autoscaler")
+    if section is None:
+        section = {}
+    if not isinstance(section, Mapping):
+        raise SettingsError(f"{where}: autoscaler must be a mapping of config-autoscaler keys")
+    try:
+        settings = AutoscalerSettings.from_mapping(section)
+    except SettingsError as exc:
+        raise SettingsError(f"{where}: autoscaler.{exc}") from None
+    return settings, tuple(unknown_keys(section))
+
+
+def _tick_interval(value: str | None) -> float:
+    try:
+        tick = float(value or "")
+    except ValueError:
+        raise SettingsError(f"tick-interval-s = {value!r}, must be a number of seconds") from None
+    if not math.isfinite(tick) or not 0 < tick <= 60:
+        raise SettingsError(f"tick-interval-s = {value}, must be greater than 0 and at most 60")
+    return tick
+
+
+def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ServiceSettings:
+    """Flags, falling back to env (EBB_AUTOSCALER_*), then defaults; validated."""
+    raw = read_flags(PROG, FLAGS, argv, environ)
+    level = (raw["log-level"] or "info").lower()
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"log-level = {level!r}, must be one of {', '.join(LOG_LEVELS)}")
+    config_file = raw["config"] or ""
+    settings, ignored = read_config_file(config_file) if config_file else (AutoscalerSettings(), ())
+    return ServiceSettings(
+        grpc_port=parse_port("grpc-port", raw["grpc-port"]),
+        tick_interval_s=_tick_interval(raw["tick-interval-s"]),
+        ready_file=raw["ready-file"] or "",
+        log_level=level,
+        autoscaler=settings,
+        config_file=config_file,
+        ignored_keys=ignored,
+    )
+
+
+async def serve(cfg: ServiceSettings) -> int:
+    core = ServiceCore("autoscaler", port=cfg.grpc_port)
+    autoscaler = AutoscalerServer(cfg.autoscaler, tick_interval_s=cfg.tick_interval_s)
+    autoscaler.add_to(core)
+    try:
+        await core.start()
+    except OSError as exc:
+        print(f"autoscaler: {exc}", file=sys.stderr)
+        return 1
+    await autoscaler.start()
+    core.install_signal_handlers()
+    write_ready_file(cfg.ready_file, {"grpc": core.address})
+    await core.wait_for_signal()
+    # End the tick loop and the open streams first, so stop(grace) has nothing to wait for.
+    await autoscaler.close()
+    await core.shutdown()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    try:
+        cfg = load(argv, env_view(environ))
+    except SettingsError as exc:
+        print(f"autoscaler: {exc}", file=sys.stderr)
+        return 1
+    setup_logging("autoscaler", cfg.log_level)
+    if cfg.ignored_keys:
+        log.warning(
+            "unknown config-autoscaler keys ignored",
+            extra={"config": cfg.config_file, "keys": list(cfg.ignored_keys)},
+        )
+    log.info(
+        "autoscaler settings",
+        extra={"settings": cfg.autoscaler.to_mapping(), "tick_interval_s": cfg.tick_interval_s},
+    )
+    return run(lambda: serve(cfg))

@@ -1,0 +1,101 @@
+"""Wires the queue together: settings, proxy, readiness, stats reporter, gRPC admin, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+
+from ebb.common.logs import setup_logging
+from ebb.common.server import ServiceCore, run, write_ready_file
+from ebb.common.settings import SettingsError, env_view
+from ebb.queue import settings as queue_settings
+from ebb.queue.proxy import Proxy
+from ebb.queue.readiness import probe_loop
+from ebb.queue.reporter import Reporter
+from ebb.queue.settings import QueueSettings
+from ebb.queue.stats import ConcurrencyStats
+
+log = logging.getLogger("ebb.queue")
+
+HOST = "127.0.0.1"
+
+
+async def serve(settings: QueueSettings) -> int:
+    """Run until SIGTERM/SIGINT, drain, stop; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    started_at = loop.time()
+    stats = ConcurrencyStats(started_at)
+    proxy = Proxy(
+        app_host=settings.app_host,
+        app_port=settings.app_port,
+        stats=stats,
+        container_concurrency=settings.container_concurrency,
+        queue_depth=settings.queue_depth,
+        timeout_s=settings.timeout_s,
+        response_start_timeout_s=settings.response_start_timeout_s,
+        idle_timeout_s=settings.idle_timeout_s,
+    )
+    # The proxy drains itself (it knows when requests stop arriving); the gRPC side only
+    # has to stop.
+    core = ServiceCore("queue", HOST, settings.admin_port, drain_s=0.0)
+    core.install_signal_handlers()
+    await core.start()
+    core.set_serving(False)  # not until the app answers
+
+    def on_ready(ready: bool) -> None:
+        proxy.ready = ready
+        core.set_serving(proxy.healthy)
+
+    http_port = await proxy.listen(HOST, settings.http_port)
+    prober = loop.create_task(probe_loop(settings.app_host, settings.app_port, on_ready))
+    reporter = None
+    if settings.autoscaler:
+        reporter = Reporter(
+            settings.autoscaler,
+            instance=settings.instance,
+            namespace=settings.namespace,
+            revision=settings.revision,
+            snapshot=stats.report,
+            started_at=started_at,
+        )
+        reporter.start()
+    address = f"{HOST}:{http_port}"
+    write_ready_file(settings.ready_file, {"http": address, "grpc": core.address})
+    log.info(
+        "queue serving",
+        extra={
+            "http": address,
+            "grpc": core.address,
+            "app": f"{settings.app_host}:{settings.app_port}",
+            "revision": f"{settings.namespace}/{settings.revision}",
+            "container_concurrency": settings.container_concurrency,
+        },
+    )
+
+    await core.wait_for_signal()
+    log.info("draining", extra={"quiet_s": settings.drain_quiet_s, "max_s": settings.drain_max_s})
+    proxy.draining = True
+    core.set_serving(False)
+    await proxy.drain(settings.drain_quiet_s, settings.drain_max_s)
+    prober.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await prober
+    await proxy.close()
+    if reporter is not None:
+        await reporter.stop()
+    await core.shutdown()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of `python -m ebb.queue`; returns the exit code."""
+    try:
+        settings = queue_settings.load(argv, env_view(environ))
+    except SettingsError as exc:
+        print(f"queue: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("queue", settings.log_level)
+    return run(lambda: serve(settings))

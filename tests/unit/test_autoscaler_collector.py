@@ -1,0 +1,171 @@
+"""The collector: stats -> per-revision windows; proxied load subtracted; bad stats counted."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ebb.autoscaler.collector import (
+    MISSING_INSTANCE,
+    MISSING_REVISION,
+    NEGATIVE,
+    NOT_A_NUMBER,
+    NOT_FINITE,
+    UNKNOWN_REVISION,
+    Collector,
+    StatValue,
+    contribution,
+)
+
+KEY = ("default", "hello-00001")
+
+
+def stat(instance="i1", concurrency=0.0, proxied=0.0, requests=0.0, proxied_requests=0.0, **kw):
+    return StatValue(
+        instance=instance,
+        namespace=kw.pop("namespace", KEY[0]),
+        name=kw.pop("name", KEY[1]),
+        average_concurrency=concurrency,
+        average_proxied_concurrency=proxied,
+        request_count=requests,
+        proxied_request_count=proxied_requests,
+        **kw,
+    )
+
+
+def collector(stable=6, panic=2, aggregation="linear"):
+    c = Collector()
+    c.track(KEY, stable_window_s=stable, panic_window_s=panic, aggregation=aggregation)
+    return c
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (stat(concurrency=5.0), (5.0, 0.0)),
+        (stat(concurrency=5.0, proxied=2.0), (3.0, 0.0)),  # the activator reports those 2
+        (stat(concurrency=5.0, proxied=5.0), (0.0, 0.0)),
+        (stat(concurrency=1.0, proxied=1.5), (0.0, 0.0)),  # never negative
+        (stat(requests=10.0, proxied_requests=4.0), (0.0, 6.0)),
+        (stat(requests=10.0, period_s=2.0), (0.0, 5.0)),  # counts per period -> per second
+        (stat(instance="activator/a1", concurrency=3.0, proxied=3.0, requests=2.0), (3.0, 2.0)),
+    ],
+)
+def test_contribution(value, expected):
+    assert contribution(value) == expected
+
+
+def test_revision_concurrency_is_the_sum_over_reporters_with_proxied_subtracted():
+    c = collector()
+    c.record(100.1, stat("i1", concurrency=4.0, proxied=1.0))
+    c.record(100.2, stat("i2", concurrency=2.0))
+    c.record(100.3, stat("activator/a1", concurrency=1.0))
+    obs = c.observe(KEY, 100.5, "concurrency")
+    assert obs.stable == 3.0 + 2.0 + 1.0
+    assert obs.panic == 6.0
+
+
+def test_a_request_through_the_activator_is_counted_once():
+    # The activator holds one request and forwards it; the queue serves it as "proxied".
+    c = collector()
+    c.record(100.1, stat("activator/a1", concurrency=1.0, requests=1.0))
+    c.record(100.2, stat("i1", concurrency=1.0, proxied=1.0, requests=1.0, proxied_requests=1.0))
+    obs = c.observe(KEY, 100.5, "concurrency")
+    assert obs.stable == 1.0
+    assert c.observe(KEY, 101.0, "rps").stable == 1.0
+
+
+def test_the_latest_stat_of_a_reporter_within_a_second_wins():
+    c = collector()
+    c.record(100.1, stat("i1", concurrency=10.0))
+    c.record(100.9, stat("i1", concurrency=4.0))
+    c.record(100.5, stat("i2", concurrency=1.0))
+    assert c.observe(KEY, 100.9, "concurrency").stable == 5.0
+
+
+def test_seconds_are_averaged_over_the_window():
+    c = collector(stable=6, panic=2)
+    for t, v in [(100, 2.0), (101, 4.0), (102, 6.0), (103, 8.0)]:
+        c.record(t + 0.5, stat("i1", concurrency=v))
+    obs = c.observe(KEY, 103.6, "concurrency")
+    assert obs.stable == 5.0  # (2 + 4 + 6 + 8) / 4: partial window
+    assert obs.panic == 7.0  # (6 + 8) / 2
+
+
+def test_rps_metric_and_last_second_rps():
+    c = collector()
+    c.record(100.2, stat("i1", requests=3.0))
+    c.record(100.4, stat("i2", requests=5.0))
+    c.record(101.2, stat("i1", requests=1.0))
+    obs = c.observe(KEY, 101.5, "rps")
+    assert obs.stable == pytest.approx((8.0 + 1.0) / 2)
+    assert obs.rps == 8.0  # the last complete second (100)
+    assert c.observe(KEY, 102.1, "rps").rps == 1.0
+    assert c.observe(KEY, 105.0, "rps").rps == 0.0
+
+
+def test_no_data_means_no_observation():
+    c = collector(stable=6)
+    assert c.observe(KEY, 100.0, "concurrency") is None
+    c.record(100.0, stat(concurrency=0.0))
+    assert c.observe(KEY, 100.0, "concurrency").stable == 0.0
+    assert c.observe(KEY, 106.0, "concurrency") is not None
+    assert c.observe(KEY, 107.0, "concurrency") is None  # nothing within the stable window
+    assert c.observe(("default", "other"), 100.0, "concurrency") is None
+
+
+def test_zero_stats_keep_the_revision_observed():
+    c = collector(stable=6)
+    c.record(100.0, stat(concurrency=7.0))
+    for t in range(101, 120):
+        c.record(float(t), stat(concurrency=0.0))
+    obs = c.observe(KEY, 119.0, "concurrency")
+    assert obs is not None and obs.stable == 0.0
+
+
+MALFORMED = [
+    (stat(namespace=""), MISSING_REVISION),
+    (stat(name=""), MISSING_REVISION),
+    (stat(instance=""), MISSING_INSTANCE),
+    (stat(concurrency=math.nan), NOT_FINITE),
+    (stat(concurrency=math.inf), NOT_FINITE),
+    (stat(requests=-math.inf), NOT_FINITE),
+    (stat(concurrency=-1.0), NEGATIVE),
+    (stat(proxied=-0.5), NEGATIVE),
+    (stat(proxied_requests=-1.0), NEGATIVE),
+    (stat(process_uptime_s=-1.0), NEGATIVE),
+    (stat(period_s=-1.0), NEGATIVE),
+    (stat(concurrency="5"), NOT_A_NUMBER),
+    (stat(concurrency=None), NOT_A_NUMBER),
+    (stat(concurrency=True), NOT_A_NUMBER),
+    (stat(namespace=None), MISSING_REVISION),
+    (stat(name="hello-00002"), UNKNOWN_REVISION),
+]
+
+
+@pytest.mark.parametrize(("value", "reason"), MALFORMED)
+def test_malformed_stats_are_dropped_and_counted(value, reason):
+    c = collector()
+    assert c.record(100.0, value) == reason
+    assert c.dropped == {reason: 1}
+    assert c.accepted == 0
+    assert c.observe(KEY, 100.0, "concurrency") is None
+
+
+def test_record_never_raises_on_garbage():
+    c = collector()
+    assert c.record(100.0, object()) == NOT_A_NUMBER
+    assert c.record(100.0, stat(concurrency=2.0)) is None
+    assert (c.accepted, sum(c.dropped.values())) == (1, 1)
+
+
+def test_forget_and_retrack_with_new_windows():
+    c = collector(stable=6, panic=2)
+    c.record(100.0, stat(concurrency=6.0))
+    c.track(KEY, stable_window_s=10, panic_window_s=1, aggregation="weighted-exponential")
+    obs = c.observe(KEY, 100.0, "concurrency")
+    assert obs is not None and obs.stable > 0
+    c.forget(KEY)
+    assert not c.tracks(KEY)
+    assert c.record(100.0, stat(concurrency=1.0)) == UNKNOWN_REVISION

@@ -268,6 +268,7 @@ class StatsClient {
   async streamStats() {
     for (let attempt = 0; !this.stop.signal.aborted;) {
       if (!(await this.register())) return;
+      this.sent = 0; // per stream, to compare with the server's accepted + dropped
       const outcome = await new Promise((resolve) => {
         let settled = false;
         let call = null;

@@ -33,7 +33,9 @@ SERVICE_LABEL = "serving.knative.dev/service"
 class FakeServing(serving_pb2_grpc.ServingServiceServicer):
     """Just enough of the controller: a store, webhook-like validation, Ready after a delay.
 
-    A Service whose command contains `crash` becomes Ready=False (RevisionFailed).
+    Like Ebb's controller, a new Service says Ready=False (RevisionMissing) while its
+    revision deploys (Ready=Unknown). A Service whose command contains `crash` gets a
+    revision that fails; with `routefail` the revision is fine but the route never is.
     """
 
     def __init__(self, ready_after_s: float = 0.2) -> None:
@@ -65,12 +67,20 @@ class FakeServing(serving_pb2_grpc.ServingServiceServicer):
         service = resource.service
         command = " ".join(service.spec.template.spec.containers[0].command)
         status = service.status
-        status.observed_generation = generation
+        revision = self.store[("revision", key[1], status.latest_created_revision_name)].revision
         del status.conditions[:]
+        del revision.status.conditions[:]
         if "crash" in command:
+            revision.status.conditions.add(type="Ready", status="False", reason="ExitCode1",
+                                           message="Container failed with exit code 1")
             status.conditions.add(type="Ready", status="False", reason="RevisionFailed",
-                                  message="Revision hello-00001 failed: exit code 1")
+                                  message=f"Revision {revision.metadata.name} failed")
+        elif "routefail" in command:
+            revision.status.conditions.add(type="Ready", status="True")
+            status.conditions.add(type="Ready", status="False", reason="IngressNotConfigured",
+                                  message="gateway rejected the route")
         else:
+            revision.status.conditions.add(type="Ready", status="True")
             status.conditions.add(type="Ready", status="True")
             status.latest_ready_revision_name = status.latest_created_revision_name
         self._publish(serving_pb2.EVENT_TYPE_MODIFIED, resource)
@@ -98,8 +108,9 @@ class FakeServing(serving_pb2_grpc.ServingServiceServicer):
         if kind == "service":
             inner.status.url = f"http://{inner.metadata.name}.{namespace}.localhost:8080"
             inner.status.latest_created_revision_name = f"{inner.metadata.name}-{generation:05d}"
-            inner.status.observed_generation = generation - 1
-            inner.status.conditions.add(type="Ready", status="Unknown", reason="RevisionMissing")
+            inner.status.observed_generation = generation
+            inner.status.conditions.add(type="Ready", status="False", reason="RevisionMissing",
+                                        message="Waiting for revision to become ready.")
             revision = resources_pb2.Resource(revision=resources_pb2.Revision(
                 api_version="serving.knative.dev/v1", kind="Revision",
                 metadata=resources_pb2.ObjectMeta(
@@ -110,7 +121,7 @@ class FakeServing(serving_pb2_grpc.ServingServiceServicer):
                 status=resources_pb2.RevisionStatus(
                     desired_replicas=1, actual_replicas=1, ready_replicas=1, serving_mode="serve",
                     stable_value=0.5, panic_value=1.0,
-                    conditions=[resources_pb2.Condition(type="Ready", status="True")]),
+                    conditions=[resources_pb2.Condition(type="Ready", status="Unknown", reason="Deploying")]),
             ))
             self.store[("revision", namespace, revision.revision.metadata.name)] = revision
             route = resources_pb2.Resource(route=resources_pb2.Route(
@@ -174,14 +185,6 @@ class FakeServing(serving_pb2_grpc.ServingServiceServicer):
                     yield event
         finally:
             self.watchers.remove(queue)
-
-
-class NoWatchServing(FakeServing):
-    """A controller without Watch: `--wait` must fall back to polling."""
-
-    async def Watch(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
-        yield  # pragma: no cover - makes this an async generator
 
 
 async def _serve(fake: FakeServing) -> ServiceCore:
@@ -293,7 +296,7 @@ async def test_service_create_wait_prints_the_url(controller, capsys, tmp_path, 
         "http://hello.default.localhost:8080",
     ]
     assert "Waiting for service hello" in captured.err
-    assert "Watch" in fake.calls
+    assert "Get" in fake.calls
     spec = fake.store[("service", "default", "hello")].service.spec.template.spec
     container = spec.containers[0]
     assert list(container.command) == ["python", "app.py"] and container.image == "local"
@@ -308,8 +311,20 @@ async def test_service_create_wait_reports_failure(controller, capsys):
     captured = capsys.readouterr()
     assert code == 1
     assert captured.err.splitlines()[-1] == (
-        "ebb: service bad failed to become ready: RevisionFailed: Revision hello-00001 failed: exit code 1"
+        "ebb: service bad failed to become ready: revision bad-00001: ExitCode1: Container failed with exit code 1"
     )
+
+
+async def test_service_create_wait_tolerates_a_short_false_then_fails(controller, capsys):
+    _, address = controller
+    started = asyncio.get_running_loop().time()
+    code = await ebb(address, "service", "create", "odd", "--cmd", "routefail", "--wait", "--wait-timeout", "10")
+    elapsed = asyncio.get_running_loop().time() - started
+    assert code == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "ebb: service odd failed to become ready: IngressNotConfigured: gateway rejected the route"
+    )
+    assert elapsed >= 2.0  # the failure window
 
 
 async def test_service_create_wait_times_out(capsys):
@@ -321,20 +336,8 @@ async def test_service_create_wait_times_out(capsys):
         await core.shutdown()
     assert code == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "ebb: service slow not ready after 0.5s (last reason: not observed yet)"
+        "ebb: service slow not ready after 0.5s (last reason: revision slow-00001: Deploying)"
     )
-
-
-async def test_service_create_wait_polls_without_watch(capsys):
-    fake = NoWatchServing(ready_after_s=0.3)
-    core = await _serve(fake)
-    try:
-        code = await ebb(core.address, "service", "create", "hello", "--cmd", "x", "--wait", "--wait-timeout", "10")
-    finally:
-        await core.shutdown()
-    assert code == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "http://hello.default.localhost:8080"
-    assert fake.calls.count("Get") >= 2
 
 
 async def test_service_create_refuses_to_overwrite(controller, capsys):
@@ -398,7 +401,8 @@ async def test_revision_and_route_lists(controller, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["NAME", "SERVICE", "GENERATION", "READY", "DESIRED", "ACTUAL", "READY-INSTANCES",
                                 "MODE", "CONCURRENCY(stable/panic)", "PANIC", "REASON"]
-    assert lines[1].split() == ["hello-00001", "hello", "1", "True", "1", "1", "1", "serve", "0.50/1.00", "no"]
+    assert lines[1].split() == ["hello-00001", "hello", "1", "Unknown", "1", "1", "1", "serve", "0.50/1.00", "no",
+                                "Deploying"]
     assert len(lines) == 2
     assert await ebb(address, "revision", "list", "-o", "json") == 0
     revisions = json.loads(capsys.readouterr().out)

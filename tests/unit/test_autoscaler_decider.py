@@ -48,7 +48,7 @@ def decider(config, ready=0, now=0.0):
         (3, 21.0, 21.0, True, 3, False),  # steady: ceil(21 / 7) = 3
         (3, 14.0, 14.0, True, 2, False),
         (3, 50.0, 50.0, True, 8, True),  # ceil(50 / 7) = 8; 8 / 3 >= 2
-        (3, 21.0, 41.0, True, 6, False),  # dppc 6 / 3 = 2 ... >= 2 -> panic (see next row)
+        (3, 21.0, 41.0, True, 6, True),  # dppc ceil(41 / 7) = 6, 6 / 3 >= 2: max(3, 6)
         (10, 21.0, 21.0, True, 5, False),  # max scale down: floor(10 / 2) = 5
         (10, 21.0, 21.0, False, 3, False),  # unreachable: no floor
     ],
@@ -56,24 +56,21 @@ def decider(config, ready=0, now=0.0):
 def test_one_tick(ready, stable, panic, reachable, desired, panicking):
     d = decider(cfg(TARGET7), ready=min(ready, 1))
     decision = d.scale(100.0, obs(stable, panic), ready_instances=ready, reachable=reachable)
-    if (ready, stable, panic) == (3, 21.0, 41.0):
-        # dppc = ceil(41 / 7) = 6, 6 / 3 = 2.0 >= 2.0: panic, and desired = max(3, 6).
-        assert (decision.desired, decision.panic) == (6, True)
-        return
     assert (decision.desired, decision.panic) == (desired, panicking)
     assert (decision.stable_value, decision.panic_value) == (stable, panic)
     assert (d.desired, d.ebc) == (decision.desired, decision.ebc)
 
 
 def test_scale_up_from_steady_load():
-    # 3 instances, load ramps 21 -> 28 -> 35 (target 7): 3 -> 4 -> 5, never panicking.
+    # Load ramps 21 -> 28 -> 35 -> 42 (target 7) while instances come up: 3 -> 6, and
+    # never twice the ready count, so no panic.
     d = decider(cfg(TARGET7), ready=1)
-    ready, seen = 1, []
-    for t, load in [(0, 7.0), (2, 14.0), (4, 21.0), (6, 28.0), (8, 35.0)]:
+    ready, seen = 3, []
+    for t, load in [(0, 21.0), (2, 28.0), (4, 35.0), (6, 42.0), (8, 42.0)]:
         decision = d.scale(t, obs(load), ready_instances=ready, reachable=True)
         seen.append((decision.desired, decision.panic))
         ready = decision.desired
-    assert seen == [(1, False), (2, False), (3, False), (4, False), (5, False)]
+    assert seen == [(3, False), (4, False), (5, False), (6, False), (6, False)]
 
 
 @pytest.mark.parametrize(
@@ -102,13 +99,11 @@ def test_panic_enter_extend_and_exit():
         ((4, 7.0, 45.0, 3), (7, True)),  # over again: extends panic (since t=4), goes up
         ((8, 7.0, 7.0, 7), (7, True)),
         ((10, 7.0, 7.0, 7), (7, True)),  # 4 + 6 < 10 is false: still panicking
-        ((11, 7.0, 7.0, 7), (4, False)),  # left panic; stable says 1, max down floor(7/2)=3 -> 3?
+        ((11, 7.0, 7.0, 7), (3, False)),  # left panic: max(dspc 1, max down floor(7 / 2) = 3)
     ]
-    for (t, stable, panic, ready), (desired, panicking) in steps[:-1]:
+    for (t, stable, panic, ready), (desired, panicking) in steps:
         decision = d.scale(t, obs(stable, panic), ready_instances=ready, reachable=True)
         assert (decision.desired, decision.panic) == (desired, panicking), t
-    decision = d.scale(11, obs(7.0, 7.0), ready_instances=7, reachable=True)
-    assert (decision.desired, decision.panic) == (3, False)  # max(1, floor(7 / 2))
     assert not d.panicking
 
 
@@ -148,7 +143,8 @@ def test_activation_scale_raises_panic_desire_too():
 
 def test_scale_down_delay_holds_the_trailing_max():
     d = decider(cfg({**TARGET7, A + "scale-down-delay": "10s"}), ready=1)
-    steps = [(0, 35.0, 5, 5), (2, 7.0, 5, 5), (8, 7.0, 3, 5), (10, 7.0, 3, 3), (12, 7.0, 2, 2), (14, 0, 1, 2)]
+    # (t, load, ready, desired); the KPA alone would say 5, 2, 1, 1, 1, 0 (max down ready/2).
+    steps = [(0, 35.0, 5, 5), (2, 7.0, 5, 5), (8, 7.0, 3, 5), (10, 7.0, 3, 2), (12, 7.0, 2, 1), (14, 0.0, 1, 1)]
     for t, load, ready, desired in steps:
         decision = d.scale(t, obs(load), ready_instances=ready, reachable=True)
         assert decision.desired == desired, t
@@ -216,7 +212,7 @@ def test_initial_status(annotations, cc, ebc):
 def test_no_data_no_decision():
     d = decider(cfg(TARGET7))
     assert d.scale(0, None, ready_instances=0, reachable=True) is None
-    assert (d.desired, d.ebc) == (-1, -111)
+    assert (d.desired, d.ebc) == (-1, -201)  # initial: 1 x 10 - 211
 
 
 def test_fresh_decider_with_several_ready_instances_starts_in_panic():

@@ -361,3 +361,26 @@ def test_revision_row_shows_autoscaler_state():
     rev.status.conditions.add(type="Ready", status="Unknown", reason="Deploying")
     assert resources.revision_row(rev) == (
         "hello-00002", "hello", "2", "Unknown", "?", 2, 1, "proxy", "3.50/7.25", "yes", "Deploying")
+
+
+def _revision(status: str | None, reason: str = "", message: str = "") -> resources_pb2.Revision:
+    rev = resources_pb2.Revision(metadata=resources_pb2.ObjectMeta(name="hello-00001"))
+    if status is not None:
+        rev.status.conditions.add(type="Ready", status=status, reason=reason, message=message)
+    return rev
+
+
+@pytest.mark.parametrize(
+    ("revision", "state"),
+    [
+        (None, ("failing", "RevisionMissing: waiting")),
+        (_revision("Unknown", "Deploying"), ("pending", "revision hello-00001: Deploying")),
+        (_revision(None), ("pending", "revision hello-00001: Deploying")),
+        (_revision("False", "ExitCode1", "exit code 1"), ("failed", "revision hello-00001: ExitCode1: exit code 1")),
+        (_revision("True"), ("failing", "RevisionMissing: waiting")),
+    ],
+)
+def test_wait_state_judges_a_false_service_by_its_revision(revision, state):
+    svc = _service(1, 1, "False", "RevisionMissing", "waiting")
+    assert resources.wait_state(svc, 1, revision) == state
+    assert resources.wait_state(_service(1, 1, "True"), 1, revision)[0] == "ready"

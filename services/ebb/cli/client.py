@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import grpc
+
 from ebb.api.serving.v1 import resources_pb2, serving_pb2, serving_pb2_grpc
 from ebb.cli.errors import CliError
 
@@ -86,27 +87,6 @@ class ServingClient:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise CliError(f'{KIND_NAMES.get(kind, "resource")} "{name}" not found in namespace {namespace}') from None
             raise rpc_error(exc, self.address, "Delete") from None
-
-    def watch(self, kind: int, namespace: str, timeout_s: float) -> Iterator[serving_pb2.WatchResponse]:
-        """Events until `timeout_s` passes; the caller stops early by leaving the loop.
-
-        The deadline ends the stream with DEADLINE_EXCEEDED, which this raises as
-        TimeoutError so callers can tell it from a broken stream; a server without Watch
-        raises NotImplementedError (callers fall back to polling Get).
-        """
-        call = self._stub.Watch(serving_pb2.WatchRequest(kind=kind, namespace=namespace), timeout=timeout_s)
-        try:
-            yield from call
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise TimeoutError from None
-            if exc.code() == grpc.StatusCode.CANCELLED:
-                return
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                raise NotImplementedError("Watch") from None
-            raise rpc_error(exc, self.address, "Watch") from None
-        finally:
-            call.cancel()
 
     def _call(self, method, request, what: str):
         try:

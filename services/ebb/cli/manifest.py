@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from ebb.api.serving.v1 import resources_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from ebb.api.serving.v1 import resources_pb2
 
 API_VERSION = "serving.knative.dev/v1"
 GROUP = "serving.knative.dev"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ebb.api.serving.v1 import resources_pb2, serving_pb2
+from ebb.api.serving.v1 import resources_pb2
 from ebb.cli import output
 from ebb.cli.client import ServingClient
 from ebb.cli.errors import CliError
@@ -24,7 +24,8 @@ KIND_BY_NAME = {
     "route": resources_pb2.KIND_ROUTE,
 }
 DEFAULT_WAIT_TIMEOUT_S = 300.0
-POLL_INTERVAL_S = 0.5
+POLL_INTERVAL_S = 0.25
+FAILURE_WINDOW_S = 2.0  # how long a Ready=False Service with a healthy revision is tolerated
 
 
 def inner(resource: resources_pb2.Resource):
@@ -180,53 +181,70 @@ def service_state(service: resources_pb2.Service, generation: int) -> tuple[str,
         return "pending", (cond.reason if cond is not None else "") or "Unknown"
     if cond.status == "True":
         return "ready", status.url
-    detail = ": ".join(part for part in (cond.reason, cond.message) if part)
-    return "failed", detail or "Ready=False"
+    return "failed", _reason(cond) or "Ready=False"
+
+
+def wait_state(
+    service: resources_pb2.Service, generation: int, revision: resources_pb2.Revision | None
+) -> tuple[str, str]:
+    """Like service_state, but a Ready=False Service is judged by its latest revision.
+
+    ("failing", detail) means the Service says False while its revision is fine: routes may
+    lag behind a revision for a moment (as `kn --wait-window` allows), so callers wait a
+    short window before calling it failed. A revision still deploying means pending; a
+    revision that is Ready=False is the real failure and names why (e.g. its exit code).
+    """
+    state, detail = service_state(service, generation)
+    if state != "failed":
+        return state, detail
+    if revision is not None:
+        cond = output.condition(revision.status.conditions)
+        if cond is None or cond.status not in ("True", "False"):
+            return "pending", f"revision {revision.metadata.name}: {(cond.reason if cond else '') or 'Deploying'}"
+        if cond.status == "False":
+            return "failed", f"revision {revision.metadata.name}: {_reason(cond) or 'Ready=False'}"
+    return "failing", detail
+
+
+def _reason(cond) -> str:
+    return ": ".join(part for part in (cond.reason, cond.message) if part)
 
 
 def wait_service_ready(
     client: ServingClient, name: str, namespace: str, generation: int, timeout_s: float,
-    clock: Callable[[], float] = time.monotonic,
+    *, failure_window_s: float = FAILURE_WINDOW_S, clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> resources_pb2.Service:
-    """The Service once Ready=True for `generation`; CliError when it fails or time runs out."""
+    """Poll until the Service is Ready=True for `generation`; CliError when it fails (see
+    wait_state), is deleted, or `timeout_s` passes."""
     deadline = clock() + timeout_s
     last_reason = "no status yet"
-
-    def judge(service: resources_pb2.Service) -> resources_pb2.Service | None:
-        nonlocal last_reason
-        state, detail = service_state(service, generation)
+    failing_since: float | None = None
+    while True:
+        found = client.find(resources_pb2.KIND_SERVICE, name, namespace)
+        if found is None:
+            raise CliError(f"service {name} was deleted while waiting for it")
+        service = found.service
+        revision = None
+        if service_state(service, generation)[0] == "failed" and service.status.latest_created_revision_name:
+            rev = client.find(resources_pb2.KIND_REVISION, service.status.latest_created_revision_name, namespace)
+            revision = rev.revision if rev is not None else None
+        state, detail = wait_state(service, generation, revision)
+        now = clock()
         if state == "ready":
             return service
         if state == "failed":
             raise CliError(f"service {name} failed to become ready: {detail}")
+        if state == "failing":
+            failing_since = now if failing_since is None else failing_since
+            if now - failing_since >= failure_window_s:
+                raise CliError(f"service {name} failed to become ready: {detail}")
+        else:
+            failing_since = None
         last_reason = detail
-        return None
-
-    try:
-        for event in client.watch(resources_pb2.KIND_SERVICE, namespace, max(0.1, deadline - clock())):
-            if event.resource.WhichOneof("kind") != "service":
-                continue
-            service = event.resource.service
-            if service.metadata.name != name:
-                continue
-            if event.type == serving_pb2.EVENT_TYPE_DELETED:
-                raise CliError(f"service {name} was deleted while waiting for it")
-            done = judge(service)
-            if done is not None:
-                return done
-    except TimeoutError:
-        raise CliError(f"service {name} not ready after {timeout_s:g}s (last reason: {last_reason})") from None
-    except NotImplementedError:
-        pass  # an older controller without Watch: poll instead
-    while clock() < deadline:
-        found = client.find(resources_pb2.KIND_SERVICE, name, namespace)
-        if found is None:
-            raise CliError(f"service {name} was deleted while waiting for it")
-        done = judge(found.service)
-        if done is not None:
-            return done
-        time.sleep(min(POLL_INTERVAL_S, max(0.0, deadline - clock())))
-    raise CliError(f"service {name} not ready after {timeout_s:g}s (last reason: {last_reason})")
+        if now >= deadline:
+            raise CliError(f"service {name} not ready after {timeout_s:g}s (last reason: {last_reason})")
+        sleep(min(POLL_INTERVAL_S, max(0.01, deadline - now)))
 
 
 # ---- views ----

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import yaml
+
 from ebb.cli import mesh as meshmod
 from ebb.cli import procs
 from ebb.cli.errors import CliError

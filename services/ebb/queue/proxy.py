@@ -133,11 +133,16 @@ def forwarded_header(xff: bytes, host: bytes | None, proto: bytes) -> bytes:
     return b", ".join([first, *(b"for=" + node for node in nodes[1:])])
 
 
-def _local_response(status: int, body: bytes, keep_alive: bool, http11: bool, head_only: bool) -> bytes:
-    head = b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % (
-        status,
-        HTTPStatus(status).phrase.encode(),
-        len(body),
+def _local_response(
+    status: int, body: bytes, keep_alive: bool, http11: bool, head_only: bool
+) -> bytes:
+    head = (
+        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+        % (
+            status,
+            HTTPStatus(status).phrase.encode(),
+            len(body),
+        )
     )
     if not keep_alive:
         head += b"Connection: close\r\n"
@@ -173,9 +178,12 @@ class Proxy:
         if container_concurrency >= 1:
             depth = 10 * container_concurrency if queue_depth is None else queue_depth
             self.breaker = Breaker(container_concurrency, depth)
-            self.overload_body = b"overload: queue full (container-concurrency=%d, queue-depth=%d)\n" % (
-                container_concurrency,
-                depth,
+            self.overload_body = (
+                b"overload: queue full (container-concurrency=%d, queue-depth=%d)\n"
+                % (
+                    container_concurrency,
+                    depth,
+                )
             )
         self.timeout_s = timeout_s
         self.response_start_timeout_s = response_start_timeout_s
@@ -185,7 +193,9 @@ class Proxy:
             b"timeout: the app did not start answering within responseStartTimeoutSeconds=%g\n"
             % response_start_timeout_s
         )
-        self.idle_body = b"timeout: no bytes from the app for idleTimeoutSeconds=%g\n" % idle_timeout_s
+        self.idle_body = (
+            b"timeout: no bytes from the app for idleTimeoutSeconds=%g\n" % idle_timeout_s
+        )
         self.connect_error_prefix = b"upstream: cannot connect to the app at " + self.app_authority
         self.ready = False
         self.draining = False
@@ -218,7 +228,10 @@ class Proxy:
             now = loop.time()
             if now >= deadline:
                 if self.in_flight:
-                    log.warning("drain-max-s reached with requests in flight", extra={"in_flight": self.in_flight})
+                    log.warning(
+                        "drain-max-s reached with requests in flight",
+                        extra={"in_flight": self.in_flight},
+                    )
                 return
             quiet_at = self.last_arrival + quiet_s
             if self.in_flight == 0:
@@ -248,7 +261,13 @@ class UpstreamPool:
 
     __slots__ = ("loop", "host", "port", "idle", "max_idle")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, max_idle: int = MAX_IDLE_UPSTREAM):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        max_idle: int = MAX_IDLE_UPSTREAM,
+    ):
         self.loop = loop
         self.host = host
         self.port = port
@@ -278,7 +297,9 @@ class UpstreamPool:
             pass
 
     async def connect(self) -> UpstreamConnection:
-        _, up = await self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
+        _, up = await self.loop.create_connection(
+            lambda: UpstreamConnection(self), self.host, self.port
+        )
         return up
 
     def close_all(self) -> None:
@@ -343,7 +364,9 @@ class UpstreamConnection(asyncio.Protocol):
             ex.on_upstream_error(self, b"upstream: internal error\n")
             return
         except httptools.HttpParserError as exc:
-            ex.on_upstream_error(self, b"upstream: malformed response from the app (%s)\n" % str(exc).encode())
+            ex.on_upstream_error(
+                self, b"upstream: malformed response from the app (%s)\n" % str(exc).encode()
+            )
             return
         if ex._down:
             ex.flush_down()
@@ -987,7 +1010,12 @@ class ClientConnection(asyncio.Protocol):
         finally:
             self.feeding = False
         ex = self.active
-        if ex is not None and ex._req_buf is not None and ex.upstream is not None and not ex.finished:
+        if (
+            ex is not None
+            and ex._req_buf is not None
+            and ex.upstream is not None
+            and not ex.finished
+        ):
             ex.flush_request()
 
     # -- parser callbacks
@@ -997,7 +1025,9 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._url = b""
         self._parts: list[bytes] = []
-        self._host = self._orig_host = self._xff = self._xfp = self._xfh = self._fwd = self._cl = None
+        self._host = self._orig_host = self._xff = self._xfp = self._xfh = self._fwd = self._cl = (
+            None
+        )
         self._chunked = False
         self._drop: set[bytes] | None = None
         self._probe = False
@@ -1103,9 +1133,13 @@ class ClientConnection(asyncio.Protocol):
                 forwarding = cache[2]
             else:
                 forwarding = (
-                    b"X-Forwarded-For: " + self.peer
-                    + b"\r\nX-Forwarded-Proto: " + proto
-                    + b"\r\nForwarded: " + forwarded_header(self.peer, authority, proto) + _CRLF
+                    b"X-Forwarded-For: "
+                    + self.peer
+                    + b"\r\nX-Forwarded-Proto: "
+                    + proto
+                    + b"\r\nForwarded: "
+                    + forwarded_header(self.peer, authority, proto)
+                    + _CRLF
                 )
                 self._fwd_cache = (authority, proto, forwarding)
         else:
@@ -1114,7 +1148,15 @@ class ClientConnection(asyncio.Protocol):
                 fwd = self._fwd + b", for=" + self.peer_node
             else:
                 fwd = forwarded_header(xff, self._xfh or authority, proto)
-            forwarding = b"X-Forwarded-For: " + xff + b"\r\nX-Forwarded-Proto: " + proto + b"\r\nForwarded: " + fwd + _CRLF
+            forwarding = (
+                b"X-Forwarded-For: "
+                + xff
+                + b"\r\nX-Forwarded-Proto: "
+                + proto
+                + b"\r\nForwarded: "
+                + fwd
+                + _CRLF
+            )
         if req_kind == _BODY_CHUNKED:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif self._cl is not None:

@@ -65,7 +65,8 @@ class Reporter:
         self._max_backoff_s = max_backoff_s
         self._wall_clock = wall_clock
         self._pending: deque[autoscaler_pb2.StreamStatsRequest] = deque(maxlen=max_pending)
-        self._wakeup = asyncio.Event()
+        self._wakeup = asyncio.Event()  # something to send
+        self._emptied = asyncio.Event()  # everything pending was sent
         self._tasks: list[asyncio.Task[None]] = []
         self._channel: grpc.aio.Channel | None = None
         self._call: grpc.aio.StreamUnaryCall | None = None
@@ -130,6 +131,8 @@ class Reporter:
                     await asyncio.wait_for(call.write(self._pending[0]), WRITE_TIMEOUT_S)
                     self._pending.popleft()
                     self.sent += 1
+                    if not self._pending:
+                        self._emptied.set()
                     backoff = self._initial_backoff_s
                     if failing:
                         failing = False
@@ -155,10 +158,10 @@ class Reporter:
         loop = asyncio.get_running_loop()
         ticker, sender = self._tasks
         ticker.cancel()
+        self._emptied.clear()
         self._enqueue(loop.time())
-        deadline = loop.time() + flush_timeout_s
-        while self._pending and loop.time() < deadline and not sender.done():
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._emptied.wait(), flush_timeout_s)
         call = self._call
         if call is not None and not call.done() and not self._pending:
             with contextlib.suppress(Exception):

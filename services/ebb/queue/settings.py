@@ -36,7 +36,11 @@ FLAGS = (
     _flag("instance", "", "instance id reported in stats (default HOSTNAME-PID)"),
     _flag("container-concurrency", "0", "max requests in the app at once (0 = unlimited)"),
     _flag("timeout-seconds", "300", "total time allowed for a request"),
-    _flag("response-start-timeout-seconds", "0", "time allowed until the app starts answering (0 = off)"),
+    _flag(
+        "response-start-timeout-seconds",
+        "0",
+        "time allowed until the app starts answering (0 = off)",
+    ),
     _flag("idle-timeout-seconds", "0", "time allowed without a byte from the app (0 = off)"),
     _flag("autoscaler", "", "HOST:PORT of the autoscaler's StatsService (empty = no stats)"),
     _flag("drain-quiet-s", "1.0", "after SIGTERM, exit once no request has arrived for this long"),
@@ -91,7 +95,9 @@ def _seconds(key: str, raw: str, *, low: float, high: float, zero_ok: bool) -> f
     try:
         value = parse_duration_s(key, raw)
     except SettingsError:
-        raise SettingsError(f"{key} = {raw!r}, must be a duration (30s, 500ms, 1m) {rule}") from None
+        raise SettingsError(
+            f"{key} = {raw!r}, must be a duration (30s, 500ms, 1m) {rule}"
+        ) from None
     if (value == 0 and zero_ok) or low < value <= high:
         return value
     raise SettingsError(f"{key} = {raw}, must be {rule}")
@@ -117,20 +123,33 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> QueueSetting
     if app_port == 0:
         raise SettingsError("app-port = 0, must be in 1..65535")
 
-    timeout_s = _seconds("timeout-seconds", raw["timeout-seconds"], low=0, high=MAX_TIMEOUT_S, zero_ok=False)
-    response_start_s = _seconds(
-        "response-start-timeout-seconds", raw["response-start-timeout-seconds"],
-        low=0, high=timeout_s, zero_ok=True,
+    timeout_s = _seconds(
+        "timeout-seconds", raw["timeout-seconds"], low=0, high=MAX_TIMEOUT_S, zero_ok=False
     )
-    idle_s = _seconds("idle-timeout-seconds", raw["idle-timeout-seconds"], low=0, high=timeout_s, zero_ok=True)
-    drain_max_s = _seconds("drain-max-s", raw["drain-max-s"], low=0, high=MAX_DRAIN_S, zero_ok=False)
-    drain_quiet_s = _seconds("drain-quiet-s", raw["drain-quiet-s"], low=0, high=drain_max_s, zero_ok=False)
+    response_start_s = _seconds(
+        "response-start-timeout-seconds",
+        raw["response-start-timeout-seconds"],
+        low=0,
+        high=timeout_s,
+        zero_ok=True,
+    )
+    idle_s = _seconds(
+        "idle-timeout-seconds", raw["idle-timeout-seconds"], low=0, high=timeout_s, zero_ok=True
+    )
+    drain_max_s = _seconds(
+        "drain-max-s", raw["drain-max-s"], low=0, high=MAX_DRAIN_S, zero_ok=False
+    )
+    drain_quiet_s = _seconds(
+        "drain-quiet-s", raw["drain-quiet-s"], low=0, high=drain_max_s, zero_ok=False
+    )
 
     autoscaler = raw["autoscaler"] or None
     if autoscaler is not None:
         match = _HOST_PORT.match(autoscaler)
         if not match or not 1 <= int(match.group(2)) <= 65535:
-            raise SettingsError(f"autoscaler = {autoscaler!r}, must be HOST:PORT with port in 1..65535")
+            raise SettingsError(
+                f"autoscaler = {autoscaler!r}, must be HOST:PORT with port in 1..65535"
+            )
 
     namespace, revision = _revision(raw["revision"] or "")
     if autoscaler is not None and not revision:
@@ -138,7 +157,9 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> QueueSetting
 
     log_level = (raw["log-level"] or "info").lower()
     if log_level not in LOG_LEVELS:
-        raise SettingsError(f"log-level = {raw['log-level']!r}, must be one of {', '.join(LOG_LEVELS)}")
+        raise SettingsError(
+            f"log-level = {raw['log-level']!r}, must be one of {', '.join(LOG_LEVELS)}"
+        )
 
     instance = raw["instance"] or f"{environ.get('HOSTNAME') or socket.gethostname()}-{os.getpid()}"
 

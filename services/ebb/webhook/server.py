@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import ssl
 from typing import Any
 
@@ -52,6 +53,9 @@ _INT64_FIELDS = frozenset(
 )
 
 
+_INT_TEXT = re.compile(r"-?[0-9]+")
+
+
 class KindMismatch(ValueError):
     """The resource's `kind` field names another kind than the oneof it was sent in."""
 
@@ -60,7 +64,7 @@ def _ints(value: Any) -> Any:
     if isinstance(value, dict):
         return {
             k: int(v)
-            if k in _INT64_FIELDS and isinstance(v, str) and v.lstrip("-").isdigit()
+            if k in _INT64_FIELDS and isinstance(v, str) and _INT_TEXT.fullmatch(v)
             else _ints(v)
             for k, v in value.items()
         }

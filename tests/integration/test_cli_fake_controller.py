@@ -447,3 +447,31 @@ async def test_status_checks_health(controller, tmp_path, capsys):
     assert data["components"]["controller"]["status"] == "SERVING"
     assert data["components"]["webhook"]["status"] == "UNREACHABLE"
     assert captured.err == "ebb: not healthy: webhook\n"
+
+
+async def test_up_sample_applies_hello_and_reports_ready(controller, tmp_path, monkeypatch):
+    from ebb.cli import up
+
+    fake, address = controller
+    app = tmp_path / "samples" / "hello" / "app.py"
+    app.parent.mkdir(parents=True)
+    app.write_text("print('hello')\n")
+    monkeypatch.setattr(up, "REPO_ROOT", tmp_path)
+    ports = dict(up.DEFAULT_PORTS, controller=int(address.rsplit(":", 1)[1]), gateway=18080)
+    settings = up.UpSettings(data_dir=tmp_path, ports=ports)
+    out, err = io.StringIO(), io.StringIO()
+    tick = await asyncio.to_thread(up.start_sample, settings, out, err)
+    assert tick is not None
+    for _ in range(100):
+        await asyncio.to_thread(tick)
+        if "is ready" in out.getvalue():
+            break
+        await asyncio.sleep(0.05)
+    text = out.getvalue()
+    assert "curl -H 'Host: hello.default.localhost' http://127.0.0.1:18080/" in text
+    assert "curl http://hello.default.localhost:18080/" in text
+    assert "Sample service hello is ready at http://hello.default.localhost:8080" in text
+    container = fake.store[("service", "default", "hello")].service.spec.template.spec.containers[0]
+    assert list(container.command) == [sys.executable, str(app)]
+    assert container.working_dir == str(tmp_path)
+    assert err.getvalue() == ""

@@ -144,7 +144,14 @@ def test_activation_scale_raises_panic_desire_too():
 def test_scale_down_delay_holds_the_trailing_max():
     d = decider(cfg({**TARGET7, A + "scale-down-delay": "10s"}), ready=1)
     # (t, load, ready, desired); the KPA alone would say 5, 2, 1, 1, 1, 0 (max down ready/2).
-    steps = [(0, 35.0, 5, 5), (2, 7.0, 5, 5), (8, 7.0, 3, 5), (10, 7.0, 3, 2), (12, 7.0, 2, 1), (14, 0.0, 1, 1)]
+    steps = [
+        (0, 35.0, 5, 5),
+        (2, 7.0, 5, 5),
+        (8, 7.0, 3, 5),
+        (10, 7.0, 3, 2),
+        (12, 7.0, 2, 1),
+        (14, 0.0, 1, 1),
+    ]
     for t, load, ready, desired in steps:
         decision = d.scale(t, obs(load), ready_instances=ready, reachable=True)
         assert decision.desired == desired, t
@@ -261,12 +268,26 @@ def test_scale_to_zero_after_stable_window_then_grace():
 
 def test_recently_active_revision_keeps_one_for_the_stable_window():
     steps = [(0, 2), (10, 0), (59, 0), (60, 0), (89, 0), (90, 0)]
-    assert run_scale_to_zero(steps) == [(2, False), (1, False), (1, False), (1, True), (1, True), (0, True)]
+    assert run_scale_to_zero(steps) == [
+        (2, False),
+        (1, False),
+        (1, False),
+        (1, True),
+        (1, True),
+        (0, True),
+    ]
 
 
 def test_traffic_while_inactive_makes_it_active_again():
     steps = [(0, 1), (60, 0), (70, 1), (80, 0), (130, 0), (160, 0)]
-    assert run_scale_to_zero(steps) == [(1, False), (1, True), (1, False), (1, False), (1, True), (0, True)]
+    assert run_scale_to_zero(steps) == [
+        (1, False),
+        (1, True),
+        (1, False),
+        (1, False),
+        (1, True),
+        (0, True),
+    ]
 
 
 def test_first_decision_of_zero_starts_the_clock():
@@ -287,7 +308,11 @@ def test_pod_retention_longer_than_grace():
 
 def test_scale_to_zero_disabled_keeps_one():
     steps = [(0, 1), (100, 0), (1000, 0)]
-    assert run_scale_to_zero(steps, enable_scale_to_zero=False) == [(1, False), (1, False), (1, False)]
+    assert run_scale_to_zero(steps, enable_scale_to_zero=False) == [
+        (1, False),
+        (1, False),
+        (1, False),
+    ]
 
 
 def test_min_scale_above_zero_means_nothing_to_hold():

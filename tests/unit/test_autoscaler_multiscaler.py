@@ -16,7 +16,9 @@ def spec(ready=0, reachable=True, cc=0, **annotations):
 
 
 def stat(concurrency, instance="i1"):
-    return StatValue(instance=instance, namespace=KEY[0], name=KEY[1], average_concurrency=concurrency)
+    return StatValue(
+        instance=instance, namespace=KEY[0], name=KEY[1], average_concurrency=concurrency
+    )
 
 
 def scaler(**settings):
@@ -38,7 +40,9 @@ def test_identical_registration_is_a_no_op_and_changes_update():
     assert ms.register(spec(), 1.0) == ((), None)
     warnings, verdict = ms.register(spec(window="5s"), 2.0)
     assert verdict is None
-    assert warnings == ("metadata.annotations.autoscaling.knative.dev/window: expected 6s <= 5s <= 1h0m0s",)
+    assert warnings == (
+        "metadata.annotations.autoscaling.knative.dev/window: expected 6s <= 5s <= 1h0m0s",
+    )
     assert ms.config(KEY).stable_window_s == 60  # the cluster default is used instead
     ms.register(spec(window="10s"), 3.0)
     assert ms.config(KEY).stable_window_s == 10

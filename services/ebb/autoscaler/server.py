@@ -110,6 +110,7 @@ class AutoscalerServer:
         self._wall_clock = wall_clock
         self._watchers: set[_Watcher] = set()
         self._decided_at: dict[tuple[str, str], float] = {}
+        self._warned: dict[tuple[str, str], tuple[str, ...]] = {}
         self._closed = asyncio.Event()
         self._tick_task: asyncio.Task[None] | None = None
         self.counters: Counter[str] = Counter()  # ticks, tick_errors, pokes, decisions, ...
@@ -245,11 +246,13 @@ class AutoscalerServer:
 
     def register(self, spec: RevisionSpec) -> tuple[str, ...]:
         warnings, verdict = self.scaler.register(spec, self.now())
-        if warnings:
+        # The controller re-registers on every change of ready instances: warn once per change.
+        if warnings and self._warned.get(spec.key) != warnings:
             log.warning(
                 "invalid autoscaling annotations",
                 extra={"revision": "/".join(spec.key), "warnings": warnings},
             )
+        self._warned[spec.key] = warnings
         if verdict is not None:
             self._decided_at[spec.key] = self._wall_clock()
             self._publish(verdict)
@@ -258,6 +261,7 @@ class AutoscalerServer:
     def unregister(self, key: tuple[str, str]) -> None:
         self.scaler.unregister(key)
         self._decided_at.pop(key, None)
+        self._warned.pop(key, None)
 
     def snapshot(self, namespace: str) -> list[pb.ScaleDecision]:
         now = self._wall_clock()
@@ -298,15 +302,16 @@ class StatsServicer(pb_grpc.StatsServiceServicer):
         accepted = dropped = 0
         closed = asyncio.ensure_future(self._owner.wait_closed())
         iterator = request_iterator.__aiter__()
+        pending: asyncio.Future | None = None
         try:
             while True:
-                nxt = asyncio.ensure_future(iterator.__anext__())
-                done, _ = await asyncio.wait({nxt, closed}, return_when=asyncio.FIRST_COMPLETED)
-                if nxt not in done:  # shutting down: answer with the totals so far
-                    nxt.cancel()
+                pending = asyncio.ensure_future(iterator.__anext__())
+                await asyncio.wait({pending, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if not pending.done():  # shutting down: answer with the totals so far
                     break
+                read, pending = pending, None
                 try:
-                    request = nxt.result()
+                    request = read.result()
                 except StopAsyncIteration:
                     break
                 a, d = self._owner.take_stats(request.stats)
@@ -314,6 +319,8 @@ class StatsServicer(pb_grpc.StatsServiceServicer):
                 dropped += d
         finally:
             closed.cancel()
+            if pending is not None:
+                pending.cancel()
         return pb.StreamStatsResponse(accepted=accepted, dropped=dropped)
 
 

@@ -210,40 +210,62 @@ def _reason(cond) -> str:
     return ": ".join(part for part in (cond.reason, cond.message) if part)
 
 
+class ReadinessCheck:
+    """One Service's way to Ready, one poll at a time (for `--wait` and `ebb up --sample`).
+
+    check() reads the Service (and, when it says Ready=False, its latest revision) and
+    returns ("ready", url), ("failed", why) or ("pending", reason); a Service that stays
+    "failing" (see wait_state) for `failure_window_s` is failed.
+    """
+
+    def __init__(self, client: ServingClient, name: str, namespace: str, generation: int,
+                 failure_window_s: float = FAILURE_WINDOW_S) -> None:
+        self.client = client
+        self.name = name
+        self.namespace = namespace
+        self.generation = generation
+        self.failure_window_s = failure_window_s
+        self.failing_since: float | None = None
+        self.service: resources_pb2.Service | None = None
+
+    def check(self, now: float) -> tuple[str, str]:
+        found = self.client.find(resources_pb2.KIND_SERVICE, self.name, self.namespace)
+        if found is None:
+            return "failed", "it was deleted"
+        service = self.service = found.service
+        revision = None
+        latest = service.status.latest_created_revision_name
+        if service_state(service, self.generation)[0] == "failed" and latest:
+            rev = self.client.find(resources_pb2.KIND_REVISION, latest, self.namespace)
+            revision = rev.revision if rev is not None else None
+        state, detail = wait_state(service, self.generation, revision)
+        if state != "failing":
+            self.failing_since = None
+            return state, detail
+        self.failing_since = now if self.failing_since is None else self.failing_since
+        if now - self.failing_since >= self.failure_window_s:
+            return "failed", detail
+        return "pending", detail
+
+
 def wait_service_ready(
     client: ServingClient, name: str, namespace: str, generation: int, timeout_s: float,
     *, failure_window_s: float = FAILURE_WINDOW_S, clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> resources_pb2.Service:
     """Poll until the Service is Ready=True for `generation`; CliError when it fails (see
-    wait_state), is deleted, or `timeout_s` passes."""
+    ReadinessCheck) or `timeout_s` passes."""
     deadline = clock() + timeout_s
-    last_reason = "no status yet"
-    failing_since: float | None = None
+    readiness = ReadinessCheck(client, name, namespace, generation, failure_window_s)
     while True:
-        found = client.find(resources_pb2.KIND_SERVICE, name, namespace)
-        if found is None:
-            raise CliError(f"service {name} was deleted while waiting for it")
-        service = found.service
-        revision = None
-        if service_state(service, generation)[0] == "failed" and service.status.latest_created_revision_name:
-            rev = client.find(resources_pb2.KIND_REVISION, service.status.latest_created_revision_name, namespace)
-            revision = rev.revision if rev is not None else None
-        state, detail = wait_state(service, generation, revision)
         now = clock()
-        if state == "ready":
-            return service
+        state, detail = readiness.check(now)
+        if state == "ready" and readiness.service is not None:
+            return readiness.service
         if state == "failed":
             raise CliError(f"service {name} failed to become ready: {detail}")
-        if state == "failing":
-            failing_since = now if failing_since is None else failing_since
-            if now - failing_since >= failure_window_s:
-                raise CliError(f"service {name} failed to become ready: {detail}")
-        else:
-            failing_since = None
-        last_reason = detail
         if now >= deadline:
-            raise CliError(f"service {name} not ready after {timeout_s:g}s (last reason: {last_reason})")
+            raise CliError(f"service {name} not ready after {timeout_s:g}s (last reason: {detail})")
         sleep(min(POLL_INTERVAL_S, max(0.01, deadline - now)))
 
 

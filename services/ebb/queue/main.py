@@ -42,14 +42,19 @@ async def serve(settings: QueueSettings) -> int:
     # has to stop.
     core = ServiceCore("queue", HOST, settings.admin_port, drain_s=0.0)
     core.install_signal_handlers()
-    await core.start()
-    core.set_serving(False)  # not until the app answers
+    try:
+        await core.start()
+        core.set_serving(False)  # not until the app answers
+        http_port = await proxy.listen(HOST, settings.http_port)
+    except OSError as exc:
+        log.error("cannot start", extra={"error": str(exc)})
+        await core.shutdown()
+        return 1
 
     def on_ready(ready: bool) -> None:
         proxy.ready = ready
         core.set_serving(proxy.healthy)
 
-    http_port = await proxy.listen(HOST, settings.http_port)
     prober = loop.create_task(probe_loop(settings.app_host, settings.app_port, on_ready))
     reporter = None
     if settings.autoscaler:

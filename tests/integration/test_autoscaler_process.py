@@ -1,0 +1,98 @@
+"""`python -m ebb.autoscaler` as a real process: ready file, health, SIGTERM, bad config."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+# Safety net only: the waits end as soon as the process is ready / gone.
+WAIT_S = 20.0
+
+
+def _env():
+    env = dict(os.environ)
+    for key in list(env):
+        if key.startswith("EBB_AUTOSCALER_"):
+            del env[key]
+    return env
+
+
+async def _wait_for_file(path, proc):
+    async def loop():
+        while not path.exists():
+            assert proc.returncode is None, "autoscaler exited before it was ready"
+            await asyncio.sleep(0.02)
+        return json.loads(path.read_text())
+
+    return await asyncio.wait_for(loop(), WAIT_S)
+
+
+async def test_serves_health_and_stops_on_sigterm(tmp_path):
+    ready = tmp_path / "ready.json"
+    config = tmp_path / "ebb.yaml"
+    config.write_text("autoscaler:\n  scale-to-zero-grace-period: 10s\n  stable-window: 30s\n")
+    log_path = tmp_path / "autoscaler.log"
+    with log_path.open("wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ebb.autoscaler",
+            "--grpc-port",
+            "0",
+            "--ready-file",
+            str(ready),
+            "--config",
+            str(config),
+            "--tick-interval-s",
+            "0.1",
+            env=_env(),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    try:
+        info = await _wait_for_file(ready, proc)
+        host, port = info["grpc"].rsplit(":", 1)
+        assert host == "127.0.0.1" and int(port) > 0
+        assert info["pid"] == proc.pid
+        async with grpc.aio.insecure_channel(info["grpc"]) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in (
+                "",
+                "ebb.api.autoscaler.v1.StatsService",
+                "ebb.api.autoscaler.v1.ScalingService",
+            ):
+                response = await asyncio.wait_for(
+                    health.Check(health_pb2.HealthCheckRequest(service=service)), WAIT_S
+                )
+                assert response.status == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), WAIT_S) == 0
+        logs = log_path.read_text()
+        assert '"scale-to-zero-grace-period": "10s"' in logs
+        assert '"msg": "stopped"' in logs
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_invalid_config_exits_1_with_one_line(tmp_path):
+    config = tmp_path / "ebb.yaml"
+    config.write_text("autoscaler:\n  max-scale-down-rate: 0.5\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "ebb.autoscaler", "--grpc-port", "0", "--config", str(config)],
+        env=_env(),
+        capture_output=True,
+        timeout=WAIT_S,
+    )
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"autoscaler: config {config}: autoscaler.max-scale-down-rate = 0.5, must be greater than 1.0\n"
+    )

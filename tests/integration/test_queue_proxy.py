@@ -1,0 +1,376 @@
+"""The queue as a process (`python -m ebb.queue`) in front of the hello sample app."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+
+import pytest
+from queue_helpers import (
+    REVISION,
+    RawResponseReader,
+    free_port,
+    hello_module,
+    raw_exchange,
+    request,
+    run_app,
+    run_queue,
+    wait_until,
+)
+
+pattern_bytes = hello_module().pattern_bytes
+HELLO = f"Hello from {REVISION}!\n".encode()
+MB = 1024 * 1024
+GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+
+
+@pytest.fixture(scope="module")
+def app():
+    with run_app() as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def queue(app, tmp_path_factory):
+    with run_queue(tmp_path_factory.mktemp("queue"), app.port, "--timeout-seconds", "60") as queue:
+        yield queue
+
+
+def grpcurl(*args: str) -> str:
+    done = subprocess.run([GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def health(address: str) -> str:
+    return json.loads(grpcurl(address, "grpc.health.v1.Health/Check"))["status"]
+
+
+def split_response(raw: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.split(b"\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status_line, headers, body
+
+
+# -- proxying
+
+
+def test_get(queue):
+    status, headers, body = queue.request("GET", "/")
+    assert (status, body) == (200, HELLO)
+    assert headers["content-type"].startswith("text/plain")
+
+
+def test_post_with_body_is_echoed(queue):
+    status, _, body = queue.request("POST", "/echo", body=b"a small body")
+    assert (status, body) == (200, b"a small body")
+
+
+def test_status_and_head_pass_through(queue):
+    assert queue.request("GET", "/?status=418")[0] == 418
+    conn = http.client.HTTPConnection("127.0.0.1", queue.http_port, timeout=10)
+    try:
+        conn.request("HEAD", "/?status=200")
+        response = conn.getresponse()
+        assert (response.status, response.getheader("Content-Length"), response.read()) == (
+            200,
+            str(len(HELLO)),
+            b"",
+        )
+        conn.request("GET", "/")  # the connection is still in step after a HEAD
+        assert conn.getresponse().read() == HELLO
+    finally:
+        conn.close()
+
+
+def test_large_download_intact(queue):
+    size = 25 * MB + 123
+    status, headers, body = queue.request("GET", f"/?bytes={size}")
+    assert status == 200
+    assert int(headers["content-length"]) == size
+    assert hashlib.sha256(body).digest() == hashlib.sha256(pattern_bytes(size)).digest()
+
+
+def test_large_upload_intact(queue):
+    payload = pattern_bytes(20 * MB + 7)[::-1]
+    status, headers, body = queue.request("PUT", "/upload", body=payload)
+    assert status == 200
+    assert int(headers["content-length"]) == len(payload)
+    assert hashlib.sha256(body).digest() == hashlib.sha256(payload).digest()
+
+
+def test_large_chunked_upload_and_chunked_response_intact(queue):
+    piece = pattern_bytes(1 * MB - 3)
+
+    def pieces():
+        for _ in range(21):
+            yield piece
+
+    # an iterable body without Content-Length is sent chunked; the app echoes it chunked
+    status, headers, body = queue.request("POST", "/chunked", body=pieces())
+    assert status == 200
+    assert headers["transfer-encoding"] == "chunked"
+    assert hashlib.sha256(body).digest() == hashlib.sha256(piece * 21).digest()
+
+
+def test_chunked_response_streams(queue, app):
+    # The app sends its first chunk, then waits at a gate until the test opens it: the
+    # first chunk can only arrive if the queue forwards it without waiting for the rest.
+    with socket.create_connection(("127.0.0.1", queue.http_port), timeout=10) as sock:
+        sock.sendall(b"GET /?chunks=3&hold=stream HTTP/1.1\r\nHost: hello\r\n\r\n")
+        reader = RawResponseReader(sock)
+        status, headers = reader.head()
+        assert (status, headers["transfer-encoding"]) == (200, "chunked")
+        assert reader.next_chunk() == b"chunk 0\n"
+        assert app.waiting("stream") == 1
+        app.release("stream")
+        assert [reader.next_chunk() for _ in range(3)] == [b"chunk 1\n", b"chunk 2\n", b""]
+
+
+def test_keep_alive_reuses_client_and_app_connections(queue):
+    conn = http.client.HTTPConnection("127.0.0.1", queue.http_port, timeout=10)
+    try:
+        peers, sockets = [], []
+        for _ in range(4):
+            conn.request("GET", "/conn")
+            response = conn.getresponse()
+            assert response.status == 200
+            assert response.getheader("Connection") is None  # keep-alive is HTTP/1.1's default
+            peers.append(response.read())
+            sockets.append(conn.sock)
+        assert len(set(map(id, sockets))) == 1  # one client connection
+        assert len(set(peers)) == 1  # one pooled connection to the app
+    finally:
+        conn.close()
+
+
+def test_connection_close_is_honoured(queue):
+    raw = raw_exchange(queue.http_port, b"GET / HTTP/1.1\r\nHost: hello\r\nConnection: close\r\n\r\n")
+    status_line, headers, body = split_response(raw)  # raw_exchange returns once the queue closed
+    assert status_line == b"HTTP/1.1 200 OK"
+    assert headers["connection"] == "close"
+    assert body == HELLO
+
+
+def test_http10_client(queue):
+    status_line, headers, body = split_response(raw_exchange(queue.http_port, b"GET / HTTP/1.0\r\n\r\n"))
+    assert status_line.split()[1] == b"200"
+    assert body == HELLO
+    # a chunked answer cannot go to an HTTP/1.0 client: plain body, closed at the end
+    status_line, headers, body = split_response(
+        raw_exchange(queue.http_port, b"GET /?chunks=2 HTTP/1.0\r\n\r\n")
+    )
+    assert "transfer-encoding" not in headers
+    assert body == b"chunk 0\nchunk 1\n"
+
+
+def test_http10_keep_alive(queue):
+    with socket.create_connection(("127.0.0.1", queue.http_port), timeout=10) as sock:
+        reader = RawResponseReader(sock)
+        for _ in range(2):
+            sock.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            status, headers, body = reader.response()
+            assert (status, headers["connection"], body) == (200, "keep-alive", HELLO)
+
+
+def test_pipelined_requests_answered_in_order(queue):
+    with socket.create_connection(("127.0.0.1", queue.http_port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /?sleep=50 HTTP/1.1\r\nHost: one\r\n\r\n"
+            b"GET /headers HTTP/1.1\r\nHost: two\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nHost: three\r\nContent-Length: 5\r\n\r\nhello"
+            b"GET /?status=201 HTTP/1.1\r\nHost: four\r\nK-Network-Probe: queue\r\n\r\n"
+            b"GET /?status=202 HTTP/1.1\r\nHost: five\r\nConnection: close\r\n\r\n"
+        )
+        reader = RawResponseReader(sock)
+        assert reader.response()[::2] == (200, HELLO)
+        status, _, body = reader.response()
+        assert (status, json.loads(body)["Host"]) == (200, "two")
+        assert reader.response()[::2] == (200, b"hello")
+        assert reader.response()[::2] == (200, b"queue")
+        assert reader.response()[0] == 202
+        assert reader.at_eof()
+
+
+def test_bad_request_is_refused(queue):
+    status_line, headers, _ = split_response(raw_exchange(queue.http_port, b"NOT HTTP AT ALL\r\n\r\n"))
+    assert status_line.split()[1] == b"400"
+    assert headers["connection"] == "close"
+
+
+# -- the queue's own answers
+
+
+def test_probe_header_is_answered_by_the_queue(queue):
+    assert queue.probe() == (200, b"queue")
+    status, _, body = queue.request("GET", "/any/path", headers={"K-Network-Probe": "queue"})
+    assert (status, body) == (200, b"queue")
+    # without the header /healthz is the app's
+    assert queue.request("GET", "/healthz")[::2] == (200, b"ok\n")
+    # other probe values are not the queue's either
+    assert queue.request("GET", "/healthz", headers={"K-Network-Probe": "other"})[::2] == (200, b"ok\n")
+
+
+def test_headers(queue):
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    status, _, body = queue.request(
+        "GET",
+        "/headers",
+        headers={
+            "Host": "internal.example",
+            "K-Original-Host": "hello.default.example.com",
+            "X-Forwarded-For": "203.0.113.7",
+            "X-Forwarded-Proto": "https",
+            "traceparent": traceparent,
+            "X-User-Thing": "kept as is",
+            "Connection": "keep-alive, X-Hop",
+            "X-Hop": "dropped",
+            "Keep-Alive": "timeout=5",
+            "Proxy-Authorization": "Basic secret",
+            "TE": "trailers",
+        },
+    )
+    assert status == 200
+    seen = json.loads(body)
+    assert seen["Host"] == "hello.default.example.com"
+    assert "K-Original-Host" not in seen
+    assert seen["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"
+    assert seen["X-Forwarded-Proto"] == "https"
+    assert seen["Forwarded"] == "for=203.0.113.7;host=hello.default.example.com;proto=https, for=127.0.0.1"
+    assert seen["traceparent"] == traceparent
+    assert seen["X-User-Thing"] == "kept as is"
+    for hop in ("Connection", "X-Hop", "Keep-Alive", "Proxy-Authorization", "TE"):
+        assert hop not in seen
+
+
+def test_headers_without_forwarding_info(queue):
+    status, _, body = queue.request("GET", "/headers", headers={"Host": "hello.localhost:8080"})
+    seen = json.loads(body)
+    assert seen["Host"] == "hello.localhost:8080"
+    assert seen["X-Forwarded-For"] == "127.0.0.1"
+    assert seen["X-Forwarded-Proto"] == "http"
+    assert seen["Forwarded"] == 'for=127.0.0.1;host="hello.localhost:8080";proto=http'
+
+
+def test_existing_forwarded_gets_this_hop_appended(queue):
+    _, _, body = queue.request("GET", "/headers", headers={"Forwarded": "for=198.51.100.1;proto=https"})
+    assert json.loads(body)["Forwarded"] == "for=198.51.100.1;proto=https, for=127.0.0.1"
+
+
+def test_grpc_health_and_reflection(queue):
+    services = grpcurl(queue.grpc_address, "list").split()
+    assert "grpc.health.v1.Health" in services
+    assert "grpc.reflection.v1alpha.ServerReflection" in services
+    assert health(queue.grpc_address) == "SERVING"
+
+
+# -- readiness, failures, limits, timeouts, drain
+
+
+def test_not_ready_until_the_app_listens(tmp_path):
+    app_port = free_port()
+    with run_queue(tmp_path, app_port, wait_ready=False) as queue:
+        assert queue.probe() == (503, b"not ready\n")
+        assert health(queue.grpc_address) == "NOT_SERVING"
+        status, _, body = queue.request("GET", "/")
+        assert status == 502
+        assert b"cannot connect to the app" in body
+        with run_app(app_port):
+            wait_until(lambda: queue.probe()[0] == 200, what="ready once the app listens")
+            assert health(queue.grpc_address) == "SERVING"
+            assert queue.request("GET", "/")[::2] == (200, HELLO)
+        # the app is gone: pooled connections are dead, new ones are refused
+        status, _, body = queue.request("GET", "/")
+        assert status == 502
+
+
+def test_breaker_limits_the_app_to_one_request_and_refuses_when_full(tmp_path):
+    with (
+        run_app(DETECT_OVERLAP="1") as app,
+        run_queue(tmp_path, app.port, "--container-concurrency", "1") as queue,
+        ThreadPoolExecutor(30) as pool,
+    ):
+        # eight at once, within capacity: the app never sees two at a time
+        results = list(pool.map(lambda _: queue.request("GET", "/?sleep=20"), range(8)))
+        assert [(status, body) for status, _, body in results] == [(200, HELLO)] * 8
+
+        # one in the app (held at a gate), ten waiting, the other 19 refused at once
+        futures = [pool.submit(queue.request, "GET", "/?gate=full") for _ in range(30)]
+        refused = []
+        while len(refused) < 19:
+            done, _ = wait([f for f in futures if f not in refused], return_when=FIRST_COMPLETED, timeout=20)
+            assert done, "requests neither refused nor queued"
+            refused.extend(done)
+        for future in refused:
+            status, _, body = future.result()
+            assert status == 503
+            assert body.startswith(b"overload: queue full")
+        app.release("full")
+        served = [f.result(timeout=20) for f in futures if f not in refused]
+        assert [(status, body) for status, _, body in served] == [(200, HELLO)] * 11
+
+
+def test_total_timeout_is_504(tmp_path, app):
+    with run_queue(tmp_path, app.port, "--timeout-seconds", "0.3") as queue:
+        status, _, body = queue.request("GET", "/?sleep=3000")
+        assert status == 504
+        assert b"timeoutSeconds=0.3" in body
+        assert queue.request("GET", "/")[::2] == (200, HELLO)  # a fresh connection to the app
+
+
+def test_response_start_and_idle_timeouts(tmp_path, app):
+    args = ("--timeout-seconds", "30", "--response-start-timeout-seconds", "0.3", "--idle-timeout-seconds", "0.6")
+    with run_queue(tmp_path, app.port, *args) as queue:
+        status, _, body = queue.request("GET", "/?sleep=3000")
+        assert status == 504
+        assert b"responseStartTimeoutSeconds=0.3" in body
+        # headers and a first chunk, then silence: the response is cut (it cannot become a 504)
+        with socket.create_connection(("127.0.0.1", queue.http_port), timeout=10) as sock:
+            sock.sendall(b"GET /?chunks=2&hold=idle HTTP/1.1\r\nHost: hello\r\n\r\n")
+            reader = RawResponseReader(sock)
+            assert reader.head()[0] == 200
+            assert reader.next_chunk() == b"chunk 0\n"
+            with pytest.raises(EOFError):
+                reader.next_chunk()
+        app.release("idle")
+
+
+def test_idle_timeout_before_the_first_byte(tmp_path, app):
+    with run_queue(tmp_path, app.port, "--idle-timeout-seconds", "0.3") as queue:
+        status, _, body = request(queue.http_port, "GET", "/?gate=idle2")
+        app.release("idle2")
+        assert status == 504
+        assert b"idleTimeoutSeconds=0.3" in body
+
+
+def test_sigterm_drains_in_flight_and_new_requests_then_exits_0(tmp_path, app):
+    with (
+        run_queue(tmp_path, app.port, "--drain-quiet-s", "0.3") as queue,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        slow = pool.submit(queue.request, "GET", "/?gate=drain&sleep=100")
+        wait_until(lambda: app.waiting("drain") == 1, what="the slow request to reach the app")
+        queue.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: queue.probe()[0] == 503, what="the probe to report draining")
+        # requests that still arrive are served, and told to go elsewhere next time
+        status, headers, body = queue.request("GET", "/")
+        assert (status, body, headers["connection"]) == (200, HELLO, "close")
+        app.release("drain")
+        status, _, body = slow.result(timeout=20)
+        assert (status, body) == (200, HELLO)
+        assert queue.proc.wait(20) == 0
+    log = queue.log()
+    assert '"msg": "draining"' in log
+    assert '"msg": "stopped"' in log

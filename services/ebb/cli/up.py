@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -502,10 +502,10 @@ def run_up(
     if other is not None:
         raise CliError(f"a mesh is already running from {data_dir} (pid {other}); stop it or use --data-dir")
     if settings.config is not None:
-        settings = _replace(settings, config=validate_config(settings.config))
+        settings = replace(settings, config=validate_config(settings.config))
     ports = resolve_ports(settings.ports)
     check_ports_free(ports)
-    settings = _replace(settings, ports=ports)
+    settings = replace(settings, ports=ports)
     envoy_argv = envoy(settings)
 
     procs.become_subreaper()
@@ -550,12 +550,6 @@ def run_up(
     if code == 0:
         print("ebb up: stopped", file=err, flush=True)
     return code
-
-
-def _replace(settings: UpSettings, **changes: Any) -> UpSettings:
-    from dataclasses import replace
-
-    return replace(settings, **changes)
 
 
 def print_banner(settings: UpSettings, out: IO[str]) -> None:

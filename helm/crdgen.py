@@ -48,7 +48,9 @@ def array(items: Schema, description: str = "", **extra: Any) -> Schema:
     return _described({"type": "array", "items": items, **extra}, description)
 
 
-def obj(properties: dict[str, Schema], description: str = "", required: list[str] | None = None) -> Schema:
+def obj(
+    properties: dict[str, Schema], description: str = "", required: list[str] | None = None
+) -> Schema:
     schema: Schema = {"type": "object", "properties": properties}
     if required:
         schema["required"] = required
@@ -64,7 +66,11 @@ def opaque(description: str, kind: str = "object") -> Schema:
     server stores it unchanged and the kubelet validates it."""
     if kind == "array":
         return array({"type": "object", "x-kubernetes-preserve-unknown-fields": True}, description)
-    return {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "description": description}
+    return {
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+        "description": description,
+    }
 
 
 def int_or_string(description: str = "") -> Schema:
@@ -89,7 +95,11 @@ QUANTITY = {
 }
 
 KEY_REF = obj(
-    {"name": string("Name of the ConfigMap or Secret."), "key": string("The key to select."), "optional": boolean()},
+    {
+        "name": string("Name of the ConfigMap or Secret."),
+        "key": string("The key to select."),
+        "optional": boolean(),
+    },
     required=["key"],
 )
 
@@ -101,7 +111,9 @@ ENV_VAR = obj(
             {
                 "configMapKeyRef": KEY_REF,
                 "secretKeyRef": KEY_REF,
-                "fieldRef": obj({"apiVersion": string(), "fieldPath": string()}, required=["fieldPath"]),
+                "fieldRef": obj(
+                    {"apiVersion": string(), "fieldPath": string()}, required=["fieldPath"]
+                ),
                 "resourceFieldRef": obj(
                     {"containerName": string(), "resource": string(), "divisor": QUANTITY},
                     required=["resource"],
@@ -148,8 +160,12 @@ PROBE = obj(
 
 CONTAINER_PORT = obj(
     {
-        "name": string("`h2c`, `http1` or empty: the protocol the app speaks.", enum=["", "h2c", "http1"]),
-        "containerPort": integer("The port the app listens on; given to it as $PORT.", minimum=1, maximum=65535),
+        "name": string(
+            "`h2c`, `http1` or empty: the protocol the app speaks.", enum=["", "h2c", "http1"]
+        ),
+        "containerPort": integer(
+            "The port the app listens on; given to it as $PORT.", minimum=1, maximum=65535
+        ),
         "protocol": string(enum=["TCP"]),
     }
 )
@@ -163,7 +179,9 @@ CONTAINER = obj(
         "workingDir": string(),
         "env": array(ENV_VAR),
         "envFrom": array(ENV_FROM),
-        "ports": array(CONTAINER_PORT, "At most one port: the one requests are sent to.", maxItems=1),
+        "ports": array(
+            CONTAINER_PORT, "At most one port: the one requests are sent to.", maxItems=1
+        ),
         "resources": obj(
             {
                 "limits": {"type": "object", "additionalProperties": QUANTITY},
@@ -194,9 +212,14 @@ CONTAINER = obj(
 )
 
 REVISION_SPEC_PROPERTIES: dict[str, Schema] = {
-    "containers": array(CONTAINER, "The app's containers; exactly one of them may name a port.", minItems=1),
+    "containers": array(
+        CONTAINER, "The app's containers; exactly one of them may name a port.", minItems=1
+    ),
     "containerConcurrency": integer(
-        "Most requests one instance serves at once; 0 = unlimited.", fmt="int64", minimum=0, maximum=1000
+        "Most requests one instance serves at once; 0 = unlimited.",
+        fmt="int64",
+        minimum=0,
+        maximum=1000,
     ),
     "timeoutSeconds": integer(
         "Longest a request may take (default 300 s).", fmt="int64", minimum=0, maximum=600
@@ -248,7 +271,10 @@ TEMPLATE_METADATA: Schema = {
 }
 
 REVISION_TEMPLATE = obj(
-    {"metadata": TEMPLATE_METADATA, "spec": revision_spec("The revision's pod spec and serving limits.")},
+    {
+        "metadata": TEMPLATE_METADATA,
+        "spec": revision_spec("The revision's pod spec and serving limits."),
+    },
     "The template each new revision is stamped from.",
     required=["spec"],
 )
@@ -257,11 +283,19 @@ DNS_1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 TRAFFIC_TARGET = obj(
     {
-        "tag": string("Gives the target its own URL, TAG-NAME.NAMESPACE.", pattern=DNS_1035, maxLength=63),
+        "tag": string(
+            "Gives the target its own URL, TAG-NAME.NAMESPACE.", pattern=DNS_1035, maxLength=63
+        ),
         "revisionName": string("A fixed revision."),
-        "configurationName": string("The latest ready revision of this configuration (Route only)."),
-        "latestRevision": boolean("Follow the latest ready revision (default when no revisionName)."),
-        "percent": integer("Share of the traffic; all targets sum to 100.", fmt="int64", minimum=0, maximum=100),
+        "configurationName": string(
+            "The latest ready revision of this configuration (Route only)."
+        ),
+        "latestRevision": boolean(
+            "Follow the latest ready revision (default when no revisionName)."
+        ),
+        "percent": integer(
+            "Share of the traffic; all targets sum to 100.", fmt="int64", minimum=0, maximum=100
+        ),
     }
 )
 
@@ -306,7 +340,11 @@ KINDS: list[dict[str, Any]] = [
         "kind": "Configuration",
         "plural": "configurations",
         "short": ["config", "cfg"],
-        "spec": obj({"template": REVISION_TEMPLATE}, "Stamps a new revision whenever the template changes.", required=["template"]),
+        "spec": obj(
+            {"template": REVISION_TEMPLATE},
+            "Stamps a new revision whenever the template changes.",
+            required=["template"],
+        ),
         "columns": [
             column("LatestCreated", ".status.latestCreatedRevisionName"),
             column("LatestReady", ".status.latestReadyRevisionName"),
@@ -321,7 +359,9 @@ KINDS: list[dict[str, Any]] = [
         "spec": revision_spec("An immutable snapshot of code and configuration."),
         "columns": [
             column("Config Name", ".metadata.labels['serving\\.knative\\.dev/configuration']"),
-            column("Generation", ".metadata.labels['serving\\.knative\\.dev/configurationGeneration']"),
+            column(
+                "Generation", ".metadata.labels['serving\\.knative\\.dev/configurationGeneration']"
+            ),
             column("Ready", READY),
             column("Reason", REASON),
             {"name": "Actual Replicas", "type": "integer", "jsonPath": ".status.actualReplicas"},
@@ -332,7 +372,9 @@ KINDS: list[dict[str, Any]] = [
         "kind": "Route",
         "plural": "routes",
         "short": ["rt"],
-        "spec": obj({"traffic": TRAFFIC}, "Names the revisions that receive traffic and their shares."),
+        "spec": obj(
+            {"traffic": TRAFFIC}, "Names the revisions that receive traffic and their shares."
+        ),
         "columns": [
             column("URL", ".status.url"),
             column("Ready", READY),
@@ -416,8 +458,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if helm/ebb/crds is stale")
     args = parser.parse_args(argv)
     files = render_all()
-    stale = [name for name, text in files.items() if not (CRD_DIR / name).is_file() or (CRD_DIR / name).read_text() != text]
-    extra = sorted(p.name for p in CRD_DIR.glob("*.yaml") if p.name not in files) if CRD_DIR.is_dir() else []
+    stale = [
+        name
+        for name, text in files.items()
+        if not (CRD_DIR / name).is_file() or (CRD_DIR / name).read_text() != text
+    ]
+    extra = (
+        sorted(p.name for p in CRD_DIR.glob("*.yaml") if p.name not in files)
+        if CRD_DIR.is_dir()
+        else []
+    )
     if args.check:
         for name in stale + extra:
             print(f"stale: {CRD_DIR / name}", file=sys.stderr)

@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from helpers import free_port, wait_until
+from helpers import free_port
 
 EBB = [sys.executable, "-m", "ebb.cli"]
 
@@ -73,12 +73,15 @@ class Mesh:
         self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         mesh_file = self.data_dir / "mesh.json"
 
-        def up():
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"ebb up exited {self.proc.returncode}: {self.log()}")
-            return mesh_file.exists() and json.loads(mesh_file.read_text())
-
-        return wait_until(up, timeout_s, message="mesh.json")
+            if mesh_file.exists():
+                with contextlib.suppress(ValueError):
+                    return json.loads(mesh_file.read_text())
+            time.sleep(0.1)
+        raise AssertionError(f"ebb up did not write mesh.json within {timeout_s}s: {self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""

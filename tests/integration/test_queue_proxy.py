@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -204,6 +206,24 @@ def test_pipelined_requests_answered_in_order(queue):
         assert reader.at_eof()
 
 
+def test_requests_after_connection_close_are_not_answered(queue):
+    raw = raw_exchange(
+        queue.http_port,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /?status=500 HTTP/1.1\r\nHost: b\r\n\r\n",
+    )
+    assert raw.count(b"HTTP/1.1 ") == 1
+    assert raw.endswith(HELLO)
+
+
+def test_half_closed_client_still_gets_every_answer(queue):
+    with socket.create_connection(("127.0.0.1", queue.http_port), timeout=10) as sock:
+        sock.sendall(b"GET /?sleep=50 HTTP/1.1\r\nHost: a\r\n\r\nGET /?status=201 HTTP/1.1\r\nHost: b\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        reader = RawResponseReader(sock)
+        assert [reader.response()[0] for _ in range(2)] == [200, 201]
+        assert reader.at_eof()
+
+
 def test_bad_request_is_refused(queue):
     status_line, headers, _ = split_response(raw_exchange(queue.http_port, b"NOT HTTP AT ALL\r\n\r\n"))
     assert status_line.split()[1] == b"400"
@@ -296,6 +316,105 @@ def test_not_ready_until_the_app_listens(tmp_path):
         assert status == 502
 
 
+@contextlib.contextmanager
+def raw_app(respond):
+    """A raw HTTP app in a thread: `respond(n, head)` for the n-th request (0-based) on a
+    connection returns (bytes to send, close after) or None to close without answering."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)  # so the accept loop sees `stop`
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            served = 0
+            data = b""
+            while not stop.is_set():
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+                while b"\r\n\r\n" in data:
+                    head, _, data = data.partition(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n")[1:]:
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value)
+                    while len(data) < length:
+                        data += conn.recv(65536)
+                    data = data[length:]
+                    answer = respond(served, head)
+                    served += 1
+                    if answer is None:
+                        return
+                    conn.sendall(answer[0])
+                    if answer[1]:
+                        return
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def first_only(n: int, head: bytes):
+    """Answers the first request on a connection, closes it on the second: what a
+    keep-alive race with the app's idle timeout looks like."""
+    return (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst", False) if n == 0 else None
+
+
+def close_delimited(n: int, head: bytes):
+    """An HTTP/1.0-style answer: no length, the end of the connection ends the body; plus
+    hop-by-hop headers that must not reach the client."""
+    return (
+        b"HTTP/1.0 200 OK\r\nX-App: yes\r\nConnection: close, X-Private\r\nX-Private: 1\r\n"
+        b"Keep-Alive: timeout=5\r\n\r\nall of it",
+        True,
+    )
+
+
+def test_request_without_body_is_retried_once_when_a_pooled_connection_was_closed(tmp_path):
+    with raw_app(first_only) as port, run_queue(tmp_path, port) as queue:
+        assert queue.request("GET", "/")[::2] == (200, b"first")
+        # the pooled connection is reused, the app closes it: sent again on a fresh one
+        assert queue.request("GET", "/")[::2] == (200, b"first")
+        # a body may have been consumed: no retry, 502
+        status, _, body = queue.request("POST", "/", body=b"data")
+        assert status == 502
+        assert b"closed the connection before answering" in body
+
+
+def test_close_delimited_response_is_rechunked_and_hop_headers_dropped(tmp_path):
+    with raw_app(close_delimited) as port, run_queue(tmp_path, port) as queue:
+        with socket.create_connection(("127.0.0.1", queue.http_port), timeout=10) as sock:
+            reader = RawResponseReader(sock)
+            for _ in range(2):  # the client's connection outlives the app's
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+                status, headers, body = reader.response()
+                assert (status, body) == (200, b"all of it")
+                assert headers["transfer-encoding"] == "chunked"
+                assert headers["x-app"] == "yes"
+                for hop in ("connection", "x-private", "keep-alive"):
+                    assert hop not in headers
+        raw = raw_exchange(queue.http_port, b"GET / HTTP/1.0\r\n\r\n")
+        assert split_response(raw)[2] == b"all of it"
+
+
 def test_breaker_limits_the_app_to_one_request_and_refuses_when_full(tmp_path):
     with (
         run_app(DETECT_OVERLAP="1") as app,
@@ -320,6 +439,12 @@ def test_breaker_limits_the_app_to_one_request_and_refuses_when_full(tmp_path):
         app.release("full")
         served = [f.result(timeout=20) for f in futures if f not in refused]
         assert [(status, body) for status, _, body in served] == [(200, HELLO)] * 11
+
+        # bodies of requests waiting for the slot are held (with back-pressure), not lost
+        payloads = [pattern_bytes(6 * MB + i)[i:] for i in range(4)]
+        results = list(pool.map(lambda p: queue.request("POST", "/echo", body=p), payloads))
+        assert [(status, len(body)) for status, _, body in results] == [(200, len(p)) for p in payloads]
+        assert all(body == p for (_, _, body), p in zip(results, payloads, strict=True))
 
 
 def test_total_timeout_is_504(tmp_path, app):

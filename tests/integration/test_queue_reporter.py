@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import grpc
 import pytest
@@ -68,29 +69,27 @@ async def running(reporter: Reporter):
 
 
 def make_reporter(port: int, stats: ConcurrencyStats, **kwargs) -> Reporter:
-    loop = asyncio.get_running_loop()
     return Reporter(
         f"127.0.0.1:{port}",
         instance="instance-1",
         namespace="default",
         revision=REVISION,
         snapshot=stats.report,
-        started_at=loop.time(),
+        started_at=time.monotonic(),
         **{"period_s": 0.05, "initial_backoff_s": 0.02, "max_backoff_s": 0.1, **kwargs},
     )
 
 
 async def test_stats_arrive_each_period_with_their_figures():
-    loop = asyncio.get_running_loop()
     async with fake_autoscaler() as (fake, port, _):
-        now = loop.time()
+        now = time.monotonic()
         stats = ConcurrencyStats(now)
         stats.request_in(now)
         stats.request_in(now, proxied=True)
         async with running(make_reporter(port, stats)) as reporter:
             await until(lambda: len(fake.stats) >= 3, "three stats")
-            stats.request_out(loop.time())
-            stats.request_out(loop.time(), proxied=True)
+            stats.request_out(time.monotonic())
+            stats.request_out(time.monotonic(), proxied=True)
         assert fake.streams == 1  # one long-lived stream
         assert reporter.connects == 1
         first = fake.stats[0]
@@ -108,8 +107,7 @@ async def test_stats_arrive_each_period_with_their_figures():
 
 
 async def test_reconnects_after_the_autoscaler_restarts():
-    loop = asyncio.get_running_loop()
-    stats = ConcurrencyStats(loop.time())
+    stats = ConcurrencyStats(time.monotonic())
     port = free_port()
     reporter = make_reporter(port, stats)
     async with running(reporter):
@@ -118,15 +116,14 @@ async def test_reconnects_after_the_autoscaler_restarts():
         # down: the reporter keeps ticking and retrying; nothing blocks
         await until(lambda: reporter.connects >= 3, "reconnection attempts while down")
         async with fake_autoscaler(port) as (second, _, _):
-            stats.request_in(loop.time())
+            stats.request_in(time.monotonic())
             await until(lambda: any(s.request_count for s in second.stats), "stats at the restarted autoscaler")
-            stats.request_out(loop.time())
+            stats.request_out(time.monotonic())
         assert second.streams >= 1
 
 
 async def test_pending_stats_are_bounded_and_the_oldest_dropped():
-    loop = asyncio.get_running_loop()
-    stats = ConcurrencyStats(loop.time())
+    stats = ConcurrencyStats(time.monotonic())
     port = free_port()  # nobody listens yet
     reporter = make_reporter(port, stats, period_s=0.01, max_pending=3, max_backoff_s=0.05)
     async with running(reporter):

@@ -22,7 +22,12 @@ REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "helm" / "ebb" / "crds"
 SAMPLES = REPO / "samples" / "knative"
 GROUP = "serving.knative.dev"
-KINDS = {"Service": "services", "Configuration": "configurations", "Revision": "revisions", "Route": "routes"}
+KINDS = {
+    "Service": "services",
+    "Configuration": "configurations",
+    "Revision": "revisions",
+    "Route": "routes",
+}
 
 
 def _load_crdgen():
@@ -95,14 +100,36 @@ REASON = ".status.conditions[?(@.type=='Ready')].reason"
 @pytest.mark.parametrize(
     "kind,columns",
     [
-        ("Service", {"URL": ".status.url", "LatestCreated": ".status.latestCreatedRevisionName",
-                     "LatestReady": ".status.latestReadyRevisionName", "Ready": READY, "Reason": REASON}),
-        ("Configuration", {"LatestCreated": ".status.latestCreatedRevisionName",
-                           "LatestReady": ".status.latestReadyRevisionName", "Ready": READY, "Reason": REASON}),
-        ("Revision", {"Config Name": ".metadata.labels['serving\\.knative\\.dev/configuration']",
-                      "Generation": ".metadata.labels['serving\\.knative\\.dev/configurationGeneration']",
-                      "Ready": READY, "Reason": REASON,
-                      "Actual Replicas": ".status.actualReplicas", "Desired Replicas": ".status.desiredReplicas"}),
+        (
+            "Service",
+            {
+                "URL": ".status.url",
+                "LatestCreated": ".status.latestCreatedRevisionName",
+                "LatestReady": ".status.latestReadyRevisionName",
+                "Ready": READY,
+                "Reason": REASON,
+            },
+        ),
+        (
+            "Configuration",
+            {
+                "LatestCreated": ".status.latestCreatedRevisionName",
+                "LatestReady": ".status.latestReadyRevisionName",
+                "Ready": READY,
+                "Reason": REASON,
+            },
+        ),
+        (
+            "Revision",
+            {
+                "Config Name": ".metadata.labels['serving\\.knative\\.dev/configuration']",
+                "Generation": ".metadata.labels['serving\\.knative\\.dev/configurationGeneration']",
+                "Ready": READY,
+                "Reason": REASON,
+                "Actual Replicas": ".status.actualReplicas",
+                "Desired Replicas": ".status.desiredReplicas",
+            },
+        ),
         ("Route", {"URL": ".status.url", "Ready": READY, "Reason": REASON}),
     ],
 )
@@ -113,7 +140,16 @@ def test_printer_columns_like_knative(kind, columns):
 
 # --- structural schemas (what the API server requires of apiextensions/v1) ---------------
 
-_FORBIDDEN = {"$ref", "$schema", "$id", "id", "definitions", "dependencies", "patternProperties", "additionalItems"}
+_FORBIDDEN = {
+    "$ref",
+    "$schema",
+    "$id",
+    "id",
+    "definitions",
+    "dependencies",
+    "patternProperties",
+    "additionalItems",
+}
 _TYPES = {"object", "array", "string", "integer", "number", "boolean"}
 _INT_OR_STRING = [{"type": "integer"}, {"type": "string"}]
 
@@ -156,10 +192,12 @@ def test_schemas_are_structural(kind):
 
 
 def test_structural_check_catches_violations():
-    assert structural_problems({"type": "object", "properties": {"a": {"description": "untyped"}}}) == [
-        ".a: no valid type (None)"
-    ]
-    assert structural_problems({"type": "object", "properties": {}, "additionalProperties": {"type": "string"}})
+    assert structural_problems(
+        {"type": "object", "properties": {"a": {"description": "untyped"}}}
+    ) == [".a: no valid type (None)"]
+    assert structural_problems(
+        {"type": "object", "properties": {}, "additionalProperties": {"type": "string"}}
+    )
     assert structural_problems({"type": "array", "items": {"$ref": "#/x"}})
 
 
@@ -168,13 +206,26 @@ def test_revision_limits_are_in_the_schema(kind):
     spec = _schema(kind)["properties"]["spec"]
     pod = spec if kind == "Revision" else spec["properties"]["template"]["properties"]["spec"]
     props = pod["properties"]
-    assert (props["containerConcurrency"]["minimum"], props["containerConcurrency"]["maximum"]) == (0, 1000)
+    assert (props["containerConcurrency"]["minimum"], props["containerConcurrency"]["maximum"]) == (
+        0,
+        1000,
+    )
     assert (props["timeoutSeconds"]["minimum"], props["timeoutSeconds"]["maximum"]) == (0, 600)
     assert pod["required"] == ["containers"]
     assert props["containers"]["minItems"] == 1
     container = props["containers"]["items"]["properties"]
-    for field in ("image", "command", "args", "env", "envFrom", "ports", "resources",
-                  "readinessProbe", "livenessProbe", "volumeMounts"):
+    for field in (
+        "image",
+        "command",
+        "args",
+        "env",
+        "envFrom",
+        "ports",
+        "resources",
+        "readinessProbe",
+        "livenessProbe",
+        "volumeMounts",
+    ):
         assert field in container, field
     assert container["ports"]["maxItems"] == 1
 
@@ -211,9 +262,7 @@ def strict_json_schema(node: Any) -> Any:
     return out
 
 
-VALIDATORS = {
-    kind: jsonschema.Draft7Validator(strict_json_schema(_schema(kind))) for kind in KINDS
-}
+VALIDATORS = {kind: jsonschema.Draft7Validator(strict_json_schema(_schema(kind))) for kind in KINDS}
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:

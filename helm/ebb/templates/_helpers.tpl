@@ -150,3 +150,12 @@ livenessProbe:
 - name: PYTHONUNBUFFERED
   value: "1"
 {{- end -}}
+
+{{/*
+Name of a cluster-scoped object (ClusterRole, webhook configurations): prefixed with the
+release namespace so that two releases of the same name in different namespaces do not
+collide. (dict "ctx" $ "component" "webhook" "suffix" "mutating"); suffix may be empty.
+*/}}
+{{- define "ebb.clusterScopedName" -}}
+{{- list .ctx.Release.Namespace (include "ebb.componentName" .) (.suffix | default "") | compact | join "-" | trunc 253 -}}
+{{- end -}}

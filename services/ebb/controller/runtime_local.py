@@ -16,7 +16,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ebb.controller.reconcile import InstanceView
@@ -87,6 +87,9 @@ async def probe_queue(address: Address, timeout_s: float = PROBE_TIMEOUT_S) -> b
             await writer.wait_closed()
 
 
+PERSISTED = ("id", "namespace", "revision", "app_port", "queue_port", "app_pid", "queue_pid", "started_at_s", "spec_hash")
+
+
 @dataclass
 class Instance:
     """One running instance; persisted so a restarted controller can adopt it."""
@@ -118,7 +121,7 @@ class Instance:
         return Address("127.0.0.1", self.queue_port)
 
     def record(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("ready", "stopping", "failed", "failed_message", "task", "app_proc", "queue_proc")}
+        return {name: getattr(self, name) for name in PERSISTED}
 
 
 @dataclass

@@ -40,6 +40,7 @@ from google.protobuf import any_pb2
 from ebb.controller.snapshot import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
+    LISTENER_TYPE,
     ROUTE_TYPE,
     TYPE_NAMES,
     TYPE_ORDER,
@@ -282,20 +283,32 @@ class StreamState:
         return st.acked_version == version and set(items) <= st.acked_names
 
     def _pump(self, force: str | None = None) -> list[discovery_pb2.DiscoveryResponse]:
-        """Send what is due, in order, each type only after the earlier ones settled."""
+        """Send what is due: clusters with their endpoints first, then listener and routes
+        once the clusters are in place (make-before-break)."""
         if self._snapshot is None:
             return []
         if self._stale_clusters and self._settled(ROUTE_TYPE):
             # Envoy's routes are the snapshot's: nothing can route to the stale clusters.
             self._stale_clusters = {}
-        out = []
-        for type_url in TYPE_ORDER:
+        out: list[discovery_pb2.DiscoveryResponse] = []
+
+        def push(type_url: str) -> None:
             resend = type_url == force or (type_url == ENDPOINT_TYPE and self._refresh_endpoints)
             response = self._maybe_push(type_url, resend)
             if response is not None:
                 out.append(response)
-            if not self._settled(type_url):
-                break
+
+        # Endpoints are never held back behind the CDS ACK: Envoy itself holds that ACK
+        # until new clusters have warmed, and warming needs their endpoints (waiting would
+        # stall until Envoy's initial-fetch timeout, 15 s).
+        push(CLUSTER_TYPE)
+        push(ENDPOINT_TYPE)
+        if not (self._settled(CLUSTER_TYPE) and self._settled(ENDPOINT_TYPE)):
+            return out
+        # Likewise a listener warms until its routes arrive, so LDS and RDS go together,
+        # both only after every cluster a route may name is ACKed.
+        push(LISTENER_TYPE)
+        push(ROUTE_TYPE)
         return out
 
     @staticmethod

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Mapping, Sequence
 
 from ebb.common.logs import setup_logging
@@ -26,7 +27,8 @@ HOST = "127.0.0.1"
 async def serve(settings: QueueSettings) -> int:
     """Run until SIGTERM/SIGINT, drain, stop; returns the exit code."""
     loop = asyncio.get_running_loop()
-    started_at = loop.time()
+    clock = time.monotonic  # stats need better than uvloop's millisecond loop.time()
+    started_at = clock()
     stats = ConcurrencyStats(started_at)
     proxy = Proxy(
         app_host=settings.app_host,
@@ -37,6 +39,7 @@ async def serve(settings: QueueSettings) -> int:
         timeout_s=settings.timeout_s,
         response_start_timeout_s=settings.response_start_timeout_s,
         idle_timeout_s=settings.idle_timeout_s,
+        clock=clock,
     )
     # The proxy drains itself (it knows when requests stop arriving); the gRPC side only
     # has to stop.
@@ -65,6 +68,7 @@ async def serve(settings: QueueSettings) -> int:
             revision=settings.revision,
             snapshot=stats.report,
             started_at=started_at,
+            clock=clock,
         )
         reporter.start()
     address = f"{HOST}:{http_port}"

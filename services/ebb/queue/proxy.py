@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections import deque
+from collections.abc import Callable
 from http import HTTPStatus
 
 import httptools
@@ -169,11 +171,15 @@ class Proxy:
         timeout_s: float = 300.0,
         response_start_timeout_s: float = 0.0,
         idle_timeout_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        # Stats need sub-millisecond time (uvloop's loop.time() counts whole milliseconds);
+        # timers and drain use the loop's time.
+        self.clock = clock
         self.app_authority = f"{app_host}:{app_port}".encode()
         self.pool = UpstreamPool(self.loop, app_host, app_port)
-        self.stats = stats if stats is not None else ConcurrencyStats(self.loop.time())
+        self.stats = stats if stats is not None else ConcurrencyStats(clock())
         self.breaker: Breaker[Exchange] | None = None
         if container_concurrency >= 1:
             depth = 10 * container_concurrency if queue_depth is None else queue_depth
@@ -517,7 +523,7 @@ class Exchange:
         self.counted = True
         proxy.in_flight += 1
         proxy.last_arrival = now
-        proxy.stats.request_in(now, self.proxied)
+        proxy.stats.request_in(proxy.clock(), self.proxied)
         self._arm_timer()
         breaker = proxy.breaker
         if breaker is not None:
@@ -586,7 +592,7 @@ class Exchange:
     # -- the client's body
 
     def client_body(self, chunk: bytes) -> None:
-        if self.finished:
+        if self.finished or not chunk:
             return  # answered already (early response, 503, 504): the rest is discarded
         buf = self._req_buf
         if buf is None:
@@ -692,7 +698,7 @@ class Exchange:
             self._finish()
 
     def on_response_body(self, chunk: bytes) -> None:
-        if self.finished:
+        if self.finished or not chunk:  # an empty chunk would read as the last one
             return
         mode = self.out_mode
         if mode == _OUT_RAW:
@@ -829,7 +835,7 @@ class Exchange:
                 proxy.loop.call_soon(nxt.go)
         if self.counted:
             proxy.in_flight -= 1
-            proxy.stats.request_out(proxy.loop.time(), self.proxied)
+            proxy.stats.request_out(proxy.clock(), self.proxied)
         self.conn.exchange_done(self)
 
     # -- timeouts (Knative: timeoutSeconds, responseStartTimeoutSeconds, idleTimeoutSeconds)
@@ -910,6 +916,7 @@ class ClientConnection(asyncio.Protocol):
         "closed",
         "close_after",
         "broken",
+        "eof",
         "feeding",
         "_advancing",
         "_fwd_cache",
@@ -946,6 +953,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.close_after = False  # close once the current response is out
         self.broken = False  # unparseable input: close once parsed requests are answered
+        self.eof = False  # the client will send no more: close once parsed requests are answered
         self.feeding = False
         self._advancing = False
         self._fwd_cache: tuple[bytes, bytes, bytes] | None = None
@@ -973,8 +981,8 @@ class ClientConnection(asyncio.Protocol):
         self.active = None
 
     def eof_received(self) -> bool | None:
-        if self.active is not None:  # half-closed after sending: still owed an answer
-            self.close_after = True
+        self.eof = True
+        if self.active is not None:  # half-closed after sending: still owed answers
             return True
         return None
 
@@ -1080,6 +1088,8 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self.closed or self.close_after:
+            return  # after a "Connection: close" exchange nothing more is answered
         parser = self.parser
         method = parser.get_method()
         if self._chunked:
@@ -1198,7 +1208,7 @@ class ClientConnection(asyncio.Protocol):
                     self.close()
                     return
                 if not self.pipeline:
-                    if self.broken:
+                    if self.broken or self.eof:
                         self.close()
                     return
                 nxt = self.pipeline.popleft()

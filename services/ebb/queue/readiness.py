@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ async def probe_loop(
     host: str,
     port: int,
     on_change: Callable[[bool], None],
-    probe: Callable[[str, int], asyncio.Future[bool]] | None = None,
+    probe: Callable[[str, int], Awaitable[bool]] | None = None,
 ) -> None:
     """Probe forever (until cancelled); call on_change(ready) whenever readiness flips."""
     loop = asyncio.get_running_loop()

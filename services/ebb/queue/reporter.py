@@ -53,6 +53,7 @@ class Reporter:
         initial_backoff_s: float = INITIAL_BACKOFF_S,
         max_backoff_s: float = MAX_BACKOFF_S,
         max_pending: int = MAX_PENDING,
+        clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._target = target
@@ -63,7 +64,8 @@ class Reporter:
         self._period_s = period_s
         self._initial_backoff_s = initial_backoff_s
         self._max_backoff_s = max_backoff_s
-        self._wall_clock = wall_clock
+        self._clock = clock  # the clock `snapshot` and `started_at` are in
+        self._wall_clock = wall_clock  # only for the Stat's timestamp
         self._pending: deque[autoscaler_pb2.StreamStatsRequest] = deque(maxlen=max_pending)
         self._wakeup = asyncio.Event()  # something to send
         self._emptied = asyncio.Event()  # everything pending was sent
@@ -107,7 +109,7 @@ class Reporter:
         while True:
             await asyncio.sleep(max(next_at - loop.time(), 0.0))
             now = loop.time()
-            self._enqueue(now)
+            self._enqueue(self._clock())
             next_at += self._period_s
             if next_at < now:  # the loop was stalled for whole periods: do not burst
                 next_at = now + self._period_s
@@ -155,11 +157,10 @@ class Reporter:
         """Queue the last (partial) period, try to send what is pending, close the stream."""
         if not self._tasks:
             return
-        loop = asyncio.get_running_loop()
         ticker, sender = self._tasks
         ticker.cancel()
         self._emptied.clear()
-        self._enqueue(loop.time())
+        self._enqueue(self._clock())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._emptied.wait(), flush_timeout_s)
         call = self._call

@@ -281,60 +281,75 @@ CASES: dict[str, list[tuple[Step, list[str]]]] = {
         (nack("eds", stale=True), []),
         (ack("eds"), []),
     ],
-    "push order: clusters, endpoints, listeners, routes, each after the ACK before": connect(
+    "clusters go with their endpoints; listener and routes only after both are ACKed": connect(
         "S1", "a"
     )
     + [
-        (snapshot("S2"), ["cds S2 a,b"]),
-        (resub("eds", "a,b"), []),  # Envoy asks for b's endpoints before it ACKs CDS
-        (ack("cds"), ["eds S2 a,b"]),
-        (ack("eds"), ["lds S2 gateway"]),
-        (ack("lds"), ["rds S2 gateway"]),
+        (snapshot("S2"), ["cds S2 a,b", "eds S2 a"]),
+        # Envoy asks for b's endpoints as it takes the clusters, before it reads eds S2.
+        (stale("eds", "a,b"), []),
+        (ack("eds"), ["eds S2 a,b"]),
+        (ack("eds"), []),  # the endpoints are in, the clusters not yet
+        (ack("cds"), ["lds S2 gateway", "rds S2 gateway"]),
+        (ack("lds"), []),
         (ack("rds"), []),
+    ],
+    "a new cluster's endpoints are sent before its CDS ACK (Envoy holds it while b warms)": connect(
+        "S1", "a"
+    )
+    + [
+        (snapshot("S2"), ["cds S2 a,b", "eds S2 a"]),
+        (ack("eds"), []),
+        (resub("eds", "a,b"), ["eds S2 a,b"]),  # CDS is not ACKed: b's endpoints go anyway
+        (ack("eds"), []),
+        (ack("cds"), ["lds S2 gateway", "rds S2 gateway"]),
     ],
     "endpoints asked for after the CDS ACK are sent on the next answer": connect("S1", "a")
     + [
-        (snapshot("S2"), ["cds S2 a,b"]),
-        (ack("cds"), ["eds S2 a"]),
+        (snapshot("S2"), ["cds S2 a,b", "eds S2 a"]),
+        (ack("cds"), []),
         (stale("eds", "a,b"), []),
         (ack("eds"), ["eds S2 a,b"]),
-        (ack("eds"), ["lds S2 gateway"]),
+        (ack("eds"), ["lds S2 gateway", "rds S2 gateway"]),
     ],
     "a removed cluster stays until the new routes are ACKed": connect("S1", "a")
     + [
-        (snapshot("S3"), ["cds S1|S3 a,b"]),
-        (resub("eds", "a,b"), []),
-        (ack("cds"), ["eds S3 b"]),
-        (ack("eds"), ["rds S3 gateway"]),
+        # b is new, so endpoints go too: none of S3's are a's, the only ones subscribed.
+        (snapshot("S3"), ["cds S1|S3 a,b", "eds S3 -"]),
+        (stale("eds", "a,b"), []),
+        (ack("eds"), ["eds S3 b"]),
+        (ack("eds"), []),
+        (ack("cds"), ["rds S3 gateway"]),
         (ack("rds"), ["cds S3 b"]),
         (ack("cds"), []),
         (resub("eds", "b"), []),
     ],
     "a removed cluster stays while the new routes are NACKed": connect("S1", "a")
     + [
-        (snapshot("S3"), ["cds S1|S3 a,b"]),
-        (resub("eds", "a,b"), []),
-        (ack("cds"), ["eds S3 b"]),
-        (ack("eds"), ["rds S3 gateway"]),
+        (snapshot("S3"), ["cds S1|S3 a,b", "eds S3 -"]),
+        (stale("eds", "a,b"), []),
+        (ack("eds"), ["eds S3 b"]),
+        (ack("eds"), []),
+        (ack("cds"), ["rds S3 gateway"]),
         (nack("rds"), []),
         (resub("eds", "a,b"), []),
         (ack("cds"), []),
         # Back to S1: Envoy's routes (S1's, S3 was refused) match, so a goes at once.
-        (snapshot("S1"), ["cds S1 a"]),
-        (ack("cds"), ["eds S1 a"]),
+        (snapshot("S1"), ["cds S1 a", "eds S1 a"]),
+        (ack("cds"), []),
         (ack("eds"), []),
     ],
     "a cluster no route uses is removed at once": connect("S8", "a,b")
     + [
-        (snapshot("S1"), ["cds S1 a"]),
-        (ack("cds"), ["eds S1 a"]),
+        (snapshot("S1"), ["cds S1 a", "eds S1 a"]),
+        (ack("cds"), []),
         (ack("eds"), []),
         (resub("eds", "a"), []),
     ],
     "a changed cluster gets its endpoints again": connect("S1", "a")
     + [
-        (snapshot("S7"), ["cds S7 a"]),
-        (ack("cds"), ["eds S7 a"]),
+        (snapshot("S7"), ["cds S7 a", "eds S7 a"]),
+        (ack("cds"), []),
         (ack("eds"), []),
     ],
     "endpoints and routes carry only the names subscribed to": [
@@ -421,10 +436,11 @@ def test_stale_nack_is_not_recorded() -> None:
 
 def test_snapshot_counts_as_acked_only_once_stale_clusters_are_gone() -> None:
     rows = connect("S1", "a") + [
-        (snapshot("S3"), ["cds S1|S3 a,b"]),
-        (resub("eds", "a,b"), []),
-        (ack("cds"), ["eds S3 b"]),
-        (ack("eds"), ["rds S3 gateway"]),
+        (snapshot("S3"), ["cds S1|S3 a,b", "eds S3 -"]),
+        (stale("eds", "a,b"), []),
+        (ack("eds"), ["eds S3 b"]),
+        (ack("eds"), []),
+        (ack("cds"), ["rds S3 gateway"]),
         (ack("rds"), ["cds S3 b"]),
     ]
     client = run(rows)

@@ -156,7 +156,10 @@ def plan(settings: UpSettings, python: str, envoy_argv: list[str]) -> list[Proce
     def component(name: str, *args: str, stop_timeout_s: float = settings.stop_timeout_s) -> ProcessSpec:
         ready = run / f"{name}.json"
         argv = [python, "-m", f"ebb.{name}", *args, "--ready-file", str(ready), "--log-level", settings.log_level]
-        env = {"PYTHONUNBUFFERED": "1"}
+        # The controller forks app and queue processes from a process full of gRPC threads;
+        # gRPC's fork handlers are meant for Python children that keep using gRPC, and
+        # running them there has crashed the forked child before exec (SIGSEGV).
+        env = {"PYTHONUNBUFFERED": "1", "GRPC_ENABLE_FORK_SUPPORT": "false"}
         if settings.tracing:
             env |= {"EBB_TRACING": "1", "OTEL_SERVICE_NAME": f"ebb-{name}"}
         return ProcessSpec(name=name, argv=argv, ready_file=ready, stop_timeout_s=stop_timeout_s, env=env)

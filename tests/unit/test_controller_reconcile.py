@@ -155,6 +155,18 @@ def test_resolve_failures(target, reason):
     assert rc.resolve_traffic(_route(target), {"hello": _cfg()}, {}).reason == reason
 
 
+def test_route_waits_in_unknown_while_first_revision_deploys_and_fails_when_it_fails():
+    deploying = _cfg()
+    set_condition(deploying, "Ready", "Unknown", "", "Waiting", now_s=NOW)
+    target = r.TrafficTarget(configuration_name="hello", percent=100)
+    res = rc.resolve_traffic(_route(target), {"hello": deploying}, {})
+    assert (res.reason, res.status) == ("RevisionMissing", "Unknown")
+    out = rc.route_status(_route(target), res, False, 8080, now_s=NOW)
+    assert condition(out, "Ready").status == "Unknown"
+    failed = _ready(_cfg(), "False", "RevisionFailed", "boom")
+    assert rc.resolve_traffic(_route(target), {"hello": failed}, {}).status == "False"
+
+
 def test_route_status_ready_only_after_ingress():
     route = _route(r.TrafficTarget(revision_name="hello-00001", percent=100, tag="blue"))
     res = rc.Resolution(targets=(rc.ResolvedTarget("hello-00001", 100, "blue"),))

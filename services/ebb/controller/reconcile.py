@@ -211,6 +211,9 @@ class Resolution:
     targets: tuple[ResolvedTarget, ...] = ()
     reason: str = ""  # empty when all traffic is assigned
     message: str = ""
+    # "False" when a target failed for good (missing, or its revision failed); "Unknown"
+    # while a configuration's first revision is still deploying (Knative does the same).
+    status: str = "False"
 
 
 def resolve_traffic(
@@ -245,6 +248,7 @@ def resolve_traffic(
                     reason="RevisionMissing",
                     message=(cond.message if cond and cond.message else "")
                     or f'Configuration "{target.configuration_name}" does not have any ready Revision.',
+                    status="False" if cond is not None and cond.status == "False" else "Unknown",
                 )
             targets.append(
                 ResolvedTarget(ready, percent, target.tag, latest_revision=True, configuration=target.configuration_name)
@@ -273,9 +277,10 @@ def route_status(
     st.url = url_of(host, gateway_port)
     st.address.url = f"http://{route.metadata.name}.{route.metadata.namespace}.svc.cluster.local"
     if resolution.reason:
-        set_condition(out, "AllTrafficAssigned", "False", resolution.reason, resolution.message, now_s=now_s)
+        state = resolution.status
+        set_condition(out, "AllTrafficAssigned", state, resolution.reason, resolution.message, now_s=now_s)
         set_condition(out, "IngressReady", "Unknown", "", "", now_s=now_s)
-        set_condition(out, "Ready", "False", resolution.reason, resolution.message, now_s=now_s)
+        set_condition(out, "Ready", state, resolution.reason, resolution.message, now_s=now_s)
         return out
     del st.traffic[:]
     for target in resolution.targets:

@@ -4,7 +4,7 @@ from ebb.controller.gateway import cluster_name, gateway_spec, route_virtual_hos
 from ebb.controller.reconcile import Resolution, ResolvedTarget
 from ebb.controller.resources import new
 from ebb.controller.runtime import Address, RevisionKey
-from ebb.controller.snapshot import RouteTarget, build_snapshot
+from ebb.controller.snapshot import build_snapshot
 
 
 def _route(name="hello"):
@@ -13,11 +13,19 @@ def _route(name="hello"):
     return route
 
 
+def _weights(vh):
+    return [(t.cluster, t.weight) for t in vh.targets]
+
+
 def test_single_target_host():
     res = Resolution(targets=(ResolvedTarget("hello-00001", 100),))
     (vh,) = route_virtual_hosts(_route(), res, {})
     assert vh.domains == ("hello.default.localhost",)
-    assert vh.targets == (RouteTarget("default/hello-00001", 100),)
+    assert _weights(vh) == [("default/hello-00001", 100)]
+    assert vh.targets[0].headers == (
+        ("Knative-Serving-Namespace", "default"),
+        ("Knative-Serving-Revision", "hello-00001"),
+    )
 
 
 def test_split_and_tags():
@@ -30,17 +38,18 @@ def test_split_and_tags():
     )
     timeouts = {RevisionKey("default", "hello-00001"): 30.0, RevisionKey("default", "hello-00002"): 60.0}
     main, old, nxt = route_virtual_hosts(_route(), res, timeouts)
-    assert main.targets == (RouteTarget("default/hello-00001", 10), RouteTarget("default/hello-00002", 90))
+    assert _weights(main) == [("default/hello-00001", 10), ("default/hello-00002", 90)]
+    assert [dict(t.headers)["Knative-Serving-Revision"] for t in main.targets] == ["hello-00001", "hello-00002"]
     assert main.timeout_s == 300.0  # hello-00003 has no known timeout: the default wins as the max
     assert old.domains == ("old-hello.default.localhost",) and old.timeout_s == 30.0
     assert nxt.domains == ("next-hello.default.localhost",)
-    assert nxt.targets == (RouteTarget("default/hello-00003", 100),)
+    assert _weights(nxt) == [("default/hello-00003", 100)]
 
 
 def test_same_revision_twice_sums_weights():
     res = Resolution(targets=(ResolvedTarget("a-00001", 50), ResolvedTarget("a-00001", 50, tag="t")))
     main = route_virtual_hosts(_route("a"), res, {})[0]
-    assert main.targets == (RouteTarget("default/a-00001", 100),)
+    assert _weights(main) == [("default/a-00001", 100)]
 
 
 def test_unresolved_route_has_no_hosts():

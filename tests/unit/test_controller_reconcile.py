@@ -217,3 +217,26 @@ def test_desired_instances(annotations, reachable, latest, decision, zero_ok, ex
     assert rc.desired_instances(
         annotations, reachable=reachable, latest=latest, decision=decision, can_scale_to_zero=zero_ok
     ) == expected
+
+
+@pytest.mark.parametrize(
+    "decision,desired,ready,has_activator,mode",
+    [
+        (None, 1, 0, True, "proxy"),  # before the first decision the activator holds requests
+        (rc.Decision(desired=2, excess_burst_capacity=50), 2, 2, True, "serve"),
+        (rc.Decision(desired=2, excess_burst_capacity=-1), 2, 2, True, "proxy"),  # short of burst capacity
+        (rc.Decision(desired=0, excess_burst_capacity=10), 0, 1, True, "proxy"),  # scaling to zero
+        (rc.Decision(desired=1, excess_burst_capacity=10), 1, 0, True, "proxy"),  # nothing ready yet
+        (rc.Decision(desired=0, excess_burst_capacity=-5), 0, 0, False, "serve"),  # no activator at all
+    ],
+)
+def test_serving_mode(decision, desired, ready, has_activator, mode):
+    assert rc.serving_mode(decision, desired, ready, has_activator=has_activator) == mode
+
+
+@pytest.mark.parametrize(
+    "desired,running,acked,expected",
+    [(0, 2, False, 2), (0, 2, True, 0), (1, 2, False, 1), (0, 0, False, 0), (3, 1, False, 3)],
+)
+def test_instances_stop_only_after_the_activator_is_acked(desired, running, acked, expected):
+    assert rc.hold_instances_for_switch(desired, running, acked) == expected

@@ -137,8 +137,23 @@ def test_virtual_host_with_one_target_routes_to_the_cluster() -> None:
     assert route.match.prefix == "/"
     assert route.route.cluster == A.name
     assert route.route.timeout.seconds == 42
-    assert [(h.header.key, h.header.value) for h in vh.request_headers_to_add] == [
+    assert [(h.header.key, h.header.value) for h in route.request_headers_to_add] == [
         ("k-original-host", "hello.default.localhost")
+    ]
+
+
+def test_target_headers_go_on_the_route_or_on_each_weighted_cluster() -> None:
+    rev_a = (("Knative-Serving-Revision", "a"),)
+    rev_b = (("Knative-Serving-Revision", "b"),)
+    single = dataclasses.replace(SPLIT, targets=(RouteTarget(A.name, 100, rev_a),))
+    got = vhosts(build_snapshot(dataclasses.replace(SPEC, virtual_hosts=(single,))))["default/split"]
+    assert [(h.header.key, h.header.value) for h in got.routes[0].request_headers_to_add] == list(rev_a)
+    split = dataclasses.replace(SPLIT, targets=(RouteTarget(A.name, 70, rev_a), RouteTarget(B.name, 30, rev_b)))
+    got = vhosts(build_snapshot(dataclasses.replace(SPEC, virtual_hosts=(split,))))["default/split"]
+    clusters = got.routes[0].route.weighted_clusters.clusters
+    assert [[(h.header.key, h.header.value) for h in c.request_headers_to_add] for c in clusters] == [
+        list(rev_a),
+        list(rev_b),
     ]
 
 

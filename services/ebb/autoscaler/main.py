@@ -15,7 +15,7 @@ from ebb.autoscaler.server import AutoscalerServer
 from ebb.autoscaler.settings import AutoscalerSettings, unknown_keys
 from ebb.common.logs import setup_logging
 from ebb.common.server import ServiceCore, run, write_ready_file
-from ebb.common.settings import Flag, SettingsError, env_view, parse_port, read_flags
+from ebb.common.settings import Flag, SettingsError, env_view, parse_host, parse_port, read_flags
 
 log = logging.getLogger("ebb.autoscaler")
 
@@ -30,6 +30,7 @@ FLAGS = (
         "",
         "YAML file whose `autoscaler:` section holds Knative config-autoscaler keys",
     ),
+    Flag("host", "EBB_AUTOSCALER_HOST", "127.0.0.1", "address to bind (0.0.0.0 in a pod)"),
     Flag("tick-interval-s", "EBB_AUTOSCALER_TICK_INTERVAL_S", "2", "seconds between KPA decisions"),
     Flag(
         "ready-file", "EBB_AUTOSCALER_READY_FILE", "", "write the bound address here once serving"
@@ -45,6 +46,7 @@ class ServiceSettings:
 
     grpc_port: int
     tick_interval_s: float
+    host: str
     ready_file: str
     log_level: str
     autoscaler: AutoscalerSettings
@@ -105,6 +107,7 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ServiceSetti
     return ServiceSettings(
         grpc_port=parse_port("grpc-port", raw["grpc-port"]),
         tick_interval_s=_tick_interval(raw["tick-interval-s"]),
+        host=parse_host("host", raw["host"]),
         ready_file=raw["ready-file"] or "",
         log_level=level,
         autoscaler=settings,
@@ -114,7 +117,7 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ServiceSetti
 
 
 async def serve(cfg: ServiceSettings) -> int:
-    core = ServiceCore("autoscaler", port=cfg.grpc_port)
+    core = ServiceCore("autoscaler", host=cfg.host, port=cfg.grpc_port)
     autoscaler = AutoscalerServer(cfg.autoscaler, tick_interval_s=cfg.tick_interval_s)
     autoscaler.add_to(core)
     try:

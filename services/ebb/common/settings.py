@@ -37,6 +37,14 @@ def parse_port(key: str, value: str | int) -> int:
     return port
 
 
+def parse_host(key: str, value: str | None) -> str:
+    """An address to bind: 127.0.0.1 by default; 0.0.0.0 in a pod (the Helm chart)."""
+    host = (value or "127.0.0.1").strip()
+    if any(c.isspace() or c in "/?#@" for c in host):
+        raise SettingsError(f"{key} = {value!r}, must be a host name or an IP address")
+    return host
+
+
 @dataclass(frozen=True)
 class Flag:
     """One setting: its flag, the env var that may supply it, and its default."""

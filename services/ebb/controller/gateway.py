@@ -15,6 +15,11 @@ def cluster_name(key: RevisionKey) -> str:
     return f"{key.namespace}/{key.name}"
 
 
+def revision_headers(namespace: str, revision: str) -> tuple[tuple[str, str], ...]:
+    """Headers naming the target revision; the activator routes held requests by them."""
+    return (("Knative-Serving-Namespace", namespace), ("Knative-Serving-Revision", revision))
+
+
 def route_virtual_hosts(
     route: r.Route, resolution: Resolution, timeouts_s: Mapping[RevisionKey, float]
 ) -> tuple[VirtualHostSpec, ...]:
@@ -23,9 +28,11 @@ def route_virtual_hosts(
         return ()
     ns, name = route.metadata.namespace, route.metadata.name
     weights: dict[str, int] = {}
+    headers: dict[str, tuple[tuple[str, str], ...]] = {}
     for target in resolution.targets:
+        cluster = cluster_name(RevisionKey(ns, target.revision))
+        headers[cluster] = revision_headers(ns, target.revision)
         if target.percent > 0:
-            cluster = cluster_name(RevisionKey(ns, target.revision))
             weights[cluster] = weights.get(cluster, 0) + target.percent
     keys = [RevisionKey(ns, t.revision) for t in resolution.targets]
     timeout_s = max((timeouts_s.get(k, 300.0) for k in keys), default=300.0)
@@ -35,7 +42,7 @@ def route_virtual_hosts(
             VirtualHostSpec(
                 name=f"{ns}/{name}",
                 domains=(host_of(name, ns),),
-                targets=tuple(RouteTarget(c, w) for c, w in sorted(weights.items())),
+                targets=tuple(RouteTarget(c, w, headers[c]) for c, w in sorted(weights.items())),
                 timeout_s=timeout_s,
             )
         )
@@ -49,7 +56,7 @@ def route_virtual_hosts(
             VirtualHostSpec(
                 name=f"{ns}/{name}/{target.tag}",
                 domains=(host_of(name, ns, target.tag),),
-                targets=(RouteTarget(cluster_name(key), 100),),
+                targets=(RouteTarget(cluster_name(key), 100, revision_headers(ns, target.revision)),),
                 timeout_s=timeouts_s.get(key, 300.0),
             )
         )

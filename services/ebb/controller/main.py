@@ -18,6 +18,7 @@ from ebb.common.server import ServiceCore, run, write_ready_file
 from ebb.common.settings import SettingsError
 from ebb.controller import settings as settings_mod
 from ebb.controller.manager import Controller
+from ebb.controller.runtime import Address
 from ebb.controller.runtime_local import LocalRuntime
 from ebb.controller.scaling import ScalingClient
 from ebb.controller.server import Admission, EndpointsServicer, ServingServicer
@@ -33,10 +34,16 @@ async def serve(cfg: settings_mod.ControllerSettings) -> int:
     runtime = LocalRuntime(cfg.data_dir, autoscaler=cfg.autoscaler)
     ads = AdsServer()
     scaling = ScalingClient(cfg.autoscaler, lambda: controller.trigger()) if cfg.autoscaler else None
-    controller = Controller(store, runtime, ads, gateway_port=cfg.gateway_port, scaling=scaling)
+    activator = None
+    if cfg.activator:
+        host, port = cfg.activator.rsplit(":", 1)
+        activator = Address(host, int(port))
+    controller = Controller(
+        store, runtime, ads, gateway_port=cfg.gateway_port, scaling=scaling, activator=activator
+    )
     admission = Admission(cfg.webhook)
 
-    core = ServiceCore("controller", port=cfg.grpc_port, drain_s=0.0)
+    core = ServiceCore("controller", host=cfg.host, port=cfg.grpc_port, drain_s=0.0)
     core.add(
         lambda s: serving_pb2_grpc.add_ServingServiceServicer_to_server(ServingServicer(store, admission), s),
         "ebb.api.serving.v1.ServingService",

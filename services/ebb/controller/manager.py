@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ebb.api.serving.v1 import resources_pb2 as r
 from ebb.controller import reconcile as rc
-from ebb.controller.gateway import gateway_spec, route_virtual_hosts
+from ebb.controller.gateway import cluster_name, gateway_spec, route_virtual_hosts
 from ebb.controller.resources import LABEL_CONFIGURATION, condition, key_of
 from ebb.controller.runtime import Address, InstanceSpec, RevisionKey, Runtime
 from ebb.controller.scaling import ScalingSpec
@@ -72,7 +72,7 @@ class Controller:
         *,
         gateway_port: int,
         scaling=None,
-        can_scale_to_zero: bool = False,
+        activator: Address | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -81,7 +81,8 @@ class Controller:
         self._gateway_port = gateway_port
         self._wall = wall_clock
         self._scaling = scaling
-        self._can_scale_to_zero = can_scale_to_zero
+        self._activator = activator
+        self._acked_spec = None  # the GatewaySpec Envoy last ACKed
         self._dirty = asyncio.Event()
         self._stopped = False
         self._snapshot_version = ""
@@ -163,7 +164,8 @@ class Controller:
             for c in configurations.values()
         }
 
-        # 5. Instances and revision status.
+        # 5. Instances, serving mode and revision status.
+        modes: dict[RevisionKey, str] = {}
         for (ns, name), rev in revisions.items():
             key = RevisionKey(ns, name)
             spec = instance_spec(rev)
@@ -184,11 +186,15 @@ class Controller:
                 reachable=key in routed,
                 latest=key in latest_created,
                 decision=decision,
-                can_scale_to_zero=self._can_scale_to_zero,
+                can_scale_to_zero=self._activator is not None,
             )
-            await self._runtime.ensure(key, spec, desired, now_s=now)
+            view = self._runtime.view(key)
+            modes[key] = rc.serving_mode(decision, desired, view.ready, has_activator=self._activator is not None)
+            running = rc.hold_instances_for_switch(desired, view.actual, self._activator_acked(key))
+            await self._runtime.ensure(key, spec, running, now_s=now)
             status = rc.revision_status(rev, self._runtime.view(key), now_s=now)
-            status.status.serving_mode = "serve"
+            status.status.desired_replicas = desired
+            status.status.serving_mode = modes[key]
             if decision is not None:
                 status.status.stable_value = decision.stable_value
                 status.status.panic_value = decision.panic_value
@@ -213,7 +219,10 @@ class Controller:
             RevisionKey(ns, n): float(v.spec.timeout_seconds or 300) for (ns, n), v in revisions.items()
         }
         hosts_by_route = {key_of(rt): route_virtual_hosts(rt, resolutions[key_of(rt)], timeouts) for rt in routes}
-        endpoints = {RevisionKey(ns, n): self._runtime.ready_addresses(RevisionKey(ns, n)) for ns, n in revisions}
+        endpoints = {
+            key: [self._activator] if modes.get(key) == rc.PROXY else self._runtime.ready_addresses(key)
+            for key in (RevisionKey(ns, n) for ns, n in revisions)
+        }
         spec = gateway_spec(self._gateway_port, [h for hs in hosts_by_route.values() for h in hs], endpoints)
         self._push(spec)
 
@@ -266,16 +275,27 @@ class Controller:
             return
         self._snapshot_version = version
         self._ads.set_snapshot(snapshot)
-        hosts = frozenset(spec.virtual_hosts)
         if self._ack_task:
             self._ack_task.cancel()
-        self._ack_task = asyncio.ensure_future(self._await_ack(snapshot, hosts))
+        self._ack_task = asyncio.ensure_future(self._await_ack(snapshot, spec))
 
-    async def _await_ack(self, snapshot, hosts: frozenset) -> None:
+    async def _await_ack(self, snapshot, spec) -> None:
         if await self._ads.wait_snapshot_acked(snapshot, ACK_TIMEOUT_S):
-            self._acked_hosts = hosts
-            log.info("gateway acknowledged", extra={"virtual_hosts": len(hosts)})
+            self._acked_hosts = frozenset(spec.virtual_hosts)
+            self._acked_spec = spec
+            log.info("gateway acknowledged", extra={"virtual_hosts": len(spec.virtual_hosts)})
             self.trigger()
+
+    def _activator_acked(self, key: RevisionKey) -> bool:
+        """Envoy has ACKed a config in which the revision's only endpoint is the activator
+        (or in which the revision has no cluster at all: nothing routes to it)."""
+        if self._activator is None or self._acked_spec is None:
+            return False
+        name = cluster_name(key)
+        for cluster in self._acked_spec.clusters:
+            if cluster.name == name:
+                return [(e.host, e.port) for e in cluster.endpoints] == [(self._activator.host, self._activator.port)]
+        return True
 
     # ------------------------------------------------------------ endpoints
 

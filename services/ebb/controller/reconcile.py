@@ -390,3 +390,30 @@ def desired_instances(
     if reachable and not can_scale_to_zero:
         desired = max(desired, 1)
     return desired
+
+
+SERVE = "serve"
+PROXY = "proxy"
+
+
+def serving_mode(decision: Decision | None, desired: int, ready: int, *, has_activator: bool) -> str:
+    """Where the gateway sends a revision's traffic: its instances, or the activator.
+
+    Knative puts the activator in the path ("proxy") when the revision is scaled to zero or
+    short of burst capacity (EBC < 0), and also before the autoscaler has spoken (the initial
+    EBC, initial_scale × target − TBC, is negative by default: 1 × 100 − 211 = −111). Ebb also
+    proxies while no instance is ready, so a request is held, not refused.
+    """
+    if not has_activator:
+        return SERVE
+    if decision is None or desired == 0 or ready == 0 or decision.excess_burst_capacity < 0:
+        return PROXY
+    return SERVE
+
+
+def hold_instances_for_switch(desired: int, running: int, activator_acked: bool) -> int:
+    """Make-before-break scale to zero: keep the instances until Envoy has ACKed the
+    activator as the revision's endpoint; only then may the last one stop."""
+    if desired == 0 and running > 0 and not activator_acked:
+        return running
+    return desired

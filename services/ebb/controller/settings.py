@@ -6,10 +6,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ebb.common.settings import Flag, SettingsError, parse_port, read_flags
+from ebb.common.settings import Flag, SettingsError, parse_host, parse_port, read_flags
 
 FLAGS = (
     Flag("data-dir", "EBB_HOME", None, "directory for the SQLite store, logs and instance state"),
+    Flag("host", "EBB_CONTROLLER_HOST", "127.0.0.1", "address to bind (0.0.0.0 in a pod)"),
     Flag("grpc-port", "EBB_CONTROLLER_GRPC_PORT", "8090", "gRPC port: Serving API, ADS, endpoints"),
     Flag("gateway-port", "EBB_GATEWAY_PORT", "8080", "HTTP port the Envoy gateway listens on"),
     Flag("autoscaler", "EBB_AUTOSCALER", "", "autoscaler gRPC address HOST:PORT (empty = none)"),
@@ -25,6 +26,7 @@ FLAGS = (
 @dataclass(frozen=True)
 class ControllerSettings:
     data_dir: Path
+    host: str
     grpc_port: int
     gateway_port: int
     autoscaler: str
@@ -53,6 +55,7 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ControllerSe
         raise SettingsError(f"keep-instances-on-exit = {keep!r}, must be true or false")
     return ControllerSettings(
         data_dir=Path(data_dir).expanduser(),
+        host=parse_host("host", raw["host"]),
         grpc_port=parse_port("grpc-port", raw["grpc-port"]),
         gateway_port=parse_port("gateway-port", raw["gateway-port"]),
         autoscaler=_address("autoscaler", raw["autoscaler"] or ""),

@@ -81,8 +81,12 @@ class ClusterSpec:
 
 @dataclass(frozen=True)
 class RouteTarget:
+    """A share of a host's traffic; `headers` are added to requests sent to this cluster
+    (e.g. the revision's name, which the activator routes by)."""
+
     cluster: str
     weight: int
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -367,30 +371,29 @@ def _virtual_host(vh: VirtualHostSpec) -> route_components_pb2.VirtualHost:
     # Two targets on one cluster (e.g. a tag and latest on the same revision) add up;
     # zero weights are dropped. Order is kept: it is the order Envoy lists them in.
     weights: dict[str, int] = {}
+    target_headers: dict[str, tuple[tuple[str, str], ...]] = {}
     for t in vh.targets:
         if t.weight > 0:
             weights[t.cluster] = weights.get(t.cluster, 0) + t.weight
+            target_headers.setdefault(t.cluster, t.headers)
     action = route_components_pb2.RouteAction(timeout=_duration(vh.timeout_s))
+    route_headers = list(vh.request_headers_to_add)
     if len(weights) == 1:
         action.cluster = next(iter(weights))
+        route_headers += list(target_headers[action.cluster])
     else:
         action.weighted_clusters.CopyFrom(
             route_components_pb2.WeightedCluster(
                 clusters=[
                     route_components_pb2.WeightedCluster.ClusterWeight(
-                        name=name, weight=wrappers_pb2.UInt32Value(value=weight)
+                        name=name,
+                        weight=wrappers_pb2.UInt32Value(value=weight),
+                        request_headers_to_add=_header_options(target_headers[name]),
                     )
                     for name, weight in weights.items()
                 ]
             )
         )
-    headers = [
-        base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key=key, value=value),
-            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-        )
-        for key, value in vh.request_headers_to_add
-    ]
     return route_components_pb2.VirtualHost(
         name=vh.name,
         domains=expand_domains(vh.domains),
@@ -399,10 +402,20 @@ def _virtual_host(vh: VirtualHostSpec) -> route_components_pb2.VirtualHost:
                 name=vh.name,
                 match=route_components_pb2.RouteMatch(prefix="/"),
                 route=action,
+                request_headers_to_add=_header_options(route_headers),
             )
         ],
-        request_headers_to_add=headers,
     )
+
+
+def _header_options(headers) -> list[base_pb2.HeaderValueOption]:
+    return [
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=key, value=value),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+        for key, value in headers
+    ]
 
 
 # ---------------------------------------------------------------------------- checking

@@ -1,0 +1,167 @@
+"""Autoscaling end to end: scale up under load, to zero when idle, back from zero with no
+request lost, containerConcurrency honoured, graceful scale-down (issues 3 and 4).
+
+Windows are shortened through `ebb up --config` (stable window 6 s, the minimum Knative
+allows; grace 2 s) so a full cycle takes seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import sys
+import threading
+import time
+
+import pytest
+from mesh import Mesh
+
+from helpers import SAMPLE_APP, wait_until
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = """\
+autoscaler:
+  stable-window: 6s
+  scale-to-zero-grace-period: 2s
+  scale-down-delay: 0s
+  target-burst-capacity: 0
+"""
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scaling")
+    config = root / "config.yaml"
+    config.write_text(CONFIG)
+    m = Mesh(root / "ebb", config=config)
+    try:
+        m.start()
+        yield m
+    finally:
+        m.stop()
+        m.kill_leftovers()
+
+
+def _revision(mesh: Mesh, name: str) -> dict:
+    revs = json.loads(mesh.ebb("revision", "list", "-o", "json").stdout)
+    return next(r for r in revs if r["metadata"]["name"] == name)
+
+
+def _create(mesh: Mesh, name: str, *extra: str) -> None:
+    mesh.ebb("service", "create", name, "--cmd", f"{sys.executable} {SAMPLE_APP}", *extra, "--wait", "--wait-timeout", "60")
+
+
+def _get(mesh: Mesh, host: str, path: str = "/", timeout_s: float = 30.0) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", mesh.ports["http"], timeout=timeout_s)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def _load(mesh: Mesh, host: str, path: str, clients: int, seconds: float) -> list[tuple[int, str]]:
+    """`clients` loops of sequential requests for `seconds`; bounded in count and time."""
+    results: list[tuple[int, str]] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def worker():
+        for _ in range(10_000):
+            if time.monotonic() >= stop_at:
+                return
+            try:
+                res = _get(mesh, host, path)
+            except OSError as exc:
+                res = (-1, repr(exc))
+            with lock:
+                results.append(res)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 60)
+    return results
+
+
+def test_scale_up_under_load_then_to_zero_then_back_with_no_request_lost(mesh):
+    _create(mesh, "burst", "--annotation", "autoscaling.knative.dev/target=1")
+    host = "burst.default.localhost"
+    assert _get(mesh, host)[0] == 200
+
+    # 4 clients keep ~4 requests in flight against a target of 1 per instance.
+    seen_desired = []
+
+    def watch():
+        for _ in range(60):
+            rev = _revision(mesh, "burst-00001")
+            seen_desired.append(rev["status"].get("desiredReplicas", 0))
+            time.sleep(0.25)
+            if max(seen_desired) >= 2 and rev["status"].get("readyReplicas", 0) >= 2:
+                return
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    results = _load(mesh, host, "/?sleep=300", clients=4, seconds=8)
+    watcher.join(30)
+    assert results and all(code == 200 for code, _ in results), {c for c, _ in results}
+    assert max(seen_desired) >= 2
+
+    # Idle: after the stable window and the grace period it goes to zero, activator in path.
+    wait_until(
+        lambda: (s := _revision(mesh, "burst-00001")["status"]).get("actualReplicas", 0) == 0
+        and s.get("servingMode") == "proxy",
+        60,
+        message="scale to zero",
+    )
+    out = mesh.ebb("revision", "list").stdout
+    assert "proxy" in out
+
+    # 100 concurrent requests at zero: all succeed, none lost, instances come back.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=100) as pool:
+        codes = list(pool.map(lambda _: _get(mesh, host, "/", timeout_s=60)[0], range(100)))
+    assert codes.count(200) == 100, codes
+    assert _revision(mesh, "burst-00001")["status"].get("actualReplicas", 0) >= 1
+
+
+def test_container_concurrency_one_never_overlaps(mesh):
+    _create(mesh, "single", "--concurrency-limit", "1", "--env", "DETECT_OVERLAP=1")
+    results = _load(mesh, "single.default.localhost", "/?sleep=50", clients=5, seconds=10)
+    codes = {code for code, _ in results}
+    assert codes == {200}, [r for r in results if r[0] != 200][:5]
+    assert len(results) >= 20
+
+
+def test_steady_low_load_across_the_mode_switch_loses_nothing(mesh):
+    _create(mesh, "steady")
+    host = "steady.default.localhost"
+    wait_until(lambda: _revision(mesh, "steady-00001")["status"].get("actualReplicas", 1) == 0, 60, message="zero")
+    # From zero (activator in path) a steady trickle wakes it and moves it to serve mode.
+    modes = [_revision(mesh, "steady-00001")["status"].get("servingMode")]
+    results = []
+    stop = time.monotonic() + 15
+    while time.monotonic() < stop:
+        results.append(_get(mesh, host, "/?sleep=20"))
+        modes.append(_revision(mesh, "steady-00001")["status"].get("servingMode"))
+        time.sleep(0.2)
+    assert all(code == 200 for code, _ in results), [r for r in results if r[0] != 200][:5]
+    assert modes[0] == "proxy" and modes[-1] == "serve", modes
+
+
+def test_scale_down_finishes_in_flight_slow_requests(mesh):
+    _create(mesh, "slow", "--annotation", "autoscaling.knative.dev/target=1")
+    host = "slow.default.localhost"
+    # Ramp to several instances, then leave long requests in flight as the load stops.
+    _load(mesh, host, "/?sleep=300", clients=4, seconds=6)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(_get, mesh, host, "/?sleep=4000", 60) for _ in range(4)]
+        wait_until(
+            lambda: _revision(mesh, "slow-00001")["status"].get("desiredReplicas", 9) < 4, 60,
+            message="scale-down decision",
+        )
+        codes = [f.result()[0] for f in futures]
+    assert codes == [200, 200, 200, 200]

@@ -11,6 +11,7 @@ Listens on 127.0.0.1:$PORT (default 8080).
          ?gate=NAME         wait until /release?gate=NAME (at most 60 s) before answering
     POST|PUT|PATCH /...     echo the request body (Content-Length or chunked, answered alike)
     GET  /headers           the request headers as JSON
+    GET  /env               the platform's env vars PORT, K_SERVICE, K_CONFIGURATION, K_REVISION as JSON
     GET  /conn              the peer address of this TCP connection ("ip:port")
     GET  /healthz           200 "ok"
     GET  /release?gate=NAME open gate NAME
@@ -37,6 +38,7 @@ DETECT_OVERLAP = os.environ.get("DETECT_OVERLAP") == "1"
 PATTERN = bytes(range(256)) * 256  # 64 KiB
 GATE_MAX_WAIT_S = 60.0
 CONTROL_PATHS = {"/healthz", "/release", "/gates"}
+CONTRACT_ENV = ("PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION")  # what Knative sets
 
 _lock = threading.Lock()
 _inside = 0
@@ -76,7 +78,7 @@ class Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
     def do_GET(self) -> None:  # http.server's naming
-        if self.path == "/" and not DETECT_OVERLAP:  # the fast path, for benchmarks
+        if self.path == "/" and self.command == "GET" and not DETECT_OVERLAP:  # the fast path, for benchmarks
             self._send(200, HELLO)
             return
         url = urlsplit(self.path)
@@ -128,6 +130,9 @@ class Handler(BaseHTTPRequestHandler):
             for name, value in self.headers.items():
                 seen[name] = f"{seen[name]}, {value}" if name in seen else value
             self._send(status, json.dumps(seen).encode(), "application/json")
+        elif path == "/env":
+            env = {name: os.environ.get(name) for name in CONTRACT_ENV}
+            self._send(status, json.dumps(env).encode(), "application/json")
         elif path == "/conn":
             self._send(status, f"{self.client_address[0]}:{self.client_address[1]}".encode())
         elif "chunks" in query:

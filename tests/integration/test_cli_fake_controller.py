@@ -33,14 +33,18 @@ SERVICE_LABEL = "serving.knative.dev/service"
 class FakeServing(serving_pb2_grpc.ServingServiceServicer):
     """Just enough of the controller: a store, webhook-like validation, Ready after a delay.
 
-    Like Ebb's controller, a new Service says Ready=False (RevisionMissing) while its
-    revision deploys (Ready=Unknown). A Service whose command contains `crash` gets a
-    revision that fails; with `routefail` the revision is fine but the route never is.
+    Like Ebb's controller, a Service owns a Configuration and a Route of its name; a change
+    of its template stamps a revision `NAME-0000N` (or the template's name), a traffic-only
+    change stamps none; a new revision deploys (Ready=Unknown) while the Service says
+    Ready=False (RevisionMissing), then status.traffic names revisions (tags get URLs). A
+    Service whose command contains `crash` gets a revision that fails (the previous one
+    keeps its traffic); with `routefail` the revision is fine but the route never is.
     """
 
     def __init__(self, ready_after_s: float = 0.2) -> None:
         self.store: dict[tuple[str, str, str], resources_pb2.Resource] = {}
         self.calls: list[str] = []
+        self.applied: list[resources_pb2.Resource] = []
         self.ready_after_s = ready_after_s
         self.watchers: list[asyncio.Queue] = []
         self.tasks: set[asyncio.Task] = set()
@@ -59,10 +63,36 @@ class FakeServing(serving_pb2_grpc.ServingServiceServicer):
                 return f"spec.traffic: Traffic targets sum to {total}, want 100"
         return None
 
+    def _resolve_traffic(self, service: resources_pb2.Service) -> list[resources_pb2.TrafficTarget]:
+        """status.traffic: every target named by revision, tags with their URLs."""
+        targets = list(service.spec.traffic) or [resources_pb2.TrafficTarget(latest_revision=True, percent=100)]
+        resolved = []
+        for target in targets:
+            out = resources_pb2.TrafficTarget(tag=target.tag, percent=target.percent)
+            if target.revision_name:
+                out.revision_name = target.revision_name
+            else:
+                out.revision_name = service.status.latest_ready_revision_name
+                out.latest_revision = True
+            if target.tag:
+                out.url = f"http://{target.tag}-{service.metadata.name}.{service.metadata.namespace}.localhost:8080"
+            resolved.append(out)
+        return resolved
+
+    def _set_traffic(self, service: resources_pb2.Service) -> None:
+        if not service.status.latest_ready_revision_name:
+            return
+        del service.status.traffic[:]
+        service.status.traffic.extend(self._resolve_traffic(service))
+        route = self.store[("route", service.metadata.namespace, service.metadata.name)].route
+        route.spec.CopyFrom(resources_pb2.RouteSpec(traffic=service.spec.traffic))
+        del route.status.traffic[:]
+        route.status.traffic.extend(service.status.traffic)
+
     async def _become_ready(self, key: tuple[str, str, str], generation: int) -> None:
         await asyncio.sleep(self.ready_after_s)
         resource = self.store.get(key)
-        if resource is None:
+        if resource is None or resource.service.metadata.generation != generation:
             return
         service = resource.service
         command = " ".join(service.spec.template.spec.containers[0].command)
@@ -83,12 +113,68 @@ class FakeServing(serving_pb2_grpc.ServingServiceServicer):
             revision.status.conditions.add(type="Ready", status="True")
             status.conditions.add(type="Ready", status="True")
             status.latest_ready_revision_name = status.latest_created_revision_name
+        status.observed_generation = generation
+        configuration = self.store[("configuration", key[1], key[2])].configuration
+        configuration.status.latest_ready_revision_name = status.latest_ready_revision_name
+        self._set_traffic(service)
         self._publish(serving_pb2.EVENT_TYPE_MODIFIED, resource)
+
+    def _stamp_children(self, old: resources_pb2.Service | None, inner: resources_pb2.Service) -> None:
+        """Configuration, Route and (when the template changed) a new Revision of a Service."""
+        namespace, name = inner.metadata.namespace, inner.metadata.name
+        template_changed = old is None or old.spec.template != inner.spec.template
+        config_key = ("configuration", namespace, name)
+        config = self.store.get(config_key)
+        config_generation = (config.configuration.metadata.generation if config else 0) + (1 if template_changed else 0)
+        if old is not None:
+            inner.status.latest_created_revision_name = old.status.latest_created_revision_name
+            inner.status.latest_ready_revision_name = old.status.latest_ready_revision_name
+        inner.status.url = f"http://{name}.{namespace}.localhost:8080"
+        inner.status.observed_generation = inner.metadata.generation
+        inner.status.conditions.add(type="Ready", status="Unknown", reason="Reconciling")
+        if template_changed:
+            rev_name = inner.spec.template.metadata.name or f"{name}-{config_generation:05d}"
+            inner.status.latest_created_revision_name = rev_name
+            del inner.status.conditions[:]
+            inner.status.conditions.add(type="Ready", status="False", reason="RevisionMissing",
+                                        message="Waiting for revision to become ready.")
+            self.store[("revision", namespace, rev_name)] = resources_pb2.Resource(revision=resources_pb2.Revision(
+                api_version="serving.knative.dev/v1", kind="Revision",
+                metadata=resources_pb2.ObjectMeta(
+                    name=rev_name, namespace=namespace,
+                    labels={SERVICE_LABEL: name, "serving.knative.dev/configuration": name,
+                            "serving.knative.dev/configurationGeneration": str(config_generation)}),
+                spec=inner.spec.template.spec,
+                status=resources_pb2.RevisionStatus(
+                    desired_replicas=1, actual_replicas=1, ready_replicas=1, serving_mode="serve",
+                    stable_value=0.5, panic_value=1.0,
+                    conditions=[resources_pb2.Condition(type="Ready", status="Unknown", reason="Deploying")]),
+            ))
+        self.store[config_key] = resources_pb2.Resource(configuration=resources_pb2.Configuration(
+            metadata=resources_pb2.ObjectMeta(name=name, namespace=namespace, generation=config_generation,
+                                              labels={SERVICE_LABEL: name}),
+            spec=resources_pb2.ConfigurationSpec(template=inner.spec.template),
+            status=resources_pb2.ConfigurationStatus(
+                latest_created_revision_name=inner.status.latest_created_revision_name,
+                latest_ready_revision_name=inner.status.latest_ready_revision_name),
+        ))
+        route_key = ("route", namespace, name)
+        if route_key not in self.store:
+            self.store[route_key] = resources_pb2.Resource(route=resources_pb2.Route(
+                metadata=resources_pb2.ObjectMeta(name=name, namespace=namespace, labels={SERVICE_LABEL: name}),
+                spec=resources_pb2.RouteSpec(traffic=[resources_pb2.TrafficTarget(
+                    configuration_name=name, latest_revision=True, percent=100)]),
+                status=resources_pb2.RouteStatus(url=inner.status.url,
+                                                 conditions=[resources_pb2.Condition(type="Ready", status="True")]),
+            ))
+        if old is not None:
+            self._set_traffic(inner)
 
     # -- rpcs --
 
     async def Apply(self, request, context):
         self.calls.append("Apply")
+        self.applied.append(request.resource)
         kind = request.resource.WhichOneof("kind")
         message = getattr(request.resource, kind)
         error = self._validate(kind, message)
@@ -102,45 +188,23 @@ class FakeServing(serving_pb2_grpc.ServingServiceServicer):
         inner = getattr(stored, kind)
         inner.metadata.namespace = namespace
         inner.ClearField("status")
-        changed = old is None or getattr(old, kind).spec != inner.spec
-        generation = 1 if old is None else getattr(old, kind).metadata.generation + (1 if changed else 0)
+        old_inner = getattr(old, kind) if old is not None else None
+        changed = old is None or old_inner.spec != inner.spec or old_inner.metadata.labels != inner.metadata.labels
+        if old is not None and not changed:
+            return serving_pb2.ApplyResponse(resource=old, created=False, changed=False)
+        generation = 1 if old is None else old_inner.metadata.generation + (1 if old_inner.spec != inner.spec else 0)
         inner.metadata.generation = generation
+        if request.dry_run:
+            return serving_pb2.ApplyResponse(resource=stored, created=old is None, changed=True)
         if kind == "service":
-            inner.status.url = f"http://{inner.metadata.name}.{namespace}.localhost:8080"
-            inner.status.latest_created_revision_name = f"{inner.metadata.name}-{generation:05d}"
-            inner.status.observed_generation = generation
-            inner.status.conditions.add(type="Ready", status="False", reason="RevisionMissing",
-                                        message="Waiting for revision to become ready.")
-            revision = resources_pb2.Resource(revision=resources_pb2.Revision(
-                api_version="serving.knative.dev/v1", kind="Revision",
-                metadata=resources_pb2.ObjectMeta(
-                    name=inner.status.latest_created_revision_name, namespace=namespace,
-                    labels={SERVICE_LABEL: inner.metadata.name,
-                            "serving.knative.dev/configurationGeneration": str(generation)}),
-                spec=inner.spec.template.spec,
-                status=resources_pb2.RevisionStatus(
-                    desired_replicas=1, actual_replicas=1, ready_replicas=1, serving_mode="serve",
-                    stable_value=0.5, panic_value=1.0,
-                    conditions=[resources_pb2.Condition(type="Ready", status="Unknown", reason="Deploying")]),
-            ))
-            self.store[("revision", namespace, revision.revision.metadata.name)] = revision
-            route = resources_pb2.Resource(route=resources_pb2.Route(
-                metadata=resources_pb2.ObjectMeta(name=inner.metadata.name, namespace=namespace),
-                status=resources_pb2.RouteStatus(
-                    url=inner.status.url,
-                    traffic=[resources_pb2.TrafficTarget(revision_name=revision.revision.metadata.name,
-                                                         percent=100, latest_revision=True)],
-                    conditions=[resources_pb2.Condition(type="Ready", status="True")]),
-            ))
-            self.store[("route", namespace, inner.metadata.name)] = route
-        if not request.dry_run:
-            self.store[key] = stored
-            self._publish(serving_pb2.EVENT_TYPE_ADDED if old is None else serving_pb2.EVENT_TYPE_MODIFIED, stored)
-            if kind == "service" and changed:
-                task = asyncio.ensure_future(self._become_ready(key, generation))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-        return serving_pb2.ApplyResponse(resource=stored, created=old is None, changed=changed)
+            self._stamp_children(old_inner, inner)
+        self.store[key] = stored
+        self._publish(serving_pb2.EVENT_TYPE_ADDED if old is None else serving_pb2.EVENT_TYPE_MODIFIED, stored)
+        if kind == "service":
+            task = asyncio.ensure_future(self._become_ready(key, generation))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return serving_pb2.ApplyResponse(resource=stored, created=old is None, changed=True)
 
     async def Get(self, request, context):
         self.calls.append("Get")
@@ -195,12 +259,20 @@ async def _serve(fake: FakeServing) -> ServiceCore:
     return core
 
 
+async def _stop(core: ServiceCore, fake: FakeServing) -> None:
+    """Stop the server and every readiness timer the fake still has pending."""
+    await core.shutdown()
+    for task in list(fake.tasks):
+        task.cancel()
+    await asyncio.gather(*fake.tasks, return_exceptions=True)
+
+
 @pytest.fixture
 async def controller():
     fake = FakeServing()
     core = await _serve(fake)
     yield fake, core.address
-    await core.shutdown()
+    await _stop(core, fake)
 
 
 async def ebb(address: str, *argv: str) -> int:
@@ -333,7 +405,7 @@ async def test_service_create_wait_times_out(capsys):
     try:
         code = await ebb(core.address, "service", "create", "slow", "--cmd", "x", "--wait", "--wait-timeout", "0.5")
     finally:
-        await core.shutdown()
+        await _stop(core, fake)
     assert code == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
         "ebb: service slow not ready after 0.5s (last reason: revision slow-00001: Deploying)"
@@ -376,8 +448,8 @@ async def test_service_list_describe_delete(controller, capsys):
 
     assert await ebb(address, "service", "describe", "hello") == 0
     text = capsys.readouterr().out
-    assert "Name:        hello" in text and "URL:         http://hello.default.localhost:8080" in text
-    assert "Command:     python app.py" in text and "Conditions:" in text and "hello-00001" in text
+    assert "Name:            hello" in text and "URL:             http://hello.default.localhost:8080" in text
+    assert "Command:         python app.py" in text and "Conditions:" in text and "hello-00001" in text
 
     assert await ebb(address, "service", "describe", "hello", "-o", "json") == 0
     data = json.loads(capsys.readouterr().out)
@@ -392,8 +464,16 @@ async def test_service_list_describe_delete(controller, capsys):
     assert capsys.readouterr().err == 'ebb: service "hello" not found in namespace default\n'
 
 
-async def test_revision_and_route_lists(controller, capsys):
-    _, address = controller
+async def test_revision_and_route_lists(capsys):
+    fake = FakeServing(ready_after_s=60)  # every revision stays Deploying here
+    core = await _serve(fake)
+    try:
+        await _revision_and_route_lists(core.address, capsys)
+    finally:
+        await _stop(core, fake)
+
+
+async def _revision_and_route_lists(address, capsys):
     assert await ebb(address, "service", "create", "hello", "--cmd", "x") == 0
     assert await ebb(address, "service", "create", "other", "--cmd", "x") == 0
     capsys.readouterr()
@@ -409,11 +489,11 @@ async def test_revision_and_route_lists(controller, capsys):
     assert [r["metadata"]["name"] for r in revisions] == ["hello-00001", "other-00001"]
     assert revisions[0]["status"]["readyReplicas"] == 1
     assert await ebb(address, "revision", "describe", "hello-00001") == 0
-    assert "Instances:   desired 1, actual 1, ready 1" in capsys.readouterr().out
+    assert "Instances:       desired 1, actual 1, ready 1" in capsys.readouterr().out
     assert await ebb(address, "route", "list") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["NAME", "URL", "TRAFFIC", "READY", "REASON"]
-    assert "100% hello-00001" in lines[1]
+    assert lines[1].split()[:4] == ["hello", "http://hello.default.localhost:8080", "100%", "hello"]  # spec: not resolved yet
     assert await ebb(address, "revision", "list", "--service", "none") == 0
     captured = capsys.readouterr()
     assert captured.out == "" and "No revisions of service none found" in captured.err

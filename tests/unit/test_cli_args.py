@@ -8,11 +8,13 @@ import socket
 from pathlib import Path
 
 import pytest
+from google.protobuf.json_format import MessageToDict
 
 from ebb.api.serving.v1 import resources_pb2
 from ebb.cli import main as cli
 from ebb.cli import mesh, output, resources, up
 from ebb.cli.errors import CliError
+from ebb.webhook.admission import admit
 
 
 def parse(*argv: str):
@@ -61,6 +63,42 @@ def test_service_create_flags():
     assert args.wait and args.wait_timeout == 12.0
 
 
+def test_service_update_flags():
+    args = parse("service", "update", "hello", "--cmd", "python app.py", "--env", "A=1", "-e", "B-",
+                 "--annotation", "x=y", "--concurrency-limit", "0", "--timeout", "30",
+                 "--traffic", "hello-00001=50", "--traffic", "@latest=50", "--tag", "hello-00001=old",
+                 "--untag", "stale", "--revision-name", "v2", "-n", "team", "--wait", "--wait-timeout", "9")
+    assert args.action == "update" and args.name == "hello" and args.cmd == "python app.py"
+    assert args.env == ["A=1", "B-"] and args.annotation == ["x=y"]
+    assert args.concurrency_limit == 0 and args.timeout == 30
+    assert args.traffic == ["hello-00001=50", "@latest=50"] and args.tag == ["hello-00001=old"]
+    assert args.untag == ["stale"] and args.revision_name == "v2" and args.namespace == "team"
+    assert args.wait and args.wait_timeout == 9.0
+    edits = cli.update_args(args)
+    assert edits.traffic.percents == (("hello-00001", 50), ("@latest", 50))
+    assert edits.traffic.tags == (("hello-00001", "old"),) and edits.traffic.untags == ("stale",)
+    assert edits.env.sets == (("A", "1"),) and edits.env.removes == ("B",)
+    bare = parse("service", "update", "hello")
+    assert bare.cmd is None and bare.env is None and bare.traffic is None and not bare.wait
+    assert not cli.update_args(bare)
+
+
+def test_revision_and_route_commands():
+    args = parse("revision", "delete", "hello-00001", "-n", "team")
+    assert (args.command, args.action, args.name, args.namespace, args.force) == (
+        "revision", "delete", "hello-00001", "team", False)
+    assert parse("rev", "delete", "hello-00001", "--force").force
+    assert parse("revision", "describe", "hello-00001", "-o", "yaml").output == "yaml"
+    args = parse("route", "describe", "hello", "-o", "json")
+    assert (args.action, args.name, args.output) == ("describe", "hello", "json")
+
+
+def test_update_flag_errors_are_one_line(capsys):
+    assert cli.main(["service", "update", "hello", "--traffic", "x", "--server", "127.0.0.1:1"], environ={}) == 1
+    assert capsys.readouterr().err == (
+        "ebb: --traffic 'x': expected REVISION=PERCENT, TAG=PERCENT or @latest=PERCENT\n")
+
+
 def test_lists_and_outputs():
     assert parse("service", "list", "-o", "json").output == "json"
     assert parse("service", "list", "-A").all_namespaces
@@ -82,6 +120,10 @@ def test_lists_and_outputs():
         ["service", "create", "hello", "--cmd", "x", "--concurrency-limit", "-1"],
         ["up", "--http-port", "eighty"],
         ["service", "list", "-o", "xml"],
+        ["service", "update"],  # NAME is required
+        ["service", "update", "hello", "--timeout", "soon"],
+        ["revision", "delete"],
+        ["route", "describe"],
         ["apply"],
     ],
 )
@@ -288,7 +330,7 @@ def test_build_service_from_flags():
     spec = resources.ServiceSpecArgs(
         name="hello", namespace="default", cmd="python 'my app.py' --flag",
         env=resources.parse_pairs(["A=1", "B=x=y"], "--env"),
-        annotations=[("autoscaling.knative.dev/min-scale", "1")], port=8081, concurrency_limit=0,
+        annotations=[("autoscaling.knative.dev/min-scale", "1"), ("owner", "me")], port=8081, concurrency_limit=0,
         timeout_s=30, workdir="/src",
     )
     service = resources.build_service(spec)
@@ -300,9 +342,14 @@ def test_build_service_from_flags():
     rev_spec = service.spec.template.spec
     assert rev_spec.HasField("container_concurrency") and rev_spec.container_concurrency == 0
     assert rev_spec.timeout_seconds == 30
-    assert service.spec.template.metadata.annotations["autoscaling.knative.dev/min-scale"] == "1"
-    assert service.metadata.annotations["autoscaling.knative.dev/min-scale"] == "1"
+    # Autoscaling annotations act on revisions: the template only (Knative refuses them on a
+    # Service's metadata); others go on both, as kn --annotation does.
+    assert dict(service.spec.template.metadata.annotations) == {"autoscaling.knative.dev/min-scale": "1",
+                                                                "owner": "me"}
+    assert dict(service.metadata.annotations) == {"owner": "me"}
     assert not service.spec.traffic  # the webhook defaults traffic
+    _, errors = admit(MessageToDict(service), None, "CREATE")
+    assert errors == []
 
 
 @pytest.mark.parametrize(("cmd", "message"), [("", "--cmd: must not be empty"), ("python 'x", "--cmd")])

@@ -1,70 +1,120 @@
-"""Activator entry point (first cut: its own process with health and reflection)."""
+"""Wires the activator together: settings, data plane, endpoints watch, stats, gRPC admin, drain."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
+from ebb.activator import settings as activator_settings
+from ebb.activator.endpoints import watch_endpoints
+from ebb.activator.proxy import Activator
+from ebb.activator.settings import FLAGS, ActivatorSettings
+from ebb.activator.traffic import POKE
 from ebb.common.logs import setup_logging
 from ebb.common.server import ServiceCore, run, write_ready_file
-from ebb.common.settings import Flag, SettingsError, parse_port, read_flags
+from ebb.common.settings import SettingsError, env_view
+from ebb.common.statsreporter import StatsReporter
 
 log = logging.getLogger("ebb.activator")
 
-FLAGS = (
-    Flag("http-port", "EBB_ACTIVATOR_HTTP_PORT", "8012", "HTTP data-plane port"),
-    Flag("grpc-port", "EBB_ACTIVATOR_GRPC_PORT", "8092", "gRPC admin port (health, reflection)"),
-    Flag("controller", "EBB_CONTROLLER", "", "controller gRPC address (endpoints stream)"),
-    Flag("autoscaler", "EBB_AUTOSCALER", "", "autoscaler gRPC address (stats stream)"),
-    Flag("ready-file", "EBB_ACTIVATOR_READY_FILE", "", "write bound addresses here once serving"),
-    Flag("log-level", "EBB_LOG_LEVEL", "info", "debug, info, warning, error"),
-)
+__all__ = ["FLAGS", "main", "serve"]  # FLAGS: the chart's tests check its args against them
 
 
-@dataclass(frozen=True)
-class ActivatorSettings:
-    http_port: int
-    grpc_port: int
-    controller: str
-    autoscaler: str
-    ready_file: str
-    log_level: str
+def _bound(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ActivatorSettings:
-    raw = read_flags("python -m ebb.activator", FLAGS, argv, environ)
-    return ActivatorSettings(
-        http_port=parse_port("http-port", raw["http-port"]),
-        grpc_port=parse_port("grpc-port", raw["grpc-port"]),
-        controller=raw["controller"] or "",
-        autoscaler=raw["autoscaler"] or "",
-        ready_file=raw["ready-file"] or "",
-        log_level=(raw["log-level"] or "info").lower(),
-    )
-
-
-async def serve(cfg: ActivatorSettings) -> int:
-    core = ServiceCore("activator", port=cfg.grpc_port)
-    try:
-        await core.start()
-    except OSError as exc:
-        print(f"activator: {exc}", file=sys.stderr)
-        return 1
+async def serve(settings: ActivatorSettings) -> int:
+    """Run until SIGTERM/SIGINT, drain, stop; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    clock = time.monotonic  # stats need better than uvloop's millisecond loop.time()
+    started_at = clock()
+    activator = Activator(queue_depth=settings.queue_depth, clock=clock)
+    # The data plane drains itself (it knows when requests stop arriving); the gRPC side
+    # only has to stop.
+    core = ServiceCore("activator", settings.host, settings.grpc_port, drain_s=0.0)
     core.install_signal_handlers()
-    write_ready_file(cfg.ready_file, {"grpc": core.address, "http": f"127.0.0.1:{cfg.http_port}"})
+    http_port = await _bind(core, activator, settings)
+    if http_port is None:
+        await core.shutdown()
+        return 1
+    reporter = _stats_reporter(settings, activator, started_at, clock)
+    watcher = None
+    if settings.controller:
+        core.set_serving(False)  # not until the controller's first snapshot
+
+        def apply(revisions, removed, snapshot) -> None:
+            was_synced = activator.synced
+            activator.apply(revisions, removed, snapshot)
+            if activator.synced and not was_synced and not activator.draining:
+                core.set_serving(True)
+
+        watcher = loop.create_task(watch_endpoints(settings.controller, apply))
+    else:
+        log.warning("no --controller: every revision is unknown (404)")
+        activator.synced = True
+
+    address = _bound(settings.host, http_port)
+    write_ready_file(settings.ready_file, {"http": address, "grpc": core.address})
+    peers = {"controller": settings.controller, "autoscaler": settings.autoscaler}
+    log.info("activator serving", extra={"instance": settings.instance, **peers, "http": address, "grpc": core.address})
+
     await core.wait_for_signal()
+    log.info("draining", extra={"quiet_s": settings.drain_quiet_s, "max_s": settings.drain_max_s})
+    activator.draining = True
+    core.set_serving(False)
+    await activator.drain(settings.drain_quiet_s, settings.drain_max_s)
+    if watcher is not None:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    await activator.stop_probes()
+    await activator.close()
+    if reporter is not None:
+        await reporter.stop()
     await core.shutdown()
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+async def _bind(core: ServiceCore, activator: Activator, settings: ActivatorSettings) -> int | None:
+    """Start the gRPC admin server and the HTTP listener; the HTTP port, or None (logged)."""
     try:
-        cfg = load(argv, os.environ)
+        await core.start()
+        return await activator.listen(settings.host, settings.http_port)
+    except OSError as exc:
+        log.error("cannot start", extra={"error": str(exc)})
+        return None
+
+
+def _stats_reporter(
+    settings: ActivatorSettings, activator: Activator, started_at: float, clock
+) -> StatsReporter | None:
+    """The stats stream to the autoscaler, started, with the activator's pokes wired to it."""
+    if not settings.autoscaler:
+        return None
+    reporter = StatsReporter(
+        settings.autoscaler,
+        instance=settings.instance,
+        collect=activator.collect,
+        started_at=started_at,
+        clock=clock,
+    )
+    send_now = reporter.send_now
+    activator.on_poke = lambda namespace, name: send_now(((namespace, name, POKE),))
+    reporter.start()
+    return reporter
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of `python -m ebb.activator`; returns the exit code."""
+    try:
+        settings = activator_settings.load(argv, env_view(environ))
     except SettingsError as exc:
         print(f"activator: {exc}", file=sys.stderr)
-        return 1
-    setup_logging("activator", cfg.log_level)
-    return run(lambda: serve(cfg))
+        return 2
+    setup_logging("activator", settings.log_level)
+    return run(lambda: serve(settings))

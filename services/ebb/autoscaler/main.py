@@ -14,6 +14,7 @@ import yaml
 from ebb.autoscaler.server import AutoscalerServer
 from ebb.autoscaler.settings import AutoscalerSettings, unknown_keys
 from ebb.common.logs import setup_logging
+from ebb.common.metrics import MetricsServer, metrics_port_flag, parse_metrics_port
 from ebb.common.server import ServiceCore, run, write_ready_file
 from ebb.common.settings import Flag, SettingsError, env_view, parse_host, parse_port, read_flags
 
@@ -36,6 +37,7 @@ FLAGS = (
         "ready-file", "EBB_AUTOSCALER_READY_FILE", "", "write the bound address here once serving"
     ),
     Flag("log-level", "EBB_AUTOSCALER_LOG_LEVEL", "info", "debug, info, warning, error"),
+    metrics_port_flag("autoscaler"),
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -52,6 +54,7 @@ class ServiceSettings:
     autoscaler: AutoscalerSettings
     config_file: str = ""
     ignored_keys: tuple[str, ...] = ()
+    metrics_port: int = 0
 
 
 def read_config_file(path: str) -> tuple[AutoscalerSettings, tuple[str, ...]]:
@@ -113,6 +116,7 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ServiceSetti
         autoscaler=settings,
         config_file=config_file,
         ignored_keys=ignored,
+        metrics_port=parse_metrics_port(raw["metrics-port"]),
     )
 
 
@@ -120,14 +124,17 @@ async def serve(cfg: ServiceSettings) -> int:
     core = ServiceCore("autoscaler", host=cfg.host, port=cfg.grpc_port)
     autoscaler = AutoscalerServer(cfg.autoscaler, tick_interval_s=cfg.tick_interval_s)
     autoscaler.add_to(core)
+    metrics = MetricsServer(autoscaler.registry, host=cfg.host, port=cfg.metrics_port)
     try:
+        metrics.start()
         await core.start()
     except OSError as exc:
+        await metrics.aclose()
         print(f"autoscaler: {exc}", file=sys.stderr)
         return 1
     await autoscaler.start()
     core.install_signal_handlers()
-    write_ready_file(cfg.ready_file, {"grpc": core.address})
+    write_ready_file(cfg.ready_file, {"grpc": core.address, "metrics": metrics.address})
     await core.wait_for_signal()
     # Health goes NOT_SERVING first; then the tick loop and the open streams end (watchers
     # and reporters see a clean end and reconnect elsewhere or later), so stop(grace) has
@@ -135,6 +142,7 @@ async def serve(cfg: ServiceSettings) -> int:
     core.set_serving(False)
     await autoscaler.close()
     await core.shutdown()
+    await metrics.aclose()
     return 0
 
 

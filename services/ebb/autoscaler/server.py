@@ -16,12 +16,15 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import CollectorRegistry
 
 from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
 from ebb.api.autoscaler.v1 import autoscaler_pb2_grpc as pb_grpc
 from ebb.autoscaler.collector import StatValue
+from ebb.autoscaler.metrics import AutoscalerMetrics
 from ebb.autoscaler.multiscaler import MultiScaler, RevisionSpec, Verdict
 from ebb.autoscaler.settings import RPS, AutoscalerSettings
+from ebb.common.metrics import new_registry
 from ebb.common.server import ServiceCore
 
 log = logging.getLogger("ebb.autoscaler")
@@ -93,7 +96,8 @@ class AutoscalerServer:
     """Owns the MultiScaler and the asyncio side: tick loop, pokes, watcher fan-out.
 
     `clock` is a monotonic seconds clock (the running loop's time by default) and is the
-    only time the decisions see; `wall_clock` only stamps `decided_at`.
+    only time the decisions see; `wall_clock` only stamps `decided_at`. Metrics live on
+    `registry` (a fresh one per server unless given), to be served by the process.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class AutoscalerServer:
         tick_interval_s: float = 2.0,
         clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.scaler = MultiScaler(settings)
         self.tick_interval_s = tick_interval_s
@@ -114,6 +119,9 @@ class AutoscalerServer:
         self._closed = asyncio.Event()
         self._tick_task: asyncio.Task[None] | None = None
         self.counters: Counter[str] = Counter()  # ticks, tick_errors, pokes, decisions, ...
+        self._ready: dict[tuple[str, str], int] = {}  # ready instances as last registered
+        self.registry = registry if registry is not None else new_registry()
+        self.metrics = AutoscalerMetrics(self, self.registry)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -178,10 +186,12 @@ class AutoscalerServer:
     def tick(self) -> int:
         """Decide for every registered revision now; returns how many verdicts changed."""
         self.counters["ticks"] += 1
+        started = time.perf_counter()  # measures the tick; decisions see only self.now()
         now = self.now()
         changed = 0
         for key in self.scaler.keys():
             changed += self._decide(key, now)
+        self.metrics.observe_tick(time.perf_counter() - started)
         return changed
 
     def _decide(self, key: tuple[str, str], now: float) -> int:
@@ -246,6 +256,7 @@ class AutoscalerServer:
 
     def register(self, spec: RevisionSpec) -> tuple[str, ...]:
         warnings, verdict = self.scaler.register(spec, self.now())
+        self._ready[spec.key] = spec.ready_instances
         # The controller re-registers on every change of ready instances: warn once per change.
         if warnings and self._warned.get(spec.key) != warnings:
             log.warning(
@@ -260,8 +271,13 @@ class AutoscalerServer:
 
     def unregister(self, key: tuple[str, str]) -> None:
         self.scaler.unregister(key)
+        self._ready.pop(key, None)
         self._decided_at.pop(key, None)
         self._warned.pop(key, None)
+
+    def ready_instances(self) -> dict[tuple[str, str], int]:
+        """Ready instances by revision, as the controller last registered them (a copy)."""
+        return dict(self._ready)
 
     def snapshot(self, namespace: str) -> list[pb.ScaleDecision]:
         now = self._wall_clock()

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from ebb.cli import mesh as meshmod
 from ebb.cli import output, resources
 from ebb.cli.errors import CliError
+from ebb.cli.update import TrafficEdits, UpdateArgs, parse_key_edits, parse_tags, parse_traffic
 
 DATA_DIR_HELP = "data dir of the mesh (default: env EBB_HOME, else ~/.ebb)"
 
@@ -136,6 +137,32 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--wait", action="store_true", help="wait until the service is Ready, then print its URL")
     create.add_argument("--wait-timeout", type=_seconds, default=resources.DEFAULT_WAIT_TIMEOUT_S, metavar="S",
                         help=f"seconds to wait with --wait (default {resources.DEFAULT_WAIT_TIMEOUT_S:g})")
+    update = sub(service_cmds, "update", "change a service: its template (a new revision) or its traffic (none)")
+    update.add_argument("name")
+    update.add_argument("--cmd", help='new command line of the app, e.g. "python app.py --v2"')
+    update.add_argument("--env", "-e", action="append", metavar="K=V|K-",
+                        help="set an environment variable, or remove it with K-; repeatable")
+    update.add_argument("--annotation", "-a", action="append", metavar="K=V|K-",
+                        help="set an annotation on the service and its revisions (autoscaling ones on the "
+                             "revisions only), or remove it with K-; repeatable")
+    update.add_argument("--concurrency-limit", type=_positive_int, metavar="N",
+                        help="hard limit of concurrent requests per instance (containerConcurrency; 0 = none)")
+    update.add_argument("--timeout", type=_positive_int, metavar="S", help="request timeout in seconds (timeoutSeconds)")
+    update.add_argument("--revision-name", metavar="NAME",
+                        help="name of the new revision (NAME-prefixed with the service name unless it is already); "
+                             "without it a template change drops a chosen name and Ebb numbers the revision")
+    update.add_argument("--traffic", action="append", metavar="REF=PCT",
+                        help="traffic share of a revision, a tag or @latest (the latest ready revision); "
+                             "repeatable; replaces every percent of the traffic block (untagged targets not "
+                             "named are dropped), the shares must sum to 100")
+    update.add_argument("--tag", action="append", metavar="REF=TAG",
+                        help="give a revision (or @latest) the URL TAG-NAME.NAMESPACE...; repeatable")
+    update.add_argument("--untag", action="append", metavar="TAG", help="remove a tag; repeatable")
+    _namespace_option(update)
+    update.add_argument("--wait", action="store_true",
+                        help="wait until the service is Ready with this change, then print its URL")
+    update.add_argument("--wait-timeout", type=_seconds, default=resources.DEFAULT_WAIT_TIMEOUT_S, metavar="S",
+                        help=f"seconds to wait with --wait (default {resources.DEFAULT_WAIT_TIMEOUT_S:g})")
     for action, help_text in (("list", "list services"),):
         listing = sub(service_cmds, action, help_text)
         _namespace_option(listing, all_option=True)
@@ -159,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     rev_describe.add_argument("name")
     _namespace_option(rev_describe)
     _output_option(rev_describe)
+    rev_delete = sub(revision_cmds, "delete", "delete a revision that no route uses")
+    rev_delete.add_argument("name")
+    _namespace_option(rev_delete)
+    rev_delete.add_argument("--force", action="store_true",
+                            help="delete even while a route uses it or it is its configuration's latest")
 
     # route
     route = commands.add_parser("route", help="inspect routes", aliases=["routes"])
@@ -228,6 +260,8 @@ def dispatch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         if args.command == "revision":
             if args.action == "list":
                 resources.list_revisions(client, namespace, args.service, args.output, out)
+            elif args.action == "delete":
+                resources.delete_revision(client, args.name, namespace, force=args.force, out=out)
             else:
                 resources.describe(client, "revision", args.name, namespace, args.output, out)
             return 0
@@ -258,6 +292,9 @@ def _service(client, args: argparse.Namespace, namespace: str, out) -> int:
         service = resources.build_service(spec)
         resources.create_service(client, service, force=args.force, wait=args.wait,
                                  wait_timeout_s=args.wait_timeout, out=out, err=sys.stderr)
+    elif args.action == "update":
+        resources.update_service(client, args.name, namespace, update_args(args), wait=args.wait,
+                                 wait_timeout_s=args.wait_timeout, out=out, err=sys.stderr)
     elif args.action == "list":
         resources.list_services(client, namespace, args.output, out)
     elif args.action == "describe":
@@ -265,6 +302,20 @@ def _service(client, args: argparse.Namespace, namespace: str, out) -> int:
     elif args.action == "delete":
         resources.delete(client, "service", args.name, namespace, out)
     return 0
+
+
+def update_args(args: argparse.Namespace) -> UpdateArgs:
+    """`ebb service update` flags as UpdateArgs (CliError for a malformed one)."""
+    return UpdateArgs(
+        cmd=args.cmd,
+        env=parse_key_edits(args.env, "--env"),
+        annotations=parse_key_edits(args.annotation, "--annotation"),
+        concurrency_limit=args.concurrency_limit,
+        timeout_s=args.timeout,
+        revision_name=args.revision_name,
+        traffic=TrafficEdits(percents=parse_traffic(args.traffic), tags=parse_tags(args.tag),
+                             untags=tuple(args.untag or ())),
+    )
 
 
 def run_status(mesh: meshmod.Mesh, fmt: str) -> int:

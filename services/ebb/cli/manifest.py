@@ -16,6 +16,7 @@ import difflib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -141,6 +142,23 @@ def parse_resource(
     except json_format.ParseError as exc:  # a case check_tree does not know; keep protobuf's words
         raise ManifestError(f"{where}: {translate_parse_error(str(exc))}") from None
     return Document(source=source or where, index=index, kind=kind, resource=resources_pb2.Resource(**{oneof_field: message}))
+
+
+def resolve_working_dirs(resource: resources_pb2.Resource, base_dir: Path) -> None:
+    """Make each container's relative `workingDir` absolute against `base_dir` (in place).
+
+    In local mode a container is a command run on this machine; a relative working
+    directory in a manifest means "next to this file" (`workingDir: .` beside the app), so
+    the same manifest works from any directory. An unset or absolute one is left alone.
+    """
+    which = resource.WhichOneof("kind")
+    if which in ("service", "configuration"):
+        containers = getattr(resource, which).spec.template.spec.containers
+    else:
+        return
+    for container in containers:
+        if container.working_dir and not Path(container.working_dir).is_absolute():
+            container.working_dir = str((base_dir / container.working_dir).resolve())
 
 
 def check_tree(descriptor: Descriptor, value: Any, path: str, where: str) -> dict:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import yaml
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
@@ -28,9 +29,39 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+_INT64_TYPES = frozenset({
+    FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_SFIXED64,
+    FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64,
+})
+
+
 def to_dict(message: Message) -> dict:
-    """A resource as Knative-shaped JSON (lowerCamelCase names, unset fields left out)."""
-    return MessageToDict(message)
+    """A resource as Knative-shaped JSON (lowerCamelCase names, unset fields left out).
+
+    Proto3 JSON writes 64-bit integers as strings; Kubernetes writes them as numbers
+    (`generation: 2`, `percent: 50`), so they are turned back into numbers here.
+    """
+    data = MessageToDict(message)
+    _numbers(message, data)
+    return data
+
+
+def _numbers(message: Message, data: dict) -> None:
+    for field in message.DESCRIPTOR.fields:
+        if field.json_name not in data:
+            continue
+        value = data[field.json_name]
+        repeated = field.is_repeated
+        if field.type in _INT64_TYPES:
+            data[field.json_name] = [int(v) for v in value] if repeated else int(value)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.message_type.full_name.startswith("google.protobuf.") or field.message_type.GetOptions().map_entry:
+                continue  # well-known types keep their JSON form; our maps are string to string
+            if repeated:
+                for item, item_data in zip(getattr(message, field.name), value, strict=True):
+                    _numbers(item, item_data)
+            else:
+                _numbers(getattr(message, field.name), value)
 
 
 def dump(data: Any, fmt: str) -> str:

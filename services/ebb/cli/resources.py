@@ -1,4 +1,4 @@
-"""The resource commands: apply, service create/list/describe/delete, revision and route views."""
+"""The resource commands: apply, service create/update/list/describe/delete, revision and route views, revision delete."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ from ebb.api.serving.v1 import resources_pb2
 from ebb.cli import output
 from ebb.cli.client import ServingClient
 from ebb.cli.errors import CliError
-from ebb.cli.manifest import GROUP, ManifestError, load_documents
+from ebb.cli.manifest import GROUP, ManifestError, load_documents, resolve_working_dirs
+from ebb.cli.update import (
+    AUTOSCALING_PREFIX,
+    UpdateArgs,
+    edit_service,
+    new_revision_refs,
+    template_changed,
+)
 
 KIND_BY_NAME = {
     "service": resources_pb2.KIND_SERVICE,
@@ -67,9 +74,13 @@ def apply_documents(
     for path in files:
         source, text = read_manifest(path, stdin)
         try:
-            documents.extend(load_documents(text, source, namespace=namespace))
+            loaded = load_documents(text, source, namespace=namespace)
         except ManifestError as exc:
             raise CliError(str(exc)) from None
+        base_dir = Path.cwd() if path == "-" else Path(path).resolve().parent
+        for document in loaded:
+            resolve_working_dirs(document.resource, base_dir)
+        documents.extend(loaded)
     for document in documents:
         response = client.apply(document.resource, dry_run=dry_run)
         if response.created:
@@ -115,7 +126,8 @@ class ServiceSpecArgs:
 
 def build_service(args: ServiceSpecArgs) -> resources_pb2.Service:
     """A Knative Service running `cmd` (shlex-split) in local mode; annotations go on both the
-    Service and its revision template (as `kn --annotation` does), so autoscaling ones apply."""
+    Service and its revision template (as `kn --annotation` does), except autoscaling ones,
+    which act on revisions only and which Knative refuses on a Service's metadata."""
     try:
         command = shlex.split(args.cmd)
     except ValueError as exc:
@@ -136,11 +148,12 @@ def build_service(args: ServiceSpecArgs) -> resources_pb2.Service:
         spec.timeout_seconds = args.timeout_s
     annotations = dict(args.annotations)
     template_meta = resources_pb2.ObjectMeta(annotations=annotations)
+    service_annotations = {k: v for k, v in annotations.items() if not k.startswith(AUTOSCALING_PREFIX)}
     return resources_pb2.Service(
         api_version="serving.knative.dev/v1",
         kind="Service",
         metadata=resources_pb2.ObjectMeta(
-            name=args.name, namespace=args.namespace, annotations=annotations, labels=dict(args.labels)
+            name=args.name, namespace=args.namespace, annotations=service_annotations, labels=dict(args.labels)
         ),
         spec=resources_pb2.ServiceSpec(
             template=resources_pb2.RevisionTemplateSpec(metadata=template_meta, spec=spec)
@@ -164,6 +177,43 @@ def create_service(
     stored = inner(response.resource)
     generation = stored.metadata.generation or 1
     print(f"Waiting for service {name} to become ready (up to {wait_timeout_s:g}s)...", file=err, flush=True)
+    ready = wait_service_ready(client, name, namespace, generation, wait_timeout_s)
+    print(ready.status.url, file=out)
+
+
+# ---- service update ----
+
+
+def update_service(
+    client: ServingClient, name: str, namespace: str, args: UpdateArgs, *, wait: bool,
+    wait_timeout_s: float, out: TextIO, err: TextIO,
+) -> None:
+    """Read the Service, change what `args` asks for, Apply; with `wait`, block until the
+    new generation is Ready and print the URL.
+
+    Revisions that the new traffic block names for the first time must exist (or be the
+    revision this update stamps, named by --revision-name): a Route to a missing revision
+    cannot be served, so refusing here is kinder than a Route that turns False.
+    """
+    found = client.find(resources_pb2.KIND_SERVICE, name, namespace)
+    if found is None:
+        raise CliError(f'service "{name}" not found in namespace {namespace}')
+    current = found.service
+    desired = edit_service(current, args)
+    stamped = desired.spec.template.metadata.name
+    for revision in new_revision_refs(current.spec.traffic, desired.spec.traffic):
+        if revision != stamped and client.find(resources_pb2.KIND_REVISION, revision, namespace) is None:
+            raise CliError(f'revision "{revision}" not found in namespace {namespace}')
+    new_revision = template_changed(current, desired)
+    response = client.apply(resources_pb2.Resource(service=desired))
+    verb = "configured" if response.changed else "unchanged"
+    print(f"{qualified('Service', name)} {verb}", file=out, flush=True)
+    if not wait:
+        return
+    generation = inner(response.resource).metadata.generation or 1
+    what = "its new revision" if new_revision and response.changed else "the change"
+    print(f"Waiting for service {name} to become ready with {what} (up to {wait_timeout_s:g}s)...",
+          file=err, flush=True)
     ready = wait_service_ready(client, name, namespace, generation, wait_timeout_s)
     print(ready.status.url, file=out)
 
@@ -359,59 +409,103 @@ def describe(client: ServingClient, kind: str, name: str, namespace: str, fmt: s
     print(summary(kind, resource, revisions), file=out)
 
 
+LABEL_WIDTH = 17  # "Rev annotations: " is the longest field label
+
+
+def _field(label: str, value: object) -> str:
+    return f"{label + ':':<{LABEL_WIDTH}}{value}"
+
+
 def summary(kind: str, resource, revisions: Sequence[resources_pb2.Revision] = ()) -> str:
-    """Human-readable description of a resource (fields that are set, then conditions)."""
+    """Human-readable description of a resource: identity, what it runs, its revisions and
+    traffic (with tags and tag URLs), then its conditions with their reasons."""
     meta = resource.metadata
-    lines = [
-        f"Name:        {meta.name}",
-        f"Namespace:   {meta.namespace or 'default'}",
-    ]
+    lines = [_field("Name", meta.name), _field("Namespace", meta.namespace or "default")]
     created = output.format_timestamp(meta.creation_timestamp)
     if created:
-        lines.append(f"Created:     {created}")
+        lines.append(_field("Created", created))
     if meta.generation:
-        lines.append(f"Generation:  {meta.generation}")
+        lines.append(_field("Generation", meta.generation))
     for title, mapping in (("Labels", meta.labels), ("Annotations", meta.annotations)):
         if mapping:
-            lines.append(f"{title + ':':<13}" + ", ".join(f"{k}={v}" for k, v in sorted(mapping.items())))
+            lines.append(_field(title, ", ".join(f"{k}={v}" for k, v in sorted(mapping.items()))))
     status = resource.status
     url = getattr(status, "url", "")
     if url:
-        lines.append(f"URL:         {url}")
+        lines.append(_field("URL", url))
+    if kind == "revision":
+        for label, key in (("Service", output.SERVICE_LABEL), ("Configuration", output.CONFIGURATION_LABEL)):
+            if meta.labels.get(key):
+                lines.append(_field(label, meta.labels[key]))
     spec = None
-    if kind == "service" or kind == "configuration":
+    if kind in ("service", "configuration"):
         spec = resource.spec.template.spec
+        template_annotations = resource.spec.template.metadata.annotations
+        if resource.spec.template.metadata.name:
+            lines.append(_field("Revision name", resource.spec.template.metadata.name))
+        if template_annotations and dict(template_annotations) != dict(meta.annotations):
+            lines.append(_field("Rev annotations", ", ".join(f"{k}={v}" for k, v in sorted(template_annotations.items()))))
     elif kind == "revision":
         spec = resource.spec
     if spec is not None:
         lines.extend(_container_lines(spec))
     if kind in ("service", "configuration"):
-        if status.latest_created_revision_name:
-            lines.append(f"Latest:      {status.latest_created_revision_name} (created), "
-                         f"{status.latest_ready_revision_name or '-'} (ready)")
+        lines.append(_field("Latest created", status.latest_created_revision_name or "-"))
+        lines.append(_field("Latest ready", status.latest_ready_revision_name or "-"))
     if kind == "revision":
         s = status
         desired = "?" if s.desired_replicas < 0 else s.desired_replicas
-        lines.append(f"Instances:   desired {desired}, actual {s.actual_replicas}, ready {s.ready_replicas}")
-        lines.append(f"Autoscaler:  mode {s.serving_mode or '-'}, stable {s.stable_value:.2f}, "
-                     f"panic {s.panic_value:.2f}{' (PANIC)' if s.panic else ''}, {s.requests_per_second:.1f} req/s")
+        lines.append(_field("Instances", f"desired {desired}, actual {s.actual_replicas}, ready {s.ready_replicas}"))
+        lines.append(_field("Autoscaler", f"mode {s.serving_mode or '-'}, stable {s.stable_value:.2f}, "
+                                          f"panic {s.panic_value:.2f}{' (PANIC)' if s.panic else ''}, "
+                                          f"{s.requests_per_second:.1f} req/s"))
         if s.log_url:
-            lines.append(f"Logs:        {s.log_url}")
-    traffic = list(getattr(status, "traffic", []) or getattr(resource.spec, "traffic", []))
-    if kind in ("service", "route") and traffic:
-        lines.append("Traffic:")
-        rows = [(f"{t.percent}%", t.revision_name or t.configuration_name or "@latest",
-                 "latest" if t.latest_revision else "", t.tag, t.url) for t in traffic]
-        lines.append(output.indent(output.table(["PERCENT", "REVISION", "FOLLOWS", "TAG", "URL"], rows)))
+            lines.append(_field("Logs", s.log_url))
+    if kind in ("service", "route"):
+        lines.extend(_traffic_lines(resource))
     if revisions:
+        served = _traffic_by_revision(status.traffic)
         lines.append("Revisions:")
-        rows = [(r.metadata.name, output.ready_status(r.status.conditions), r.status.ready_replicas,
-                 r.status.serving_mode or "-", output.ready_reason(r.status.conditions)) for r in revisions]
-        lines.append(output.indent(output.table(["NAME", "READY", "READY-INSTANCES", "MODE", "REASON"], rows)))
+        rows = [(r.metadata.name, output.revision_generation(r), served.get(r.metadata.name, ""),
+                 output.ready_status(r.status.conditions), r.status.ready_replicas,
+                 r.status.serving_mode or "-", output.ready_reason(r.status.conditions))
+                for r in sorted(revisions, key=_generation_key, reverse=True)]
+        lines.append(output.indent(output.table(
+            ["NAME", "GENERATION", "TRAFFIC", "READY", "READY-INSTANCES", "MODE", "REASON"], rows)))
     if status.conditions:
         lines.append("Conditions:")
         lines.append(output.indent(output.conditions_table(status.conditions)))
     return "\n".join(lines)
+
+
+def _traffic_lines(resource) -> list[str]:
+    """The traffic as served (status: revision names, tag URLs); while the controller has
+    not resolved it yet, the traffic as asked for (spec)."""
+    served = list(resource.status.traffic)
+    targets = served or list(resource.spec.traffic)
+    if not targets:
+        return []
+    rows = []
+    for t in targets:
+        name = t.revision_name or (f"@latest ({t.configuration_name})" if t.configuration_name else "@latest")
+        follows = "yes" if (t.latest_revision if t.HasField("latest_revision") else not t.revision_name) else ""
+        rows.append((f"{t.percent}%", name, follows, t.tag, t.url))
+    title = "Traffic:" if served else "Traffic (requested, not yet resolved):"
+    return [title, output.indent(output.table(["PERCENT", "REVISION", "LATEST", "TAG", "URL"], rows))]
+
+
+def _traffic_by_revision(targets) -> dict[str, str]:
+    """`{"hello-00001": "50% (old)"}` from status traffic, for the revisions table."""
+    shares: dict[str, list[str]] = {}
+    for t in targets:
+        if t.revision_name:
+            shares.setdefault(t.revision_name, []).append(f"{t.percent}%" + (f" ({t.tag})" if t.tag else ""))
+    return {name: ", ".join(parts) for name, parts in shares.items()}
+
+
+def _generation_key(revision: resources_pb2.Revision) -> tuple[int, str]:
+    generation = output.revision_generation(revision)
+    return (int(generation) if generation.isdigit() else 0, revision.metadata.name)
 
 
 def _container_lines(spec: resources_pb2.RevisionSpec) -> list[str]:
@@ -419,25 +513,60 @@ def _container_lines(spec: resources_pb2.RevisionSpec) -> list[str]:
     for container in spec.containers:
         argv = [*container.command, *container.args]
         if argv:
-            lines.append(f"Command:     {shlex.join(argv)}")
+            lines.append(_field("Command", shlex.join(argv)))
         if container.image and container.image != "local":
-            lines.append(f"Image:       {container.image}")
+            lines.append(_field("Image", container.image))
         if container.working_dir:
-            lines.append(f"Workdir:     {container.working_dir}")
+            lines.append(_field("Workdir", container.working_dir))
         if container.env:
-            lines.append("Env:         " + ", ".join(f"{e.name}={e.value}" for e in container.env))
+            lines.append(_field("Env", ", ".join(f"{e.name}={e.value}" for e in container.env)))
         if container.ports:
-            lines.append(f"Port:        {container.ports[0].container_port}")
+            lines.append(_field("Port", container.ports[0].container_port))
     if spec.HasField("container_concurrency"):
-        lines.append(f"Concurrency: {spec.container_concurrency} (0 = unlimited)")
+        lines.append(_field("Concurrency", f"{spec.container_concurrency} (0 = unlimited)"))
     if spec.HasField("timeout_seconds"):
-        lines.append(f"Timeout:     {spec.timeout_seconds}s")
+        lines.append(_field("Timeout", f"{spec.timeout_seconds}s"))
     return lines
 
 
 def delete(client: ServingClient, kind: str, name: str, namespace: str, out: TextIO) -> None:
     client.delete(KIND_BY_NAME[kind], name, namespace)
     print(f"{qualified(kind, name)} deleted", file=out)
+
+
+def delete_revision(client: ServingClient, name: str, namespace: str, *, force: bool, out: TextIO) -> None:
+    """Delete one revision; unless `force`, refuse while a Route sends it traffic or names it
+    (its URL would break) or while it is the latest of its Configuration (the controller
+    stamps the latest generation again, as Knative does, so deleting it only restarts it)."""
+    found = client.find(resources_pb2.KIND_REVISION, name, namespace)
+    if found is None:
+        raise CliError(f'revision "{name}" not found in namespace {namespace}')
+    problems = [] if force else revision_delete_blockers(client, found.revision, namespace)
+    if problems:
+        raise CliError(f'revision "{name}" {problems[0]}, or use --force')
+    delete(client, "revision", name, namespace, out)
+
+
+def revision_delete_blockers(client: ServingClient, revision: resources_pb2.Revision, namespace: str) -> list[str]:
+    """Why deleting `revision` would hurt: routes that use it, or being its config's latest."""
+    name = revision.metadata.name
+    problems = []
+    for route in (inner(r) for r in client.list(resources_pb2.KIND_ROUTE, namespace)):
+        uses = [t for t in route.status.traffic if t.revision_name == name and (t.percent or t.tag)]
+        pinned = [t for t in route.spec.traffic if t.revision_name == name]
+        if not uses and not pinned:
+            continue
+        shares = ", ".join(f"{t.percent}%" + (f" tag {t.tag}" if t.tag else "") for t in uses or pinned)
+        owner = route.metadata.labels.get(output.SERVICE_LABEL)
+        how = f"`ebb service update {owner} --traffic/--untag`" if owner else "a new spec.traffic"
+        problems.append(f"is routed by route {route.metadata.name} ({shares}): move its traffic first with {how}")
+    configuration = revision.metadata.labels.get(output.CONFIGURATION_LABEL)
+    if configuration:
+        found = client.find(resources_pb2.KIND_CONFIGURATION, configuration, namespace)
+        if found is not None and found.configuration.status.latest_created_revision_name == name:
+            problems.append(f"is the latest revision of configuration {configuration} and would be created "
+                            "again: update the configuration instead")
+    return problems
 
 
 def default_workdir() -> str:

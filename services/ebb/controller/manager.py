@@ -83,6 +83,7 @@ class Controller:
         self._scaling = scaling
         self._activator = activator
         self._acked_spec = None  # the GatewaySpec Envoy last ACKed
+        self._last_good_hosts: dict = {}
         self._dirty = asyncio.Event()
         self._stopped = False
         self._snapshot_version = ""
@@ -218,7 +219,16 @@ class Controller:
         timeouts = {
             RevisionKey(ns, n): float(v.spec.timeout_seconds or 300) for (ns, n), v in revisions.items()
         }
-        hosts_by_route = {key_of(rt): route_virtual_hosts(rt, resolutions[key_of(rt)], timeouts) for rt in routes}
+        hosts_by_route = {}
+        for rt in routes:
+            k = key_of(rt)
+            if resolutions[k].reason:
+                # Like Knative, a route whose traffic cannot be resolved leaves the gateway
+                # alone: the last good config keeps serving while the status says why.
+                hosts_by_route[k] = self._last_good_hosts.get(k, ())
+            else:
+                hosts_by_route[k] = route_virtual_hosts(rt, resolutions[k], timeouts)
+        self._last_good_hosts = dict(hosts_by_route)
         endpoints = {
             key: [self._activator] if modes.get(key) == rc.PROXY else self._runtime.ready_addresses(key)
             for key in (RevisionKey(ns, n) for ns, n in revisions)

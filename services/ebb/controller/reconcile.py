@@ -116,8 +116,8 @@ def configuration_status(cfg: r.Configuration, revisions: list[r.Revision], *, n
     ready = [rev for rev in ordered if _ready(rev) == "True"]
     out.status.observed_generation = cfg.metadata.generation
     out.status.latest_created_revision_name = latest_created.metadata.name if latest_created else ""
-    if ready:
-        out.status.latest_ready_revision_name = ready[-1].metadata.name
+    # Recomputed every pass: a deleted or failed revision stops being "latest ready".
+    out.status.latest_ready_revision_name = ready[-1].metadata.name if ready else ""
     if latest_created is None:
         set_condition(out, "Ready", "Unknown", "RevisionMissing", "Configuration has no revision yet.", now_s=now_s)
     else:
@@ -127,7 +127,7 @@ def configuration_status(cfg: r.Configuration, revisions: list[r.Revision], *, n
         if state == "True":
             set_condition(out, "Ready", "True", now_s=now_s)
         elif state == "False":
-            detail = cond.message if cond else ""
+            detail = (cond.message if cond else "").rstrip(".")
             set_condition(
                 out, "Ready", "False", "RevisionFailed", f'Revision "{name}" failed with message: {detail}.', now_s=now_s
             )
@@ -242,6 +242,10 @@ def resolve_traffic(
                     message=f'Configuration "{target.configuration_name}" referenced in traffic not found.',
                 )
             ready = cfg.status.latest_ready_revision_name
+            if ready and ready not in revisions:
+                return Resolution(
+                    reason="RevisionMissing", message=f'Revision "{ready}" referenced in traffic not found.'
+                )
             if not ready:
                 cond = condition(cfg, "Ready")
                 return Resolution(
@@ -285,8 +289,7 @@ def route_status(
     del st.traffic[:]
     for target in resolution.targets:
         t = st.traffic.add(revision_name=target.revision, percent=target.percent, tag=target.tag)
-        if target.latest_revision:
-            t.latest_revision = True
+        t.latest_revision = target.latest_revision
         if target.tag:
             t.url = url_of(host_of(route.metadata.name, route.metadata.namespace, target.tag), gateway_port)
     set_condition(out, "AllTrafficAssigned", "True", now_s=now_s)

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -149,7 +150,10 @@ class LocalRuntime:
         autoscaler: str = "",
         queue_command: tuple[str, ...] = (sys.executable, "-m", "ebb.queue"),
         extra_queue_args: tuple[str, ...] = (),
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        # Backoff deadlines use the same wall clock the controller passes to ensure(now_s).
+        self._clock = clock
         self._data_dir = Path(data_dir)
         self._state_file = self._data_dir / "instances.json"
         self._logs = self._data_dir / "logs" / "revisions"
@@ -338,7 +342,7 @@ class LocalRuntime:
             while not inst.stopping:
                 code = self._exit_code(inst)
                 if code is not None:
-                    self._on_exit(inst, st, code, loop.time())
+                    self._on_exit(inst, st, code, self._clock())
                     return
                 ok = await probe_queue(inst.address)
                 if ok != inst.ready and not inst.stopping:
@@ -349,7 +353,9 @@ class LocalRuntime:
                         st.failure_reason = st.failure_message = ""
                     self._listener()
                 if not inst.ready and not st.ever_ready and loop.time() > deadline:
-                    self._fail(inst, st, "ProgressDeadlineExceeded", "Instance did not become ready in time.", loop.time())
+                    self._fail(
+                        inst, st, "ProgressDeadlineExceeded", "Instance did not become ready in time.", self._clock()
+                    )
                     return
                 await asyncio.sleep(PROBE_SLOW_S if inst.ready else PROBE_FAST_S)
         except asyncio.CancelledError:

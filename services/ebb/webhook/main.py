@@ -10,8 +10,10 @@ from pathlib import Path
 
 from ebb.api.webhook.v1 import admission_pb2_grpc
 from ebb.common.logs import setup_logging
+from ebb.common.metrics import MetricsServer, metrics_port_flag, new_registry, parse_metrics_port
 from ebb.common.server import ServiceCore, run, write_ready_file
 from ebb.common.settings import Flag, SettingsError, env_view, parse_port, read_flags
+from ebb.webhook.metrics import WebhookMetrics
 from ebb.webhook.model import AdmissionSettings
 from ebb.webhook.server import (
     SERVICE_NAME,
@@ -53,6 +55,7 @@ FLAGS = [
         "600",
         "largest timeoutSeconds a revision may ask for (Knative's max-revision-timeout-seconds)",
     ),
+    metrics_port_flag("webhook"),
 ]
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -69,6 +72,7 @@ class WebhookSettings:
     ready_file: str | None = None
     log_level: str = "info"
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    metrics_port: int = 0
 
     @property
     def https_enabled(self) -> bool:
@@ -120,13 +124,16 @@ def load_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Web
         ready_file=raw["ready-file"] or None,
         log_level=level,
         admission=admission,
+        metrics_port=parse_metrics_port(raw["metrics-port"]),
     )
 
 
 async def serve(settings: WebhookSettings) -> int:
     """Serve until SIGTERM/SIGINT, then run the shared shutdown sequence; exit code."""
     core = ServiceCore("webhook", settings.host, settings.grpc_port)
-    servicer = AdmissionServicer(settings.admission)
+    metrics = WebhookMetrics(new_registry())
+    metrics_server = MetricsServer(metrics.registry, host=settings.host, port=settings.metrics_port)
+    servicer = AdmissionServicer(settings.admission, metrics)
     core.add(
         lambda server: admission_pb2_grpc.add_AdmissionServiceServicer_to_server(servicer, server),
         SERVICE_NAME,
@@ -134,8 +141,10 @@ async def serve(settings: WebhookSettings) -> int:
     addresses: dict[str, str] = {}
     https = None
     try:
+        metrics_server.start()
+        addresses["metrics"] = metrics_server.address
         if settings.https_enabled:
-            https = AdmissionReviewServer(settings.admission)
+            https = AdmissionReviewServer(settings.admission, metrics=metrics)
             tls = make_tls_context(settings.tls_cert, settings.tls_key)
             port = await https.start(settings.host, settings.https_port, tls)
             addresses["https"] = f"{settings.host}:{port}"
@@ -145,12 +154,14 @@ async def serve(settings: WebhookSettings) -> int:
         log.error("cannot start", extra={"error": str(exc)})
         if https is not None:
             await https.close()
+        await metrics_server.aclose()
         return 1
     addresses["grpc"] = core.address
     core.install_signal_handlers()
     write_ready_file(settings.ready_file, addresses)
     await core.wait_for_signal()
     await core.shutdown()
+    await metrics_server.aclose()
     return 0
 
 

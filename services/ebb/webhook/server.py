@@ -20,6 +20,7 @@ from google.protobuf import json_format
 from ebb.api.serving.v1 import resources_pb2
 from ebb.api.webhook.v1 import admission_pb2, admission_pb2_grpc
 from ebb.webhook.admission import AdmissionSettings, default, review_response, validate
+from ebb.webhook.metrics import ALLOWED, DENIED, ERROR, WebhookMetrics
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,21 @@ def dict_to_resource(obj: dict[str, Any]) -> resources_pb2.Resource:
 
 
 class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
-    """gRPC adapter over default() and validate()."""
+    """gRPC adapter over default() and validate(); counts each answer when given metrics."""
 
-    def __init__(self, settings: AdmissionSettings) -> None:
+    def __init__(self, settings: AdmissionSettings, metrics: WebhookMetrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics
+
+    def _count(self, request, action: str, verdict: str) -> None:
+        if self._metrics is not None:
+            self._metrics.admission(
+                kind=ONEOF_KIND.get(request.resource.WhichOneof("kind") or ""),
+                operation=OPERATIONS.get(request.operation, "CREATE"),
+                action=action,
+                verdict=verdict,
+                transport="grpc",
+            )
 
     def _decode(
         self, resource, old_resource
@@ -114,8 +126,10 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
         try:
             obj, old = self._decode(request.resource, request.old_resource)
         except KindMismatch as exc:
+            self._count(request, "default", ERROR)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resource.kind: {exc}")
         if obj is None:
+            self._count(request, "default", ERROR)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "resource: missing field(s)")
         defaulted = default(obj, old, settings=self._settings)
         try:
@@ -125,15 +139,18 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
             KeyError,
         ) as exc:  # only if a default does not fit the proto
             log.exception("defaulted resource does not fit the proto")
+            self._count(request, "default", ERROR)
             await context.abort(
                 grpc.StatusCode.INTERNAL, f"defaulted resource does not fit the proto: {exc}"
             )
+        self._count(request, "default", ALLOWED)
         return admission_pb2.DefaultResponse(resource=resource)
 
     async def Validate(self, request, context):
         try:
             obj, old = self._decode(request.resource, request.old_resource)
         except KindMismatch as exc:
+            self._count(request, "validate", DENIED)
             error = admission_pb2.FieldError(path="kind", message=str(exc))
             return admission_pb2.ValidateResponse(allowed=False, errors=[error])
         operation = OPERATIONS.get(request.operation, "CREATE")
@@ -142,6 +159,7 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
             "validated",
             extra={"kind": (obj or {}).get("kind"), "operation": operation, "errors": len(errors)},
         )
+        self._count(request, "validate", DENIED if errors else ALLOWED)
         return admission_pb2.ValidateResponse(
             allowed=not errors,
             errors=[admission_pb2.FieldError(path=e.path, message=e.message) for e in errors],
@@ -180,8 +198,10 @@ class AdmissionReviewServer:
         *,
         max_body_bytes: int = 8 * 1024 * 1024,
         idle_timeout_s: float = 120.0,
+        metrics: WebhookMetrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._max_body_bytes = max_body_bytes
         self._idle_timeout_s = idle_timeout_s
         self._server: asyncio.Server | None = None
@@ -282,14 +302,22 @@ class AdmissionReviewServer:
             return 404, {"error": f"no such endpoint {path}"}
         if method != "POST":
             return 405, {"error": "use POST"}
+        action = "default" if path == "/mutate" else "validate"
         try:
             review = json.loads(body)
             answer = review_response(review, path[1:], settings=self._settings)
         except ValueError as exc:  # bad JSON or not an AdmissionReview
+            self._count(None, None, action, ERROR)
             return 400, {"error": str(exc)}
         response = answer["response"]
         request = review["request"]
         kind = request.get("kind")
+        self._count(
+            kind.get("kind") if isinstance(kind, dict) else None,
+            request.get("operation"),
+            action,
+            ALLOWED if response["allowed"] else DENIED,
+        )
         log.info(
             "admission review",
             extra={
@@ -302,6 +330,12 @@ class AdmissionReviewServer:
             },
         )
         return 200, answer
+
+    def _count(self, kind: object, operation: object, action: str, verdict: str) -> None:
+        if self._metrics is not None:
+            self._metrics.admission(
+                kind=kind, operation=operation, action=action, verdict=verdict, transport="https"
+            )
 
     @staticmethod
     async def _respond(

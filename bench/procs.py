@@ -1,0 +1,266 @@
+"""Processes the benchmark starts: spawn, wait until ready, CPU time and RSS from /proc,
+stop. The /proc parsers are pure; the rest touches the system.
+
+Every process started here (and everything it starts, e.g. the apps and queues of an
+`ebb up`) carries BENCH_MARK=<run id> in its environment, so a final sweep finds and stops
+whatever is left even if a supervisor died.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+MARK_VAR = "BENCH_MARK"
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def stat_cpu_ticks(stat_text: str) -> int:
+    """utime + stime (clock ticks) from the text of /proc/PID/stat. The command name
+    (field 2) may hold spaces and parentheses, so fields are counted after the last ')';
+    utime and stime are fields 14 and 15."""
+    rest = stat_text.rsplit(")", 1)[1].split()
+    # rest[0] is field 3 (state), so field N is rest[N - 3].
+    return int(rest[11]) + int(rest[12])
+
+
+def status_rss_bytes(status_text: str) -> int:
+    """VmRSS from the text of /proc/PID/status, in bytes."""
+    for line in status_text.splitlines():
+        if line.startswith("VmRSS:"):
+            parts = line.split()
+            unit = parts[2].lower() if len(parts) > 2 else "kb"
+            if unit != "kb":
+                raise ValueError(f"unexpected VmRSS unit: {line!r}")
+            return int(parts[1]) * 1024
+    raise ValueError("no VmRSS line (a kernel thread or a zombie?)")
+
+
+def smaps_rollup_kb(text: str) -> dict[str, int]:
+    """The kB fields of /proc/PID/smaps_rollup: Rss, Pss, Private_Clean, Private_Dirty, ..."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].endswith(":") and parts[2] == "kB":
+            out[parts[0][:-1]] = int(parts[1])
+    return out
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """RSS, and USS (pages only this process holds: what one more instance costs) and PSS
+    when the kernel has smaps_rollup; in MiB."""
+    out = {"rss": rss_bytes(pid) / 2**20}
+    with contextlib.suppress(OSError):
+        fields = smaps_rollup_kb(Path(f"/proc/{pid}/smaps_rollup").read_text())
+        if "Private_Clean" in fields and "Private_Dirty" in fields:
+            out["uss"] = (fields["Private_Clean"] + fields["Private_Dirty"]) / 1024
+        if "Pss" in fields:
+            out["pss"] = fields["Pss"] / 1024
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far; its threads included."""
+    return stat_cpu_ticks(Path(f"/proc/{pid}/stat").read_text()) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    return status_rss_bytes(Path(f"/proc/{pid}/status").read_text())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def marked_pids(mark: str) -> list[int]:
+    """Live (non-zombie) processes whose environment holds BENCH_MARK=mark."""
+    needle = f"{MARK_VAR}={mark}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def affinity(cpus: set[int] | None):
+    """A preexec_fn pinning the child to `cpus` (None: no pinning, no preexec_fn)."""
+    if not cpus:
+        return None
+    chosen = set(cpus)
+    return lambda: os.sched_setaffinity(0, chosen)
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+class StartError(RuntimeError):
+    """A process did not come up."""
+
+
+class Processes:
+    """Starts processes (own session each, output to a log file) and stops them all."""
+
+    def __init__(self, log_dir: Path, mark: str, base_env: Mapping[str, str] | None = None
+                 ) -> None:
+        self.log_dir = log_dir
+        self.mark = mark
+        self.base_env = dict(base_env if base_env is not None else os.environ)
+        self.started: list[Proc] = []
+
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
+              cwd: str | None = None, cpus: set[int] | None = None) -> Proc:
+        """Start argv in its own session, output to LOG_DIR/name.log; pinned to `cpus`
+        (all its threads) when given."""
+        log_path = self.log_dir / f"{name}.log"
+        environment = {**self.base_env, **(env or {}), MARK_VAR: self.mark}
+        with open(log_path, "wb") as log:
+            popen = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=environment, cwd=cwd, start_new_session=True,
+                preexec_fn=affinity(cpus),
+            )
+        proc = Proc(name, popen, log_path)
+        self.started.append(proc)
+        return proc
+
+    def stop(self, proc: Proc, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> None:
+        if proc.alive():
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever else it left in its group
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(5)
+        if proc in self.started:
+            self.started.remove(proc)
+
+    def stop_all(self) -> list[int]:
+        """Stop in reverse start order, then SIGKILL any marked process still alive; the
+        pids of those leftovers."""
+        for proc in reversed(list(self.started)):
+            self.stop(proc)
+        leftovers = marked_pids(self.mark)
+        for pid in leftovers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        return leftovers
+
+
+def http_get(port: int, path: str = "/", headers: Mapping[str, str] | None = None,
+             timeout_s: float = 2.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout_s)
+    try:
+        conn.request("GET", path, headers=dict(headers or {}))
+        reply = conn.getresponse()
+        return reply.status, reply.read()
+    finally:
+        conn.close()
+
+
+def wait_http(proc: Proc | None, port: int, path: str = "/", *, timeout_s: float = 30.0,
+              headers: Mapping[str, str] | None = None, expect: bytes | None = None) -> None:
+    """Until GET path answers 200 (and, when given, a body holding `expect`); StartError
+    when the process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise StartError(f"{proc.name} exited with code {proc.popen.returncode}:\n"
+                             f"{proc.log_tail()}")
+        try:
+            status, body = http_get(port, path, headers, timeout_s=2.0)
+            if status == 200 and (expect is None or expect in body):
+                return
+            last = f"HTTP {status}: {body[:200]!r}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    name = proc.name if proc is not None else f"port {port}"
+    tail = f"\n{proc.log_tail()}" if proc is not None else ""
+    raise StartError(f"{name} not answering 200 on :{port}{path} after {timeout_s:g}s "
+                     f"({last}){tail}")
+
+
+def wait_file(proc: Proc, path: Path, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            return
+        if not proc.alive():
+            raise StartError(f"{proc.name} exited with code {proc.popen.returncode}:\n"
+                             f"{proc.log_tail()}")
+        time.sleep(0.05)
+    raise StartError(f"{proc.name} wrote no {path} within {timeout_s:g}s:\n{proc.log_tail()}")
+
+
+def machine_busy_s(stat_text: str) -> float:
+    """CPU seconds spent busy (all CPUs, everything but idle and iowait) since boot, from
+    the text of /proc/stat's first line: `cpu user nice system idle iowait irq softirq
+    steal ...` in clock ticks."""
+    first = stat_text.splitlines()[0].split()
+    if first[0] != "cpu":
+        raise ValueError("not /proc/stat")
+    ticks = [int(v) for v in first[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    # guest and guest_nice (fields 9, 10) are already counted in user and nice.
+    total = sum(ticks[:8])
+    return (total - idle) / CLK_TCK
+
+
+def busy_now() -> float:
+    return machine_busy_s(Path("/proc/stat").read_text())
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of `pid` (threads it creates later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cpus)

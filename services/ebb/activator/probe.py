@@ -1,0 +1,51 @@
+"""The activator's probe of an instance's queue (socket adapter).
+
+`GET /healthz` with `K-Network-Probe: queue`; healthy = 200 with body `queue`, which the
+queue answers itself once its app is ready (and 503 while it drains). Knative's activator
+probes every 200 ms with a 300 ms timeout so it can forward the moment an instance is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+PERIOD_S = 0.2
+TIMEOUT_S = 0.3
+MAX_ANSWER_BYTES = 4096
+
+_REQUEST = (
+    b"GET /healthz HTTP/1.1\r\nHost: %s\r\nK-Network-Probe: queue\r\n"
+    b"User-Agent: ebb-activator-probe\r\nConnection: close\r\n\r\n"
+)
+
+
+def healthy_answer(data: bytes) -> bool:
+    """True for a `200` answer whose body is exactly `queue`."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    status = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    return len(status) >= 2 and status[1] == b"200" and body == b"queue"
+
+
+async def probe_queue(host: str, port: int, timeout_s: float = TIMEOUT_S) -> bool:
+    """One probe on a fresh connection; False on refusal, timeout or any other answer."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(_REQUEST % f"{host}:{port}".encode())
+                data = b""
+                while len(data) <= MAX_ANSWER_BYTES:
+                    chunk = await reader.read(MAX_ANSWER_BYTES)
+                    if not chunk:
+                        break
+                    data += chunk
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return False
+    return healthy_answer(data)

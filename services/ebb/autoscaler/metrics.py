@@ -1,0 +1,164 @@
+"""The autoscaler's Prometheus metrics, read from its live state at scrape time.
+
+Per-revision gauges come from the MultiScaler's latest verdicts, so a revision's series
+appear when the controller registers it and disappear when it is unregistered; the stat
+counters come from the Collector's own counts. Nothing on the stat path is touched: the
+only value recorded as it happens is the tick duration.
+
+Scrapes run on the metrics HTTP thread, not the event loop, so `collect()` only takes
+snapshots that need no lock: copies of dicts (one C-level call each under the GIL) and
+immutable values (`Verdict`, `RevisionScalingConfig`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from ebb.autoscaler.collector import DROP_REASONS
+from ebb.autoscaler.settings import RPS
+from ebb.common.metrics import CONTROL_BUCKETS_S
+
+if TYPE_CHECKING:
+    from ebb.autoscaler.server import AutoscalerServer
+
+REVISION_LABELS = ("namespace", "revision")
+INTERNAL_ERROR = "internal_error"  # a stat whose handling raised (a bug): see server.py
+ERROR_STAGES = ("tick", "decide")  # server.counters keys: tick_errors, decide_errors
+
+
+class AutoscalerMetrics:
+    """Registers the autoscaler's metrics on `registry` and reads `server` when scraped."""
+
+    def __init__(self, server: AutoscalerServer, registry: CollectorRegistry) -> None:
+        self._server = server
+        self.registry = registry
+        self.tick_duration = Histogram(
+            "ebb_autoscaler_tick_duration_seconds",
+            "Time one tick took to decide for every registered revision.",
+            buckets=CONTROL_BUCKETS_S,
+            registry=registry,
+        )
+        registry.register(_StateCollector(server))
+
+    def observe_tick(self, seconds: float) -> None:
+        self.tick_duration.observe(seconds)
+
+
+def _families() -> dict[str, Metric]:
+    def gauge(name: str, doc: str, *extra: str) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, doc, labels=[*REVISION_LABELS, *extra])
+
+    return {
+        "desired": gauge(
+            "ebb_autoscaler_desired_instances",
+            "Instances the latest decision asks for (scale-to-zero timing applied; -1 = not decided yet).",
+        ),
+        "actual": gauge(
+            "ebb_autoscaler_actual_instances",
+            "Ready instances, as the controller last registered them.",
+        ),
+        "stable_c": gauge(
+            "ebb_autoscaler_stable_concurrency",
+            "Average concurrency over the stable window (revisions scaled on concurrency).",
+        ),
+        "panic_c": gauge(
+            "ebb_autoscaler_panic_concurrency",
+            "Average concurrency over the panic window (revisions scaled on concurrency).",
+        ),
+        "stable_r": gauge(
+            "ebb_autoscaler_stable_requests_per_second",
+            "Average requests per second over the stable window (revisions scaled on rps).",
+        ),
+        "panic_r": gauge(
+            "ebb_autoscaler_panic_requests_per_second",
+            "Average requests per second over the panic window (revisions scaled on rps).",
+        ),
+        "rps": gauge(
+            "ebb_autoscaler_requests_per_second",
+            "Requests per second in the last complete second before the latest decision.",
+        ),
+        "target": gauge(
+            "ebb_autoscaler_target_per_instance",
+            "What one instance should carry of the revision's metric (target x utilization).",
+            "metric",
+        ),
+        "panic": gauge(
+            "ebb_autoscaler_panic_mode",
+            "1 while the revision is in panic mode, else 0.",
+        ),
+        "ebc": gauge(
+            "ebb_autoscaler_excess_burst_capacity",
+            "Excess burst capacity; negative keeps the activator in the request path.",
+        ),
+        "revisions": GaugeMetricFamily(
+            "ebb_autoscaler_revisions", "Revisions registered with the autoscaler."
+        ),
+        "watchers": GaugeMetricFamily(
+            "ebb_autoscaler_decision_watchers", "Open WatchDecisions streams."
+        ),
+        "received": CounterMetricFamily(
+            "ebb_autoscaler_stats_received",
+            "Stats received on StatsService.StreamStats, accepted or dropped.",
+        ),
+        "dropped": CounterMetricFamily(
+            "ebb_autoscaler_stats_dropped",
+            "Stats dropped, by reason.",
+            labels=["reason"],
+        ),
+        "errors": CounterMetricFamily(
+            "ebb_autoscaler_errors",
+            "Failed steps of the control loop (logged and skipped), by stage.",
+            labels=["stage"],
+        ),
+    }
+
+
+class _StateCollector:
+    """A prometheus_client custom collector over an AutoscalerServer."""
+
+    def __init__(self, server: AutoscalerServer) -> None:
+        self._server = server
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(_families().values())
+
+    def collect(self) -> Iterator[Metric]:
+        server = self._server
+        scaler = server.scaler
+        families = _families()
+        verdicts = scaler.latest()
+        ready = server.ready_instances()
+        for verdict in verdicts:
+            labels = list(verdict.key)
+            families["desired"].add_metric(labels, verdict.desired)
+            families["actual"].add_metric(labels, ready.get(verdict.key, 0))
+            if verdict.metric == RPS:
+                families["stable_r"].add_metric(labels, verdict.stable_value)
+                families["panic_r"].add_metric(labels, verdict.panic_value)
+            else:
+                families["stable_c"].add_metric(labels, verdict.stable_value)
+                families["panic_c"].add_metric(labels, verdict.panic_value)
+            families["rps"].add_metric(labels, verdict.rps)
+            config = scaler.config(verdict.key)
+            if config is not None:
+                families["target"].add_metric([*labels, config.metric], config.target_value)
+            families["panic"].add_metric(labels, 1 if verdict.panic else 0)
+            families["ebc"].add_metric(labels, verdict.ebc)
+        families["revisions"].add_metric([], len(scaler.keys()))
+        families["watchers"].add_metric([], server.watcher_count)
+
+        collector = scaler.collector
+        dropped = dict(collector.dropped)
+        families["received"].add_metric([], collector.accepted + sum(dropped.values()))
+        for reason in (*DROP_REASONS, INTERNAL_ERROR):
+            families["dropped"].add_metric([reason], dropped.pop(reason, 0))
+        for reason, count in sorted(dropped.items()):  # a reason added later, still shown
+            families["dropped"].add_metric([reason], count)
+        counters = dict(server.counters)
+        for stage in ERROR_STAGES:
+            families["errors"].add_metric([stage], counters.get(f"{stage}_errors", 0))
+        return iter(families.values())

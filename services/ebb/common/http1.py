@@ -1,0 +1,1252 @@
+"""The data plane's HTTP/1.1 reverse-proxy machinery, shared by the queue and the activator.
+
+Callback-driven on purpose: a request that finds an idle upstream connection and a free
+slot is parsed, forwarded, answered and accounted without a task, a future or a lock.
+Tasks appear only to open a new upstream connection.
+
+Per request (`Exchange`):
+  client bytes -> httptools request parser -> head rebuilt by the service's
+  `ClientConnection.request_head` (hop-by-hop headers dropped, its own headers set) ->
+  the service's `Handler.admit` (breaker, throttler) -> pooled keep-alive upstream
+  connection; upstream bytes -> httptools response parser -> head rebuilt -> client.
+Bodies stream both ways (Content-Length or chunked, re-framed as needed) with flow control:
+a side whose peer cannot keep up stops being read. Pipelined requests are answered in
+order; at most MAX_PIPELINE parsed ahead.
+
+A service plugs in with two subclasses: a `Handler` (admission: which upstream pool, when,
+and what to release at the end; its probe answer) and a `ClientConnection` (how the
+upstream request head is built from the captured headers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from http import HTTPStatus
+
+import httptools
+
+log = logging.getLogger(__name__)
+
+HIGH_WATER = 256 * 1024  # bytes buffered toward one side before the other side stops being read
+MAX_HEAD_BYTES = 64 * 1024  # request line + headers; beyond: 431
+MAX_PIPELINE = 32  # requests parsed ahead of the one being answered
+MAX_IDLE_UPSTREAM = 256  # idle keep-alive connections kept to the app
+
+CRLF = b"\r\n"
+SEP = b": "
+_LAST_CHUNK = b"0\r\n\r\n"
+
+# Why a client connection is not being read (bit mask; read again when it is 0).
+_PAUSE_PIPELINE = 1  # enough parsed ahead
+_PAUSE_BODY = 2  # request body buffered while waiting for a slot or a connection
+_PAUSE_UPSTREAM = 4  # the app's socket cannot take more
+_PAUSE_STOP = 8  # never again (bad request, upgrade)
+
+# Request body framing.
+BODY_NONE = 0
+BODY_LENGTH = 1
+BODY_CHUNKED = 2
+
+# Response body framing toward the client.
+_OUT_NONE = 0
+_OUT_RAW = 1
+_OUT_CHUNKED = 2
+
+# Request headers that need more than copying (everything else passes through untouched).
+_K_HOP = 1
+_K_HOST = 2
+_K_ORIG_HOST = 3
+_K_XFF = 4
+_K_XFP = 5
+_K_XFH = 6
+_K_FWD = 7
+_K_CL = 8
+_K_TE = 9
+_K_CONN = 10
+_K_PROBE = 11
+_K_PROXY = 12
+_K_ROUTE_NS = 13
+_K_ROUTE_REV = 14
+
+# Go's httputil.ReverseProxy list (what Knative's queue-proxy strips) plus Content-Length
+# and Transfer-Encoding, which the proxy re-frames itself: the kinds of response headers.
+_RESP_KINDS = {
+    b"connection": _K_CONN,
+    b"proxy-connection": _K_HOP,
+    b"keep-alive": _K_HOP,
+    b"proxy-authenticate": _K_HOP,
+    b"proxy-authorization": _K_HOP,
+    b"te": _K_HOP,
+    b"trailer": _K_HOP,
+    b"upgrade": _K_HOP,
+    b"transfer-encoding": _K_TE,
+    b"content-length": _K_CL,
+}
+# Requests: the same, and the headers a proxy rewrites or reads.
+_REQ_KINDS = {
+    **_RESP_KINDS,
+    b"host": _K_HOST,
+    b"k-original-host": _K_ORIG_HOST,
+    b"x-forwarded-for": _K_XFF,
+    b"x-forwarded-proto": _K_XFP,
+    b"x-forwarded-host": _K_XFH,
+    b"forwarded": _K_FWD,
+    b"k-network-probe": _K_PROBE,
+    b"k-proxy-request": _K_PROXY,
+    b"knative-serving-namespace": _K_ROUTE_NS,
+    b"knative-serving-revision": _K_ROUTE_REV,
+}
+_CONNECTION_OPTIONS = frozenset((b"close", b"keep-alive", b"upgrade", b"te", b"trailers"))
+
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _forwarded_value(value: bytes) -> bytes:
+    """An RFC 7239 value: a token as is, anything else quoted."""
+    if _TOKEN.match(value):
+        return value
+    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def forwarded_node(address: bytes) -> bytes:
+    """An RFC 7239 node for `for=`: IPv6 addresses are bracketed and quoted."""
+    address = address.strip()
+    if b":" in address and not address.startswith(b"[") and address.count(b":") > 1:
+        address = b"[" + address + b"]"
+    return _forwarded_value(address)
+
+
+def forwarded_header(xff: bytes, host: bytes | None, proto: bytes) -> bytes:
+    """`Forwarded` built from an X-Forwarded-For chain: one `for=` element per hop; host and
+    proto describe the original request, so they go on the first (the client's) element."""
+    nodes = [forwarded_node(hop) for hop in xff.split(b",")]
+    first = b"for=" + nodes[0]
+    if host:
+        first += b";host=" + _forwarded_value(host)
+    first += b";proto=" + _forwarded_value(proto)
+    return b", ".join([first, *(b"for=" + node for node in nodes[1:])])
+
+
+def local_response(
+    status: int, body: bytes, keep_alive: bool, http11: bool, head_only: bool
+) -> bytes:
+    head = (
+        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+        % (
+            status,
+            HTTPStatus(status).phrase.encode(),
+            len(body),
+        )
+    )
+    if not keep_alive:
+        head += b"Connection: close\r\n"
+    elif not http11:
+        head += b"Connection: keep-alive\r\n"
+    return head + CRLF + (b"" if head_only else body)
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class Limits:
+    """The three Knative timeouts of one upstream (a revision), and the 504 bodies naming them.
+
+    Pure: times are seconds on the caller's clock. `timeoutSeconds` bounds the whole
+    exchange, waiting for a slot included; `responseStartTimeoutSeconds` (0 = off) bounds
+    the time until the response head; `idleTimeoutSeconds` (0 = off) bounds silence.
+    """
+
+    __slots__ = (
+        "timeout_s",
+        "response_start_timeout_s",
+        "idle_timeout_s",
+        "timeout_body",
+        "held_body",
+        "response_start_body",
+        "idle_body",
+    )
+
+    def __init__(
+        self,
+        timeout_s: float,
+        response_start_timeout_s: float = 0.0,
+        idle_timeout_s: float = 0.0,
+        *,
+        upstream: bytes = b"the app",
+        held_body: bytes | None = None,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.response_start_timeout_s = response_start_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.timeout_body = b"timeout: no complete response within timeoutSeconds=%g\n" % timeout_s
+        self.held_body = self.timeout_body if held_body is None else held_body
+        self.response_start_body = (
+            b"timeout: %s did not start answering within responseStartTimeoutSeconds=%g\n"
+            % (upstream, response_start_timeout_s)
+        )
+        self.idle_body = b"timeout: no bytes from %s for idleTimeoutSeconds=%g\n" % (
+            upstream,
+            idle_timeout_s,
+        )
+
+    def deadline(self, t_start: float, t_activity: float, started: bool) -> float:
+        """When the exchange times out unless something moves the idle deadline on."""
+        deadline = t_start + self.timeout_s
+        if self.response_start_timeout_s and not started:
+            deadline = min(deadline, t_start + self.response_start_timeout_s)
+        if self.idle_timeout_s:
+            deadline = min(deadline, t_activity + self.idle_timeout_s)
+        return deadline
+
+    def expired(
+        self, now: float, t_start: float, t_activity: float, started: bool, waiting: bool
+    ) -> bytes | None:
+        """The 504 body if one of the timeouts has passed at `now`, else None.
+
+        `waiting`: the exchange still waits for a slot (held), which the body says.
+        """
+        if now >= t_start + self.timeout_s:
+            return self.held_body if waiting else self.timeout_body
+        if self.response_start_timeout_s and not started and now >= t_start + self.response_start_timeout_s:
+            return self.response_start_body
+        if self.idle_timeout_s and now >= t_activity + self.idle_timeout_s:
+            return self.idle_body
+        return None
+
+
+class Handler:
+    """One proxy's shared state (listener, connections, drain) and the service's hooks.
+
+    Subclasses set `connection_class` and implement `admit` and `release`; the exchange
+    calls `admit(ex)` once when it becomes the one its connection answers, and
+    `release(ex)` exactly once when it ends (answered, failed or abandoned) if admitted.
+    """
+
+    connection_class: type[ClientConnection]
+    probe_value: bytes  # the `K-Network-Probe` value this proxy answers itself
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.loop = asyncio.get_running_loop()
+        # Stats need sub-millisecond time (uvloop's loop.time() counts whole milliseconds);
+        # timers and drain use the loop's time.
+        self.clock = clock
+        self.draining = False
+        self.in_flight = 0  # admitted exchanges not yet finished
+        self.last_arrival = self.loop.time()
+        self.connections: set[ClientConnection] = set()
+        self._server: asyncio.base_events.Server | None = None
+
+    # -- hooks
+
+    @property
+    def healthy(self) -> bool:
+        """What a probe of this proxy is answered: serving and not draining."""
+        return not self.draining
+
+    def probe_answer(self) -> tuple[int, bytes]:
+        """Status and body for a `K-Network-Probe` request addressed to this proxy."""
+        raise NotImplementedError
+
+    def admit(self, ex: Exchange) -> None:
+        """Start `ex` (counted, timer armed): set `ex.pool` and call `ex.go()` now or later,
+        or answer it with `ex.respond_local`."""
+        raise NotImplementedError
+
+    def release(self, ex: Exchange) -> None:
+        """`ex` (admitted) has ended: give back what it held."""
+        raise NotImplementedError
+
+    def connect_failed(self, ex: Exchange, exc: OSError) -> None:
+        """No connection to `ex.pool` could be opened (nothing of the request was sent)."""
+        ex.respond_local(502, ex.pool.connect_error_prefix + b" (%s)\n" % str(exc).encode())
+
+    # -- lifecycle
+
+    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Start accepting clients; returns the bound port."""
+        cls = self.connection_class
+        self._server = await self.loop.create_server(
+            lambda: cls(self), host, port, backlog=4096, reuse_address=True
+        )
+        return self._server.sockets[0].getsockname()[1]
+
+    async def drain(self, quiet_s: float, max_s: float) -> None:
+        """Answer probes 503 and keep serving until no request has arrived for quiet_s and
+        none is in flight, or max_s has passed."""
+        loop = self.loop
+        self.draining = True
+        start = loop.time()
+        deadline = start + max_s
+        self.last_arrival = max(self.last_arrival, start)
+        while True:
+            now = loop.time()
+            if now >= deadline:
+                if self.in_flight:
+                    log.warning(
+                        "drain-max-s reached with requests in flight",
+                        extra={"in_flight": self.in_flight},
+                    )
+                return
+            quiet_at = self.last_arrival + quiet_s
+            if self.in_flight == 0:
+                if now >= quiet_at:
+                    return
+                await asyncio.sleep(min(quiet_at - now, deadline - now))
+            else:
+                await asyncio.sleep(min(0.02, deadline - now))
+
+    def close_pools(self) -> None:
+        """Close every upstream connection (at shutdown)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Stop listening and close every client and upstream connection."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close()
+        self.close_pools()
+        await asyncio.sleep(0)  # let connection_lost callbacks run
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            except TimeoutError:
+                pass
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream; most recently used first (they are warm)."""
+
+    __slots__ = ("loop", "host", "port", "idle", "max_idle", "closed", "connect_error_prefix")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        max_idle: int = MAX_IDLE_UPSTREAM,
+        *,
+        name: bytes = b"the upstream",
+    ):
+        self.loop = loop
+        self.host = host
+        self.port = port
+        self.idle: list[UpstreamConnection] = []
+        self.max_idle = max_idle
+        self.closed = False  # closed pools take no connection back
+        self.connect_error_prefix = b"upstream: cannot connect to %s at %s:%d" % (
+            name,
+            host.encode(),
+            port,
+        )
+
+    def take(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            up = idle.pop()
+            if not up.closed:
+                return up
+        return None
+
+    def put(self, up: UpstreamConnection) -> None:
+        if up.closed:
+            return
+        if self.closed or len(self.idle) >= self.max_idle:
+            up.close()
+            return
+        self.idle.append(up)
+
+    def forget(self, up: UpstreamConnection) -> None:
+        try:
+            self.idle.remove(up)
+        except ValueError:
+            pass
+
+    async def connect(self) -> UpstreamConnection:
+        _, up = await self.loop.create_connection(
+            lambda: UpstreamConnection(self), self.host, self.port
+        )
+        return up
+
+    def close_all(self) -> None:
+        """Close the idle connections; busy ones close when their exchange ends."""
+        self.closed = True
+        idle, self.idle = self.idle, []
+        for up in idle:
+            up.close()
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to the app; serves one exchange at a time."""
+
+    __slots__ = (
+        "pool",
+        "transport",
+        "parser",
+        "exchange",
+        "closed",
+        "read_paused",
+        "reason",
+        "headers",
+        "in_head",
+        "interim",
+        "close_delimited",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.closed = False
+        self.read_paused = False
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.in_head = False
+        self.interim = False
+        self.close_delimited = False
+
+    # -- transport callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        ex = self.exchange
+        if ex is not None:
+            ex.on_upstream_lost(self, exc)
+        else:
+            self.pool.forget(self)
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:  # bytes nobody asked for: this connection can no longer be trusted
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            log.error("internal error handling the app's response", exc_info=exc.__context__)
+            ex.on_upstream_error(self, b"upstream: internal error\n")
+            return
+        except httptools.HttpParserError as exc:
+            ex.on_upstream_error(
+                self, b"upstream: malformed response from the app (%s)\n" % str(exc).encode()
+            )
+            return
+        if ex._down:
+            ex.flush_down()
+
+    def pause_writing(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.conn.pause(_PAUSE_UPSTREAM)
+
+    def resume_writing(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.conn.resume(_PAUSE_UPSTREAM)
+
+    # -- parser callbacks
+
+    def on_message_begin(self) -> None:
+        self.reason = b""
+        self.headers = []
+        self.in_head = True
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_head:  # trailers are not forwarded
+            self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        ex = self.exchange
+        if ex is None:
+            self.close()
+        else:
+            ex.on_response_head(self)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.on_response_done(self)
+
+    # -- helpers
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Exchange:
+    """One request and its response, from the client's head to the last response byte."""
+
+    __slots__ = (
+        "conn",
+        "proxy",
+        "method_head",
+        "http11",
+        "keep_alive",
+        "probe",
+        "proxied",
+        "req_kind",
+        "head",
+        "req_done",
+        "req_sent",
+        "_req_buf",
+        "_req_buf_bytes",
+        "upstream",
+        "reused",
+        "retried",
+        "_connect_task",
+        "started",
+        "out_mode",
+        "_down",
+        "finished",
+        "counted",
+        "waiting",
+        "t_start",
+        "t_activity",
+        "_timer",
+        # set by the handler
+        "route",
+        "pool",
+        "limits",
+        "slot",
+        "tries",
+    )
+
+    def __init__(
+        self,
+        conn: ClientConnection,
+        head: bytes,
+        req_kind: int,
+        is_head: bool,
+        http11: bool,
+        keep_alive: bool,
+        probe: bool,
+        proxied: bool,
+        route: object,
+    ) -> None:
+        self.conn = conn
+        self.proxy = conn.proxy
+        self.head = head
+        self.req_kind = req_kind
+        self.method_head = is_head
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.probe = probe
+        self.proxied = proxied
+        self.req_done = False  # the client has sent the whole body
+        self.req_sent = False  # ... and all of it went to the app
+        self._req_buf: list[bytes] | None = []  # None once streaming straight to the app
+        self._req_buf_bytes = 0
+        self.upstream: UpstreamConnection | None = None
+        self.reused = False
+        self.retried = False
+        self._connect_task: asyncio.Task[None] | None = None
+        self.started = False  # the response head has been decided
+        self.out_mode = _OUT_NONE
+        self._down: list[bytes] = []
+        self.finished = False
+        self.counted = False  # admitted: the handler releases it once at the end
+        self.waiting = False  # waits for a slot (queued by the breaker or the throttler)
+        self.t_start = 0.0
+        self.t_activity = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.route = route  # what the connection resolved the request to (the handler's type)
+        self.pool: UpstreamPool | None = None  # where `go` takes a connection from
+        self.limits: Limits | None = None  # timeouts; set by the handler before `arm_timer`
+        self.slot: object = None  # what the handler gave it (a breaker slot, an instance)
+        self.tries = 0  # upstreams tried (the handler's count)
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        """Called when this request becomes the one the connection is answering."""
+        proxy = self.proxy
+        if self.probe:
+            status, body = proxy.probe_answer()
+            self.respond_local(status, body)
+            return
+        now = proxy.loop.time()
+        self.t_start = self.t_activity = now
+        self.counted = True
+        proxy.in_flight += 1
+        proxy.last_arrival = now
+        proxy.admit(self)
+
+    def go(self) -> None:
+        """Holding a slot: get a connection from `self.pool`."""
+        if self.finished:
+            return
+        up = self.pool.take()
+        if up is not None:
+            self._attach(up, reused=True)
+        else:
+            self._connect_task = self.proxy.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        pool = self.pool
+        try:
+            up = await pool.connect()
+        except OSError as exc:
+            self._connect_task = None
+            if not self.finished:
+                self.proxy.connect_failed(self, exc)
+            return
+        self._connect_task = None
+        if self.finished:
+            pool.put(up)
+            return
+        self._attach(up, reused=False)
+
+    def _attach(self, up: UpstreamConnection, reused: bool) -> None:
+        self.upstream = up
+        self.reused = reused
+        up.exchange = self
+        conn = self.conn
+        if conn.write_paused:
+            up.pause_reading()
+        # Inside the client's data_received the body usually follows in the same read:
+        # send head and body together at the end of it (one write, one packet).
+        if self.req_kind == BODY_NONE or not conn.feeding:
+            self.flush_request()
+
+    def flush_request(self) -> None:
+        """Send the head and whatever body is buffered; from now on the body streams."""
+        buf = self._req_buf
+        self._req_buf = None
+        transport = self.upstream.transport
+        if buf:
+            buf.insert(0, self.head)
+            transport.writelines(buf)
+        else:
+            transport.write(self.head)
+        self._req_buf_bytes = 0
+        if self.req_done:
+            self.req_sent = True
+        self.conn.resume(_PAUSE_BODY)
+
+    # -- the client's body
+
+    def client_body(self, chunk: bytes) -> None:
+        if self.finished or not chunk:
+            return  # answered already (early response, 503, 504): the rest is discarded
+        buf = self._req_buf
+        if buf is None:
+            transport = self.upstream.transport
+            if self.req_kind == BODY_CHUNKED:
+                transport.writelines((b"%x\r\n" % len(chunk), chunk, CRLF))
+            else:
+                transport.write(chunk)
+            return
+        if self.req_kind == BODY_CHUNKED:
+            buf.extend((b"%x\r\n" % len(chunk), chunk, CRLF))
+        else:
+            buf.append(chunk)
+        size = len(chunk)
+        self._req_buf_bytes += size
+        conn = self.conn
+        if conn.active is self:
+            if self._req_buf_bytes > HIGH_WATER:
+                conn.pause(_PAUSE_BODY)
+        else:
+            conn.pipeline_bytes += size
+            if conn.pipeline_bytes > HIGH_WATER:
+                conn.pause(_PAUSE_PIPELINE)
+
+    def client_body_done(self) -> None:
+        self.req_done = True
+        if self.finished:
+            return
+        buf = self._req_buf
+        if buf is None:
+            if self.req_kind == BODY_CHUNKED:
+                self.upstream.transport.write(_LAST_CHUNK)
+            self.req_sent = True
+        elif self.req_kind == BODY_CHUNKED:
+            buf.append(_LAST_CHUNK)
+
+    # -- the app's response
+
+    def on_response_head(self, up: UpstreamConnection) -> None:
+        if self.finished:
+            return
+        status = up.parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                self.on_upstream_error(up, b"upstream: protocol upgrades are not supported\n")
+                return
+            up.interim = True  # 100 Continue and friends: pass on, wait for the real answer
+            if self.http11:
+                self._down.append(b"HTTP/1.1 %d %s\r\n\r\n" % (status, up.reason))
+            return
+        self.started = True
+        proxy = self.proxy
+        conn = self.conn
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, up.reason)]
+        extend = parts.extend
+        length = None
+        chunked = False
+        drop = None
+        for name, value in up.headers:
+            lname = name.lower()
+            kind = _RESP_KINDS.get(lname)
+            if kind is None:
+                extend((name, SEP, value, CRLF))
+            elif kind == _K_CL:
+                length = value
+            elif kind == _K_TE:
+                chunked = value.rstrip().lower().endswith(b"chunked")
+            elif kind == _K_CONN:
+                drop = _connection_tokens(value, drop)
+        if drop:
+            parts = drop_headers(parts, drop, 1)
+        keep = self.keep_alive and not conn.close_after and not proxy.draining
+        body_allowed = not self.method_head and status != 204 and status != 304
+        up.close_delimited = body_allowed and length is None and not chunked
+        if not body_allowed:
+            if length is not None:
+                parts.append(b"Content-Length: " + length + CRLF)
+            mode = _OUT_NONE
+        elif length is not None and not chunked:
+            parts.append(b"Content-Length: " + length + CRLF)
+            mode = _OUT_RAW
+        elif self.http11:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+            mode = _OUT_CHUNKED
+        else:  # an HTTP/1.0 client knows no chunks: the end of the body is the end of the connection
+            mode = _OUT_RAW
+            keep = False
+        if not keep:
+            conn.close_after = True
+            parts.append(b"Connection: close\r\n")
+        elif not self.http11:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(CRLF)
+        self._down.append(b"".join(parts))
+        self.out_mode = mode
+        if self.limits.idle_timeout_s:
+            self.t_activity = proxy.loop.time()
+        if self.method_head and status != 204 and status != 304:
+            # httptools does not know this answers a HEAD and would wait for a body; the
+            # connection is given up rather than risk misreading the next response on it.
+            self.flush_down()
+            self._release_upstream(False)
+            self._finish()
+
+    def on_response_body(self, chunk: bytes) -> None:
+        if self.finished or not chunk:  # an empty chunk would read as the last one
+            return
+        mode = self.out_mode
+        if mode == _OUT_RAW:
+            self._down.append(chunk)
+        elif mode == _OUT_CHUNKED:
+            self._down.extend((b"%x\r\n" % len(chunk), chunk, CRLF))
+        if self.limits.idle_timeout_s:
+            self.t_activity = self.proxy.loop.time()
+
+    def on_response_done(self, up: UpstreamConnection) -> None:
+        if up.interim:
+            up.interim = False
+            return
+        if self.finished:
+            return
+        if self.out_mode == _OUT_CHUNKED:
+            self._down.append(_LAST_CHUNK)
+        self.flush_down()
+        self._release_upstream(self.req_sent and up.parser.should_keep_alive())
+        self._finish()
+
+    def flush_down(self) -> None:
+        down = self._down
+        if not down:
+            return
+        self._down = []
+        conn = self.conn
+        if conn.closed:
+            return
+        if len(down) == 1:
+            conn.transport.write(down[0])
+        else:
+            conn.transport.writelines(down)
+
+    def on_upstream_lost(self, up: UpstreamConnection, exc: Exception | None) -> None:
+        if self.finished:
+            return
+        if self.started:
+            if up.close_delimited and exc is None:  # the end of the connection ends the body
+                if self.out_mode == _OUT_CHUNKED:
+                    self._down.append(_LAST_CHUNK)
+                self.flush_down()
+                self._release_upstream(False)
+                self._finish()
+            else:
+                self._abort_started()
+            return
+        if self.reused and not self.retried and self.req_kind == BODY_NONE and self.req_done:
+            # A pooled connection the app had already closed: nothing of the request was
+            # consumed, so send it again once on a fresh connection.
+            self.retried = True
+            self.upstream = None
+            up.exchange = None
+            self._req_buf = []
+            self.req_sent = False
+            self._connect_task = self.proxy.loop.create_task(self._connect())
+            return
+        self.respond_local(502, b"upstream: the app closed the connection before answering\n")
+
+    def on_upstream_error(self, up: UpstreamConnection, reason: bytes) -> None:
+        if self.finished:
+            up.close()
+            return
+        if self.started:
+            self._abort_started()
+        else:
+            self.respond_local(502, reason)
+
+    # -- endings
+
+    def respond_local(self, status: int, body: bytes) -> None:
+        """Answer from the proxy itself (probe, 404, 502, 503, 504)."""
+        if self.finished:
+            return
+        self._release_upstream(False)
+        conn = self.conn
+        keep = self.keep_alive and not conn.close_after and not self.proxy.draining
+        if not keep:
+            conn.close_after = True
+        if not conn.closed:
+            conn.transport.write(local_response(status, body, keep, self.http11, self.method_head))
+        self._finish()
+
+    def _abort_started(self) -> None:
+        """The response is under way and cannot be completed: cut the client connection so
+        it sees a truncated response rather than a wrong one."""
+        self.flush_down()
+        self._release_upstream(False)
+        self.conn.close_after = True
+        self.conn.close()
+        self._finish()
+
+    def abort(self) -> None:
+        """The client went away."""
+        if self.finished:
+            return
+        self._down = []
+        self._release_upstream(False)
+        self._finish()
+
+    def _release_upstream(self, reusable: bool) -> None:
+        up = self.upstream
+        if up is None:
+            return
+        self.upstream = None
+        up.exchange = None
+        self.conn.resume(_PAUSE_UPSTREAM)
+        if reusable and not up.closed:
+            up.resume_reading()
+            self.pool.put(up)
+        else:
+            up.close()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            self._connect_task = None
+        if self.counted:
+            proxy = self.proxy
+            proxy.in_flight -= 1
+            proxy.release(self)
+        self.conn.exchange_done(self)
+
+    # -- timeouts (Knative: timeoutSeconds, responseStartTimeoutSeconds, idleTimeoutSeconds)
+
+    def arm_timer(self) -> None:
+        """Start the timeouts of `self.limits` (counted from `t_start`)."""
+        self._timer = self.proxy.loop.call_at(
+            self.limits.deadline(self.t_start, self.t_activity, self.started), self._on_timer
+        )
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.finished:
+            return
+        # Timers may fire a hair early (libuv counts milliseconds): allow 1 ms.
+        now = self.proxy.loop.time() + 0.001
+        reason = self.limits.expired(now, self.t_start, self.t_activity, self.started, self.waiting)
+        if reason is None:  # activity moved the idle deadline on
+            self.arm_timer()
+        elif self.started:
+            self._abort_started()
+        else:
+            self.respond_local(504, reason)
+
+
+def _connection_tokens(value: bytes, drop: set[bytes] | None) -> set[bytes] | None:
+    """Header names listed in `Connection` (they are hop-by-hop too)."""
+    for token in value.split(b","):
+        token = token.strip().lower()
+        if token and token not in _CONNECTION_OPTIONS:
+            if drop is None:
+                drop = set()
+            drop.add(token)
+    return drop
+
+
+def drop_headers(parts: list[bytes], drop: set[bytes], first: int) -> list[bytes]:
+    """`parts[first:]` is [name, ': ', value, CRLF, ...]; remove the named headers."""
+    kept = parts[:first]
+    for i in range(first, len(parts), 4):
+        if parts[i].lower() not in drop:
+            kept.extend(parts[i : i + 4])
+    return kept
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parses requests and answers them in order.
+
+    While a head is parsed, the headers the proxies care about are captured into `_host`,
+    `_xff`, ... and everything else is collected in `_parts` ([name, ": ", value, CRLF] per
+    header); hop-by-hop ones are dropped. A subclass turns that into the upstream head in
+    `request_head`, and may resolve the request to a route there (`self._route`).
+    """
+
+    __slots__ = (
+        "proxy",
+        "transport",
+        "parser",
+        "peer",
+        "peer_node",
+        "active",
+        "pipeline",
+        "parsing",
+        "pipeline_bytes",
+        "paused",
+        "write_paused",
+        "closed",
+        "close_after",
+        "broken",
+        "eof",
+        "feeding",
+        "_advancing",
+        # parse state of the request being read
+        "_in_head",
+        "_head_bytes",
+        "_url",
+        "_parts",
+        "_host",
+        "_orig_host",
+        "_xff",
+        "_xfp",
+        "_xfh",
+        "_fwd",
+        "_cl",
+        "_chunked",
+        "_drop",
+        "_probe",
+        "_proxy_req",
+        "_route_ns",
+        "_route_rev",
+        "_route",
+    )
+
+    def __init__(self, proxy: Handler) -> None:
+        self.proxy = proxy
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = b"unknown"
+        self.peer_node = b"unknown"
+        self.active: Exchange | None = None
+        self.pipeline: deque[Exchange] = deque()
+        self.parsing: Exchange | None = None
+        self.pipeline_bytes = 0
+        self.paused = 0
+        self.write_paused = False
+        self.closed = False
+        self.close_after = False  # close once the current response is out
+        self.broken = False  # unparseable input: close once parsed requests are answered
+        self.eof = False  # the client will send no more: close once parsed requests are answered
+        self.feeding = False
+        self._advancing = False
+        self._in_head = False
+        self._head_bytes = 0
+
+    # -- transport callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER)  # type: ignore[attr-defined]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.peer = str(peer[0]).encode()
+            self.peer_node = forwarded_node(self.peer)
+        self.proxy.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.proxy.connections.discard(self)
+        self.pipeline.clear()
+        ex = self.active
+        if ex is not None:
+            ex.abort()
+        self.active = None
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        if self.active is not None:  # half-closed after sending: still owed answers
+            return True
+        return None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.active
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.active
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.feeding = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrade headers are hop-by-hop and were dropped, so the app answered (or will
+            # answer) plainly; bytes after the request are not HTTP: read no more.
+            self.close_after = True
+            self.pause(_PAUSE_STOP)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._refuse(431, b"request head larger than %d bytes\n" % MAX_HEAD_BYTES)
+            else:
+                log.error("internal error handling a request", exc_info=exc.__context__)
+                self.close()
+        except httptools.HttpParserError as exc:
+            self._refuse(400, b"bad request: %s\n" % str(exc).encode())
+        finally:
+            self.feeding = False
+        ex = self.active
+        if (
+            ex is not None
+            and ex._req_buf is not None
+            and ex.upstream is not None
+            and not ex.finished
+        ):
+            ex.flush_request()
+
+    # -- parser callbacks
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        self._url = b""
+        self._parts: list[bytes] = []
+        self._host = self._orig_host = self._xff = self._xfp = self._xfh = self._fwd = self._cl = (
+            None
+        )
+        self._chunked = False
+        self._drop: set[bytes] | None = None
+        self._probe = False
+        self._proxy_req = self._route_ns = self._route_rev = None
+        self._route = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # trailers of a chunked body are not forwarded
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
+        kind = _REQ_KINDS.get(name.lower())
+        if kind is None:
+            self._parts.extend((name, SEP, value, CRLF))
+        elif kind == _K_HOST:
+            self._host = value
+        elif kind == _K_ORIG_HOST:
+            self._orig_host = value
+        elif kind == _K_XFF:
+            self._xff = value if self._xff is None else self._xff + b", " + value
+        elif kind == _K_XFP:
+            if self._xfp is None:
+                self._xfp = value
+        elif kind == _K_FWD:
+            self._fwd = value if self._fwd is None else self._fwd + b", " + value
+        elif kind == _K_CL:
+            self._cl = value
+        elif kind == _K_TE:
+            self._chunked = True  # llhttp accepts a request TE only when chunked comes last
+        elif kind == _K_CONN:
+            self._drop = _connection_tokens(value, self._drop)
+        elif kind == _K_PROBE:
+            if value.strip().lower() == self.proxy.probe_value:
+                self._probe = True
+            else:
+                self._parts.extend((name, SEP, value, CRLF))
+        elif kind == _K_PROXY:
+            self._proxy_req = value
+            self._parts.extend((name, SEP, value, CRLF))
+        elif kind == _K_ROUTE_NS:
+            self._route_ns = value
+            self._parts.extend((name, SEP, value, CRLF))
+        elif kind == _K_ROUTE_REV:
+            self._route_rev = value
+            self._parts.extend((name, SEP, value, CRLF))
+        elif kind == _K_XFH:
+            self._xfh = value
+            self._parts.extend((name, SEP, value, CRLF))
+        # else: hop-by-hop, dropped
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self.closed or self.close_after:
+            return  # after a "Connection: close" exchange nothing more is answered
+        parser = self.parser
+        method = parser.get_method()
+        if self._chunked:
+            req_kind = BODY_CHUNKED
+        elif self._cl is not None and self._cl.strip() != b"0":
+            req_kind = BODY_LENGTH
+        else:
+            req_kind = BODY_NONE
+        head = b"" if self._probe else self.request_head(method, req_kind)
+        proxy_req = self._proxy_req
+        ex = Exchange(
+            self,
+            head,
+            req_kind,
+            method == b"HEAD",
+            parser.get_http_version() != "1.0",
+            parser.should_keep_alive(),
+            self._probe,
+            proxy_req is not None and proxy_req.strip().lower() == b"activator",
+            self._route,
+        )
+        self.parsing = ex
+        if self.active is None and not self.pipeline:
+            self.active = ex
+            ex.start()
+        else:
+            self.pipeline.append(ex)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is not None:
+            ex.client_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        if ex is not None:
+            ex.client_body_done()
+        if len(self.pipeline) >= MAX_PIPELINE:
+            self.pause(_PAUSE_PIPELINE)
+
+    # -- building the upstream request head
+
+    def request_head(self, method: bytes, req_kind: int) -> bytes:
+        """The head sent upstream for the request just parsed (captures in `self._*`)."""
+        raise NotImplementedError
+
+    def framing(self, req_kind: int) -> bytes:
+        """The body-framing header line the upstream request needs."""
+        if req_kind == BODY_CHUNKED:
+            return b"Transfer-Encoding: chunked\r\n"
+        if self._cl is not None:
+            return b"Content-Length: " + self._cl.strip() + CRLF
+        return b""
+
+    # -- flow control and sequencing
+
+    def pause(self, reason: int) -> None:
+        if not self.paused and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and not self.closed:
+                self.transport.resume_reading()
+
+    def exchange_done(self, ex: Exchange) -> None:
+        """`ex` is answered: close, or answer the next pipelined request."""
+        if self.active is ex:
+            self.active = None
+        self.resume(_PAUSE_BODY | _PAUSE_UPSTREAM)
+        if self._advancing or self.closed:
+            return  # the loop below (further up the stack) continues
+        self._advancing = True
+        try:
+            while self.active is None:
+                if self.close_after:
+                    self.close()
+                    return
+                if not self.pipeline:
+                    if self.broken or self.eof:
+                        self.close()
+                    return
+                nxt = self.pipeline.popleft()
+                self.pipeline_bytes -= nxt._req_buf_bytes
+                self.active = nxt
+                nxt.start()
+        finally:
+            self._advancing = False
+            if len(self.pipeline) < MAX_PIPELINE and self.pipeline_bytes <= HIGH_WATER:
+                self.resume(_PAUSE_PIPELINE)
+
+    def _refuse(self, status: int, body: bytes) -> None:
+        """Unparseable input: answer it if nothing else is owed, then close."""
+        self.broken = True
+        self.pause(_PAUSE_STOP)
+        if self.active is None and not self.pipeline and not self.closed:
+            self.transport.write(local_response(status, body, False, True, False))
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+            # connection_lost follows and aborts what is still active

@@ -1,0 +1,114 @@
+"""bench.envoy_config, bench.procs' /proc parsers, bench.mesh's /clusters reader and
+bench.main's settings (pure)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `bench` lives at the repo root
+
+from bench import procs  # noqa: E402
+from bench.envoy_config import static_bootstrap  # noqa: E402
+from bench.main import QUICK, BenchSettings, parse_args  # noqa: E402
+from bench.mesh import activator_hosts  # noqa: E402
+
+
+def test_static_bootstrap_routes_everything_to_one_endpoint():
+    config = static_bootstrap(8001, 9001, 7001)
+    json.dumps(config)  # serialisable as the Envoy config file
+    assert config["admin"]["address"]["socket_address"] == {"address": "127.0.0.1",
+                                                            "port_value": 7001}
+    (listener,) = config["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"]["port_value"] == 8001
+    (chain,) = listener["filter_chains"]
+    (hcm,) = chain["filters"]
+    typed = hcm["typed_config"]
+    assert typed["@type"].endswith("HttpConnectionManager")
+    assert typed["generate_request_id"] is False
+    (vhost,) = typed["route_config"]["virtual_hosts"]
+    assert vhost["domains"] == ["*"]
+    (route,) = vhost["routes"]
+    assert route["match"] == {"prefix": "/"}
+    assert route["route"]["cluster"] == "upstream"
+    assert [f["name"] for f in typed["http_filters"]] == ["envoy.filters.http.router"]
+    (cluster,) = config["static_resources"]["clusters"]
+    assert cluster["name"] == "upstream" and cluster["type"] == "STATIC"
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9001}
+    limits = cluster["circuit_breakers"]["thresholds"][0]
+    assert min(limits.values()) >= 1024
+
+
+def test_static_bootstrap_validates():
+    with pytest.raises(ValueError, match="listen_port"):
+        static_bootstrap(0, 9001, 7001)
+    with pytest.raises(ValueError, match="admin_port"):
+        static_bootstrap(8001, 9001, 70000)
+    with pytest.raises(ValueError, match="route_timeout_s"):
+        static_bootstrap(8001, 9001, 7001, route_timeout_s=0)
+
+
+def test_stat_cpu_ticks_handles_odd_command_names():
+    fields = " ".join(str(n) for n in range(3, 53))  # field N holds the number N
+    text = f"1234 (we(ird) name) S {fields.split(' ', 1)[1]}"
+    # utime is field 14, stime field 15
+    assert procs.stat_cpu_ticks(text) == 14 + 15
+
+
+def test_status_rss_bytes():
+    text = "Name:\tpython\nVmPeak:\t  99999 kB\nVmRSS:\t   49152 kB\nThreads:\t3\n"
+    assert procs.status_rss_bytes(text) == 49152 * 1024
+    with pytest.raises(ValueError):
+        procs.status_rss_bytes("Name:\tkthreadd\n")
+
+
+def test_machine_busy_s():
+    text = "cpu  100 5 50 1000 20 0 10 3 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"
+    assert procs.machine_busy_s(text) == pytest.approx((100 + 5 + 50 + 10 + 3) / procs.CLK_TCK)
+    with pytest.raises(ValueError):
+        procs.machine_busy_s("intr 1 2 3\n")
+
+
+def test_activator_hosts_reads_clusters_text():
+    text = "\n".join([
+        "xds_cluster::127.0.0.1:8090::rq_total::1",
+        "default/a-00001::127.0.0.1:8012::cx_connect_fail::2",
+        "default/a-00001::127.0.0.1:8012::rq_total::10",
+        "default/a-00001::127.0.0.1:8012::rq_active::1",
+        "default/b-00001::127.0.0.1:40000::rq_total::99",
+        "default/a-00001::127.0.0.1:8012::hostname::",
+    ])
+    assert activator_hosts(text, "127.0.0.1:8012") == {"default/a-00001": 12}
+    assert activator_hosts(text, "127.0.0.1:9999") == {}
+
+
+def test_parse_args_defaults_and_quick():
+    assert parse_args([]) == BenchSettings()
+    quick = parse_args(["--quick"])
+    assert quick.quick and quick.duration_s == QUICK["duration_s"]
+    assert quick.concurrency == QUICK["concurrency"]
+    # a flag given wins over --quick's default
+    assert parse_args(["--quick", "--concurrency", "1,64"]).concurrency == (1, 64)
+    custom = parse_args(["--paths", "direct,queue", "--apps", "slow", "--repeat", "3",
+                         "--rate", "0", "--out", "/tmp/x.json"])
+    assert custom.paths == ("direct", "queue") and custom.apps == ("slow",)
+    assert custom.repeat == 3 and custom.rate == 0 and custom.out == Path("/tmp/x.json")
+
+
+@pytest.mark.parametrize("argv", [["--duration", "0.5"], ["--repeat", "0"],
+                                  ["--concurrency", "0"], ["--paths", "direct,nope"],
+                                  ["--apps", ""], ["--rate", "-1"], ["--quiet-wait", "-1"]])
+def test_parse_args_rejects(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+
+
+def test_smaps_rollup_kb():
+    text = ("55d0c0000000-7ffc00000000 ---p 00000000 00:00 0   [rollup]\n"
+            "Rss:               49176 kB\nPss:               23876 kB\n"
+            "Private_Clean:       100 kB\nPrivate_Dirty:     20564 kB\n")
+    fields = procs.smaps_rollup_kb(text)
+    assert fields == {"Rss": 49176, "Pss": 23876, "Private_Clean": 100, "Private_Dirty": 20564}

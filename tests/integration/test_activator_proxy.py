@@ -303,11 +303,11 @@ async def test_instance_dies_mid_request_is_502_and_a_refused_connect_is_502(tmp
             await asyncio.to_thread(wait_until, lambda: app.waiting("die") == 1, what="the request to reach the app")
             queue.proc.send_signal(signal.SIGKILL)
             status, _, body = await pending
-            assert status == 502, body
+            assert (status, body) == (502, b"upstream: the instance closed the connection before answering\n")
             app.release("die")
             status, _, body = await m.activator.aget("r2")
             assert status == 502
-            assert body.startswith(f"upstream: cannot connect to instance at {dead}".encode())
+            assert body.startswith(f"upstream: cannot connect to the instance at {dead}".encode())
 
 
 async def test_controller_restart_keeps_the_last_state_then_takes_the_new_snapshot(tmp_path):

@@ -441,7 +441,13 @@ async def test_traffic_change_updates_the_route_and_scales_the_pinned_revision_b
         message="Route status traffic",
     )
     assert route["status"]["traffic"] == [
-        {"tag": "old", "revisionName": "hello-00001", "percent": 40, "url": "http://old-hello.default.localhost:8080"},
+        {
+            "tag": "old",
+            "revisionName": "hello-00001",
+            "latestRevision": False,
+            "percent": 40,
+            "url": "http://old-hello.default.localhost:8080",
+        },
         {"revisionName": "hello-00002", "percent": 60, "latestRevision": True},
     ]
     svc = await eventually(
@@ -702,15 +708,17 @@ async def test_store_semantics_match_the_sqlite_store(cluster):
     await eventually(lambda: store.get("Service", "team", "s").status.url == "http://elsewhere", message="watch")
 
     # A stale cache meets 409 Conflict: the store reads the object again and retries.
+    stale_rv = store._parsed[Key("Service", "team", "s")].raw["metadata"]["resourceVersion"]
     current = c.emu.get(SERVICES, "team", "s")
     current["metadata"]["annotations"] = {"touched": "by-kubectl"}
     c.emu.apply(SERVICES, current)
-    store._caches["Service"].objects[("team", "s")] = c.emu.get(SERVICES, "team", "s") | {
-        "metadata": {**current["metadata"], "resourceVersion": "1"}
-    }
+    store._parsed[Key("Service", "team", "s")].raw["metadata"]["resourceVersion"] = stale_rv  # the watch lags
+    puts = len([w for w in c.emu.writes_to(SERVICES, name="s") if w.method == "PUT"])
     relabelled.spec.template.spec.containers[0].image = "img:3"
     out, changed = store.put(relabelled, now_s=0)
     assert changed and out.metadata.generation == 3
+    sent = [w.body["metadata"]["resourceVersion"] for w in c.emu.writes_to(SERVICES, name="s") if w.method == "PUT"]
+    assert len(sent) == puts + 2 and sent[-2] == stale_rv and sent[-1] != stale_rv
 
     deleted = store.delete("Service", "team", "s")
     assert deleted is not None and store.get("Service", "team", "s") is None
@@ -731,6 +739,5 @@ async def test_informers_list_again_after_410_gone_and_catch_up(cluster):
     route = await eventually(lambda: c.emu.get(ROUTES, "default", "hello"), message="Route recreated")
     assert route["spec"]["traffic"] == [{"configurationName": "hello", "latestRevision": True, "percent": 100}]
     assert c.store.get("Route", "default", "hello").metadata.uid == route["metadata"]["uid"]
-    assert Key("Route", "default", "hello") is not None
     assert is_ready(c.store.get("Revision", "default", "hello-00001"))
 

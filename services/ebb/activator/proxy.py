@@ -367,7 +367,7 @@ class Activator(http1.Handler):
                 except ValueError:
                     log.warning("bad instance address", extra={"revision": rev.label, "address": address})
                     continue
-                throttler.add(address, http1.UpstreamPool(self.loop, host, port, name=b"instance"))
+                throttler.add(address, http1.UpstreamPool(self.loop, host, port, name=b"the instance"))
         for address in rev.addresses.to_probe():
             if address not in rev.probes:
                 rev.probes[address] = self.loop.create_task(self._probe_loop(rev, address))

@@ -13,6 +13,7 @@ import yaml
 
 from ebb.autoscaler.server import AutoscalerServer
 from ebb.autoscaler.settings import AutoscalerSettings, unknown_keys
+from ebb.common import tracing as tracing_mod
 from ebb.common.logs import setup_logging
 from ebb.common.metrics import MetricsServer, metrics_port_flag, parse_metrics_port
 from ebb.common.server import ServiceCore, run, write_ready_file
@@ -120,8 +121,13 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ServiceSetti
     )
 
 
-async def serve(cfg: ServiceSettings) -> int:
-    core = ServiceCore("autoscaler", host=cfg.host, port=cfg.grpc_port)
+async def serve(cfg: ServiceSettings, tracing: tracing_mod.Tracing = tracing_mod.DISABLED) -> int:
+    core = ServiceCore(
+        "autoscaler",
+        host=cfg.host,
+        port=cfg.grpc_port,
+        interceptors=tracing.server_interceptors(),
+    )
     autoscaler = AutoscalerServer(cfg.autoscaler, tick_interval_s=cfg.tick_interval_s)
     autoscaler.add_to(core)
     metrics = MetricsServer(autoscaler.registry, host=cfg.host, port=cfg.metrics_port)
@@ -143,16 +149,18 @@ async def serve(cfg: ServiceSettings) -> int:
     await autoscaler.close()
     await core.shutdown()
     await metrics.aclose()
+    await tracing.aclose()
     return 0
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     try:
         cfg = load(argv, env_view(environ))
+        setup_logging("autoscaler", cfg.log_level)
+        tracing = tracing_mod.setup("autoscaler", env_view(environ))
     except SettingsError as exc:
         print(f"autoscaler: {exc}", file=sys.stderr)
         return 1
-    setup_logging("autoscaler", cfg.log_level)
     if cfg.ignored_keys:
         log.warning(
             "unknown config-autoscaler keys ignored",
@@ -162,4 +170,4 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         "autoscaler settings",
         extra={"settings": cfg.autoscaler.to_mapping(), "tick_interval_s": cfg.tick_interval_s},
     )
-    return run(lambda: serve(cfg))
+    return run(lambda: serve(cfg, tracing))

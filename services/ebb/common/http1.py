@@ -323,7 +323,7 @@ class Handler:
 class UpstreamPool:
     """Keep-alive connections to one upstream; most recently used first (they are warm)."""
 
-    __slots__ = ("loop", "host", "port", "idle", "max_idle", "closed", "connect_error_prefix")
+    __slots__ = ("loop", "host", "port", "idle", "max_idle", "closed", "name", "connect_error_prefix")
 
     def __init__(
         self,
@@ -340,6 +340,7 @@ class UpstreamPool:
         self.idle: list[UpstreamConnection] = []
         self.max_idle = max_idle
         self.closed = False  # closed pools take no connection back
+        self.name = name  # what the upstream is called in 502 bodies ("the app", "the instance")
         self.connect_error_prefix = b"upstream: cannot connect to %s at %s:%d" % (
             name,
             host.encode(),
@@ -434,12 +435,12 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            log.error("internal error handling the app's response", exc_info=exc.__context__)
+            log.error("internal error handling an upstream response", exc_info=exc.__context__)
             ex.on_upstream_error(self, b"upstream: internal error\n")
             return
         except httptools.HttpParserError as exc:
             ex.on_upstream_error(
-                self, b"upstream: malformed response from the app (%s)\n" % str(exc).encode()
+                self, b"upstream: malformed response from %s (%s)\n" % (self.pool.name, str(exc).encode())
             )
             return
         if ex._down:
@@ -822,7 +823,9 @@ class Exchange:
             self.req_sent = False
             self._connect_task = self.proxy.loop.create_task(self._connect())
             return
-        self.respond_local(502, b"upstream: the app closed the connection before answering\n")
+        self.respond_local(
+            502, b"upstream: %s closed the connection before answering\n" % self.pool.name
+        )
 
     def on_upstream_error(self, up: UpstreamConnection, reason: bytes) -> None:
         if self.finished:

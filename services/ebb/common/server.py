@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -36,13 +36,16 @@ class ServiceCore:
         *,
         drain_s: float = 0.0,
         grace_s: float = 5.0,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self.component = component
         self._host = host
         self._port = port
         self._drain_s = drain_s
         self._grace_s = grace_s
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._server = grpc.aio.server(
+            interceptors=list(interceptors) or None, options=[("grpc.so_reuseport", 0)]
+        )
         self._health = health.aio.HealthServicer()
         self._service_names: list[str] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []

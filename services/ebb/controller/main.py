@@ -13,11 +13,14 @@ from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc  # noqa: F401
 
 from ebb.api.networking.v1 import endpoints_pb2_grpc
 from ebb.api.serving.v1 import serving_pb2_grpc
+from ebb.common import tracing as tracing_mod
 from ebb.common.logs import setup_logging
+from ebb.common.metrics import MetricsServer
 from ebb.common.server import ServiceCore, run, write_ready_file
 from ebb.common.settings import SettingsError
 from ebb.controller import settings as settings_mod
 from ebb.controller.manager import Controller
+from ebb.controller.metrics import ControllerMetrics
 from ebb.controller.runtime import Address
 from ebb.controller.runtime_local import LocalRuntime
 from ebb.controller.scaling import ScalingClient
@@ -28,22 +31,41 @@ from ebb.controller.xds import AdsServer
 log = logging.getLogger("ebb.controller")
 
 
-async def serve(cfg: settings_mod.ControllerSettings) -> int:
+async def serve(cfg: settings_mod.ControllerSettings, tracing: tracing_mod.Tracing) -> int:
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(cfg.data_dir / "ebb.db")
-    runtime = LocalRuntime(cfg.data_dir, autoscaler=cfg.autoscaler)
     ads = AdsServer()
-    scaling = ScalingClient(cfg.autoscaler, lambda: controller.trigger()) if cfg.autoscaler else None
+    metrics = ControllerMetrics(ads)
+    metrics_server = MetricsServer(metrics.registry, host=cfg.host, port=cfg.metrics_port)
+    runtime = LocalRuntime(cfg.data_dir, autoscaler=cfg.autoscaler, metrics=metrics)
+    client_interceptors = tracing.client_interceptors()
+    scaling = (
+        ScalingClient(cfg.autoscaler, lambda: controller.trigger(), client_interceptors)
+        if cfg.autoscaler
+        else None
+    )
     activator = None
     if cfg.activator:
         host, port = cfg.activator.rsplit(":", 1)
         activator = Address(host, int(port))
     controller = Controller(
-        store, runtime, ads, gateway_port=cfg.gateway_port, scaling=scaling, activator=activator
+        store,
+        runtime,
+        ads,
+        gateway_port=cfg.gateway_port,
+        scaling=scaling,
+        activator=activator,
+        metrics=metrics,
     )
-    admission = Admission(cfg.webhook)
+    admission = Admission(cfg.webhook, client_interceptors)
 
-    core = ServiceCore("controller", host=cfg.host, port=cfg.grpc_port, drain_s=0.0)
+    core = ServiceCore(
+        "controller",
+        host=cfg.host,
+        port=cfg.grpc_port,
+        drain_s=0.0,
+        interceptors=tracing.server_interceptors(),
+    )
     core.add(
         lambda s: serving_pb2_grpc.add_ServingServiceServicer_to_server(ServingServicer(store, admission), s),
         "ebb.api.serving.v1.ServingService",
@@ -57,8 +79,10 @@ async def serve(cfg: settings_mod.ControllerSettings) -> int:
         "ebb.api.networking.v1.EndpointsService",
     )
     try:
+        metrics_server.start()
         await core.start()
     except OSError as exc:
+        await metrics_server.aclose()
         log.error(str(exc))
         print(f"controller: {exc}", file=sys.stderr)
         return 1
@@ -67,7 +91,7 @@ async def serve(cfg: settings_mod.ControllerSettings) -> int:
     if scaling is not None:
         scaling.start()
     loop_task = asyncio.ensure_future(controller.run())
-    write_ready_file(cfg.ready_file, {"grpc": core.address})
+    write_ready_file(cfg.ready_file, {"grpc": core.address, "metrics": metrics_server.address})
     await core.wait_for_signal()
 
     controller.stop()
@@ -78,14 +102,17 @@ async def serve(cfg: settings_mod.ControllerSettings) -> int:
     if scaling is not None:
         await scaling.close()
     store.close()
+    await metrics_server.aclose()
+    await tracing.aclose()
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = settings_mod.load(argv, os.environ)
+        setup_logging("controller", cfg.log_level)
+        tracing = tracing_mod.setup("controller", os.environ)
     except SettingsError as exc:
         print(f"controller: {exc}", file=sys.stderr)
         return 1
-    setup_logging("controller", cfg.log_level)
-    return run(lambda: serve(cfg))
+    return run(lambda: serve(cfg, tracing))

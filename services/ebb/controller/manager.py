@@ -74,7 +74,9 @@ class Controller:
         scaling=None,
         activator: Address | None = None,
         wall_clock: Callable[[], float] = time.time,
+        metrics=None,
     ) -> None:
+        self._metrics = metrics  # ControllerMetrics or None
         self._store = store
         self._runtime = runtime
         self._ads = ads
@@ -111,7 +113,11 @@ class Controller:
             if self._stopped:
                 break
             try:
-                await self.reconcile_once()
+                if self._metrics is None:
+                    await self.reconcile_once()
+                else:
+                    with self._metrics.reconcile("pass"):
+                        await self.reconcile_once()
             except Exception:  # a control loop never dies of one bad pass
                 self.errors += 1
                 log.exception("reconcile pass failed")

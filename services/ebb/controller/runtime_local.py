@@ -151,7 +151,9 @@ class LocalRuntime:
         queue_command: tuple[str, ...] = (sys.executable, "-m", "ebb.queue"),
         extra_queue_args: tuple[str, ...] = (),
         clock: Callable[[], float] = time.time,
+        metrics=None,
     ) -> None:
+        self._metrics = metrics  # ControllerMetrics or None
         # Backoff deadlines use the same wall clock the controller passes to ensure(now_s).
         self._clock = clock
         self._data_dir = Path(data_dir)
@@ -326,6 +328,8 @@ class LocalRuntime:
         inst.task = asyncio.ensure_future(self._watch(inst, st))
         self._save()
         log.info("instance started", extra={"instance": inst_id, "app_port": app_port, "queue_port": queue_port})
+        if self._metrics is not None:
+            self._metrics.instance_started()
         self._listener()
 
     def _fail_start(self, st: _RevisionState, now_s: float, reason: str, message: str) -> None:
@@ -414,6 +418,8 @@ class LocalRuntime:
             st.instances.remove(inst)
         self._save()
         log.info("instance stopped", extra={"instance": inst.id})
+        if self._metrics is not None:
+            self._metrics.instance_stopped()
         self._listener()
 
     @staticmethod

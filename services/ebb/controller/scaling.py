@@ -38,14 +38,14 @@ class ScalingSpec:
 class ScalingClient:
     """Keeps the autoscaler's registrations in sync and the latest decision per revision."""
 
-    def __init__(self, address: str, on_change: Callable[[], None]) -> None:
+    def __init__(self, address: str, on_change: Callable[[], None], interceptors=()) -> None:
         self._address = address
         self._on_change = on_change
         self.decisions: dict[RevisionKey, Decision] = {}
         self._specs: dict[RevisionKey, ScalingSpec] = {}
         self._pending: dict[RevisionKey, ScalingSpec | None] = {}
         self._wake = asyncio.Event()
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = grpc.aio.insecure_channel(address, interceptors=list(interceptors) or None)
         self._stub = pb_grpc.ScalingServiceStub(self._channel)
         self._tasks: list[asyncio.Task] = []
         self.connected = False

@@ -30,9 +30,11 @@ APPLYABLE = ("Service", "Configuration", "Route")
 class Admission:
     """Client of the webhook's AdmissionService (defaulting, then validation)."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, interceptors=()) -> None:
         self._address = address
-        self._channel = grpc.aio.insecure_channel(address) if address else None
+        self._channel = (
+            grpc.aio.insecure_channel(address, interceptors=list(interceptors) or None) if address else None
+        )
         self._stub = admission_pb2_grpc.AdmissionServiceStub(self._channel) if self._channel else None
 
     async def admit(self, obj, old) -> tuple[object, list[str]]:

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ebb.common.metrics import metrics_port_flag, parse_metrics_port
 from ebb.common.settings import Flag, SettingsError, parse_host, parse_port, read_flags
 
 FLAGS = (
@@ -20,6 +21,7 @@ FLAGS = (
     Flag("ready-file", "EBB_CONTROLLER_READY_FILE", "", "write bound addresses here once serving"),
     Flag("keep-instances-on-exit", "EBB_KEEP_INSTANCES", "false", "leave app instances running on SIGTERM"),
     Flag("log-level", "EBB_LOG_LEVEL", "info", "debug, info, warning, error"),
+    metrics_port_flag("controller"),
 )
 
 
@@ -36,6 +38,7 @@ class ControllerSettings:
     ready_file: str
     keep_instances_on_exit: bool
     log_level: str
+    metrics_port: int = 0
 
 
 def _address(key: str, value: str) -> str:
@@ -65,4 +68,5 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ControllerSe
         ready_file=raw["ready-file"] or "",
         keep_instances_on_exit=keep in ("true", "1"),
         log_level=level,
+        metrics_port=parse_metrics_port(raw["metrics-port"]),
     )

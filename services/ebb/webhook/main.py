@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ebb.api.webhook.v1 import admission_pb2_grpc
+from ebb.common import tracing as tracing_mod
 from ebb.common.logs import setup_logging
 from ebb.common.metrics import MetricsServer, metrics_port_flag, new_registry, parse_metrics_port
 from ebb.common.server import ServiceCore, run, write_ready_file
@@ -128,9 +129,13 @@ def load_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Web
     )
 
 
-async def serve(settings: WebhookSettings) -> int:
+async def serve(
+    settings: WebhookSettings, tracing: tracing_mod.Tracing = tracing_mod.DISABLED
+) -> int:
     """Serve until SIGTERM/SIGINT, then run the shared shutdown sequence; exit code."""
-    core = ServiceCore("webhook", settings.host, settings.grpc_port)
+    core = ServiceCore(
+        "webhook", settings.host, settings.grpc_port, interceptors=tracing.server_interceptors()
+    )
     metrics = WebhookMetrics(new_registry())
     metrics_server = MetricsServer(metrics.registry, host=settings.host, port=settings.metrics_port)
     servicer = AdmissionServicer(settings.admission, metrics)
@@ -162,6 +167,7 @@ async def serve(settings: WebhookSettings) -> int:
     await core.wait_for_signal()
     await core.shutdown()
     await metrics_server.aclose()
+    await tracing.aclose()
     return 0
 
 
@@ -169,8 +175,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     """Parse settings, serve, drain; returns the process exit code."""
     try:
         settings = load_settings(argv, env_view(environ))
+        setup_logging("webhook", settings.log_level)
+        tracing = tracing_mod.setup("webhook", env_view(environ))
     except SettingsError as exc:
         print(f"ebb-webhook: {exc}", file=sys.stderr)
         return 2
-    setup_logging("webhook", settings.log_level)
-    return run(lambda: serve(settings))
+    return run(lambda: serve(settings, tracing))

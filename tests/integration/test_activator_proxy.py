@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from queue_helpers import (
     PYTHON,
     REPO,
@@ -336,8 +337,6 @@ async def test_controller_restart_keeps_the_last_state_then_takes_the_new_snapsh
 
 
 async def test_sigterm_drains_accepted_requests_then_exits_0(tmp_path):
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     async with instance(tmp_path) as (address, app, _), mesh(tmp_path, controller_with(r1={"ready": [address]})) as m:
         act = m.activator
         ready = json.loads(next(tmp_path.glob("activator-*.json")).read_text())
@@ -356,3 +355,13 @@ async def test_sigterm_drains_accepted_requests_then_exits_0(tmp_path):
         assert await asyncio.to_thread(act.proc.wait, GUARD_S) == 0
     log = act.log_path.read_text()
     assert '"msg": "draining"' in log and '"msg": "stopped"' in log
+
+
+async def test_before_the_controller_answers_requests_are_503_and_health_not_serving(tmp_path):
+    async with fake_autoscaler() as (_, autoscaler_port, _), activator(tmp_path, free_port(), autoscaler_port) as act:
+        status, _, body = await act.aget("r1")
+        assert (status, body) == (503, b"unavailable: the activator has not heard from the controller yet\n")
+        assert (await act.aget(None, headers={"K-Network-Probe": "activator"}))[0] == 503
+        async with grpc.aio.insecure_channel(act.grpc) as channel:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -1,0 +1,69 @@
+"""Reading the controller's endpoints messages, and the activator's probe answers (tables)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ebb.activator.endpoints import DEFAULT_TIMEOUT_S, RevisionSpec, from_proto
+from ebb.activator.probe import healthy_answer
+from ebb.activator.proxy import split_address
+from ebb.api.networking.v1 import endpoints_pb2 as pb
+
+
+def key(name: str) -> pb.RevisionKey:
+    return pb.RevisionKey(namespace="default", name=name)
+
+
+def test_a_snapshot_with_figures_and_removals():
+    msg = pb.WatchEndpointsResponse(
+        snapshot=True,
+        revisions=[
+            pb.RevisionEndpoints(
+                revision=key("a"),
+                addresses=["10.0.0.1:8012"],
+                not_ready_addresses=["10.0.0.2:8012"],
+                container_concurrency=3,
+                timeout_seconds=30,
+                response_start_timeout_seconds=5,
+                idle_timeout_seconds=7,
+            ),
+            pb.RevisionEndpoints(revision=key("b"), container_concurrency=-4, timeout_seconds=0),
+            pb.RevisionEndpoints(revision=pb.RevisionKey(name="no-namespace")),
+        ],
+        removed=[key("gone")],
+    )
+    revisions, removed, snapshot = from_proto(msg)
+    assert snapshot is True
+    assert removed == [("default", "gone")]
+    assert revisions == [
+        RevisionSpec("default", "a", ("10.0.0.1:8012",), ("10.0.0.2:8012",), 3, 30, 5, 7),
+        RevisionSpec("default", "b", (), (), 0, DEFAULT_TIMEOUT_S, 0, 0),  # negatives read as 0, 0 s as the default
+    ]
+
+
+@pytest.mark.parametrize(
+    ("answer", "healthy"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nqueue", True),
+        (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 10\r\n\r\nnot ready\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", False),  # the app, not its queue
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", False),  # cut short
+        (b"", False),
+    ],
+)
+def test_probe_answer(answer, healthy):
+    assert healthy_answer(answer) is healthy
+
+
+@pytest.mark.parametrize(
+    ("address", "parsed"),
+    [("127.0.0.1:8012", ("127.0.0.1", 8012)), ("[::1]:80", ("::1", 80)), ("pod.ns.svc:1", ("pod.ns.svc", 1))],
+)
+def test_split_address(address, parsed):
+    assert split_address(address) == parsed
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", ":80", "h:0", "h:99999", "h:port"])
+def test_split_address_rejects(address):
+    with pytest.raises(ValueError, match="must be HOST:PORT"):
+        split_address(address)

@@ -15,9 +15,8 @@ import threading
 import time
 
 import pytest
-from mesh import Mesh
-
 from helpers import SAMPLE_APP, wait_until
+from mesh import Mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -139,7 +138,7 @@ def test_container_concurrency_one_never_overlaps(mesh):
 def test_steady_low_load_across_the_mode_switch_loses_nothing(mesh):
     _create(mesh, "steady")
     host = "steady.default.localhost"
-    wait_until(lambda: _revision(mesh, "steady-00001")["status"].get("actualReplicas", 1) == 0, 60, message="zero")
+    wait_until(lambda: _revision(mesh, "steady-00001")["status"].get("actualReplicas", 0) == 0, 60, message="zero")
     # From zero (activator in path) a steady trickle wakes it and moves it to serve mode.
     modes = [_revision(mesh, "steady-00001")["status"].get("servingMode")]
     results = []
@@ -153,15 +152,23 @@ def test_steady_low_load_across_the_mode_switch_loses_nothing(mesh):
 
 
 def test_scale_down_finishes_in_flight_slow_requests(mesh):
-    _create(mesh, "slow", "--annotation", "autoscaling.knative.dev/target=1")
+    # Three instances (min-scale) with slow requests in flight on them; then a new revision
+    # takes the traffic and the old one scales down to zero while those requests still run.
+    _create(
+        mesh, "slow",
+        "--annotation", "autoscaling.knative.dev/min-scale=3",
+        "--annotation", "autoscaling.knative.dev/target=10",
+    )
     host = "slow.default.localhost"
-    # Ramp to several instances, then leave long requests in flight as the load stops.
-    _load(mesh, host, "/?sleep=300", clients=4, seconds=6)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        futures = [pool.submit(_get, mesh, host, "/?sleep=4000", 60) for _ in range(4)]
+    wait_until(lambda: _revision(mesh, "slow-00001")["status"].get("readyReplicas", 0) == 3, 60, message="3 ready")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        futures = [pool.submit(_get, mesh, host, "/?sleep=6000", 60) for _ in range(6)]
+        time.sleep(1.0)  # let every request reach an instance
+        mesh.ebb("service", "update", "slow", "--env", "V=2", "--wait", "--wait-timeout", "60")
         wait_until(
-            lambda: _revision(mesh, "slow-00001")["status"].get("desiredReplicas", 9) < 4, 60,
-            message="scale-down decision",
+            lambda: _revision(mesh, "slow-00001")["status"].get("actualReplicas", 0) < 3, 60,
+            message="old instances stopping",
         )
-        codes = [f.result()[0] for f in futures]
-    assert codes == [200, 200, 200, 200]
+        assert not all(f.done() for f in futures), "the slow requests ended before any instance stopped"
+        results = [f.result() for f in futures]
+    assert results == [(200, "Hello from slow-00001!\n")] * 6

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -504,6 +505,35 @@ async def test_scale_decisions_set_replicas_down_to_zero_and_back(cluster):
     assert scales == [{"spec": {"replicas": 0}}, {"spec": {"replicas": 3}}]
     # The Deployment object itself was never rewritten, only scaled (and marked ever-ready).
     assert [w.method for w in c.emu.writes_to(DEPLOYMENTS, name=name) if not w.subresource] == ["PATCH"]
+
+
+async def test_a_new_sidecar_image_replaces_the_pod_template_and_keeps_the_replicas(cluster):
+    c = cluster
+    await hello_ready(c)
+    key = RevisionKey("default", "hello-00001")
+    c.scaling.decisions[key] = Decision(desired=2)
+    c.controller.trigger()
+    name = "hello-00001-deployment"
+    await eventually(lambda: c.emu.get(DEPLOYMENTS, "default", name)["spec"]["replicas"] == 2, message="2 replicas")
+    before = c.emu.get(DEPLOYMENTS, "default", name)
+
+    c.runtime._sidecar = dataclasses.replace(SIDECAR, image="registry.example/ebb:0.2.0")  # a controller upgrade
+    c.controller.trigger()
+    after = await eventually(
+        lambda: (d := c.emu.get(DEPLOYMENTS, "default", name))
+        and d["spec"]["template"]["spec"]["containers"][1]["image"] == "registry.example/ebb:0.2.0"
+        and d,
+        message="new queue image",
+    )
+    assert after["spec"]["replicas"] == 2
+    assert after["metadata"]["generation"] > before["metadata"]["generation"]
+    assert after["metadata"]["annotations"][ko.ANNOTATION_EVER_READY] == "true"
+    assert after["metadata"]["annotations"][ko.ANNOTATION_POD_TEMPLATE_HASH] != (
+        before["metadata"]["annotations"][ko.ANNOTATION_POD_TEMPLATE_HASH]
+    )
+    (put,) = [w for w in c.emu.writes_to(DEPLOYMENTS, name=name) if w.method == "PUT"]
+    # A conditional replace: it names the version it was built from.
+    assert int(put.body["metadata"]["resourceVersion"]) >= int(before["metadata"]["resourceVersion"])
 
 
 async def test_endpoints_follow_readiness_and_termination(cluster):

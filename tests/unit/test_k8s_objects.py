@@ -357,12 +357,13 @@ def test_patches():
     }
     body = ko.template_replacement(stored, desired)
     assert body == {
+        **desired,
         "metadata": {
-            "name": "hello-00002-deployment",
+            **desired["metadata"],
             "resourceVersion": "9",
             "annotations": {"ebb.dev/pod-template-hash": desired["metadata"]["annotations"]["ebb.dev/pod-template-hash"], "x": "y"},
         },
-        "spec": {"replicas": 5, "template": desired["spec"]["template"]},
+        "spec": {**desired["spec"], "replicas": 5},
     }
 
 

@@ -440,15 +440,15 @@ def scale_patch(replicas: int) -> dict:
 
 
 def template_replacement(current: Mapping, desired: Mapping) -> dict:
-    """The stored Deployment with the desired pod template and its hash (a PUT body that keeps
-    the stored resourceVersion, so it fails with 409 Conflict if the object moved)."""
-    body = copy.deepcopy(dict(current))
-    body.pop("status", None)
-    meta = body.setdefault("metadata", {})
-    meta.setdefault("annotations", {})[ANNOTATION_POD_TEMPLATE_HASH] = desired["metadata"]["annotations"][
-        ANNOTATION_POD_TEMPLATE_HASH
-    ]
-    body["spec"]["template"] = copy.deepcopy(desired["spec"]["template"])
+    """A PUT body giving a stored Deployment the desired pod template: the desired object
+    with the stored resourceVersion (409 Conflict if it moved), replicas (scaling is not
+    this write's business) and other annotations (e.g. the Deployment controller's)."""
+    body = copy.deepcopy(dict(desired))
+    meta = current.get("metadata") or {}
+    body["metadata"]["resourceVersion"] = meta.get("resourceVersion", "")
+    body["metadata"]["annotations"] = {**(meta.get("annotations") or {}), **desired["metadata"]["annotations"]}
+    if "replicas" in (current.get("spec") or {}):
+        body["spec"]["replicas"] = current["spec"]["replicas"]
     return body
 
 

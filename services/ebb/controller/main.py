@@ -19,35 +19,32 @@ from ebb.common.metrics import MetricsServer
 from ebb.common.server import ServiceCore, run, write_ready_file
 from ebb.common.settings import SettingsError
 from ebb.controller import settings as settings_mod
+from ebb.controller.backends import kubernetes_backend, local_backend, resolve_address
 from ebb.controller.manager import Controller
 from ebb.controller.metrics import ControllerMetrics
-from ebb.controller.runtime import Address
-from ebb.controller.runtime_local import LocalRuntime
 from ebb.controller.scaling import ScalingClient
 from ebb.controller.server import Admission, EndpointsServicer, ServingServicer
-from ebb.controller.store import SqliteStore
 from ebb.controller.xds import AdsServer
 
 log = logging.getLogger("ebb.controller")
 
 
 async def serve(cfg: settings_mod.ControllerSettings, tracing: tracing_mod.Tracing) -> int:
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(cfg.data_dir / "ebb.db")
     ads = AdsServer()
     metrics = ControllerMetrics(ads)
     metrics_server = MetricsServer(metrics.registry, host=cfg.host, port=cfg.metrics_port)
-    runtime = LocalRuntime(cfg.data_dir, autoscaler=cfg.autoscaler, metrics=metrics)
+    if cfg.backend == "kubernetes":
+        backend = kubernetes_backend(cfg, os.environ)
+    else:
+        backend = local_backend(cfg, metrics)
+    store, runtime = backend.store, backend.runtime
     client_interceptors = tracing.client_interceptors()
     scaling = (
         ScalingClient(cfg.autoscaler, lambda: controller.trigger(), client_interceptors)
         if cfg.autoscaler
         else None
     )
-    activator = None
-    if cfg.activator:
-        host, port = cfg.activator.rsplit(":", 1)
-        activator = Address(host, int(port))
+    activator = resolve_address(cfg.activator) if cfg.activator else None
     controller = Controller(
         store,
         runtime,
@@ -87,7 +84,7 @@ async def serve(cfg: settings_mod.ControllerSettings, tracing: tracing_mod.Traci
         print(f"controller: {exc}", file=sys.stderr)
         return 1
     core.install_signal_handlers()
-    await runtime.adopt()
+    await backend.start()
     if scaling is not None:
         scaling.start()
     loop_task = asyncio.ensure_future(controller.run())
@@ -97,11 +94,10 @@ async def serve(cfg: settings_mod.ControllerSettings, tracing: tracing_mod.Traci
     controller.stop()
     await loop_task
     await core.shutdown()
-    await runtime.close(stop_instances=not cfg.keep_instances_on_exit)
+    await backend.close(not cfg.keep_instances_on_exit)
     await admission.close()
     if scaling is not None:
         await scaling.close()
-    store.close()
     await metrics_server.aclose()
     await tracing.aclose()
     return 0

@@ -19,7 +19,7 @@ from ebb.controller.resources import LABEL_CONFIGURATION, condition, key_of
 from ebb.controller.runtime import Address, InstanceSpec, RevisionKey, Runtime
 from ebb.controller.scaling import ScalingSpec
 from ebb.controller.snapshot import VirtualHostSpec, build_snapshot
-from ebb.controller.store import Store
+from ebb.controller.store import NotFound, Store
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +166,18 @@ class Controller:
         routed = {
             RevisionKey(k.namespace, t.revision) for k, res in resolutions.items() for t in res.targets
         }
-        latest_created = {
-            RevisionKey(c.metadata.namespace, c.status.latest_created_revision_name or rc.revision_name(c))
-            for c in configurations.values()
-        }
+        # The newest revision of each configuration (it needs instances to become ready even
+        # before any route sends it traffic), from this pass's revisions, not last status.
+        latest_created = set()
+        for c in configurations.values():
+            mine = [
+                v for v in revisions.values()
+                if v.metadata.namespace == c.metadata.namespace
+                and v.metadata.labels.get(LABEL_CONFIGURATION) == c.metadata.name
+            ]
+            if mine:
+                newest = max(mine, key=rc.generation_of)
+                latest_created.add(RevisionKey(newest.metadata.namespace, newest.metadata.name))
 
         # 5. Instances, serving mode and revision status.
         modes: dict[RevisionKey, str] = {}
@@ -207,7 +215,7 @@ class Controller:
                 status.status.panic_value = decision.panic_value
                 status.status.panic = decision.panic
                 status.status.requests_per_second = decision.requests_per_second
-            revisions[(ns, name)] = store.put_status(status)
+            revisions[(ns, name)] = self._put_status(status)
         live_keys = {RevisionKey(ns, n) for ns, n in revisions}
         for key in self._runtime.revisions() - live_keys:
             await self._runtime.remove(key)
@@ -218,7 +226,7 @@ class Controller:
         # 6. Configuration status (latest created / ready).
         for (ns, name), cfg in configurations.items():
             mine = [v for v in revisions.values() if v.metadata.namespace == ns and v.metadata.labels.get(LABEL_CONFIGURATION) == name]
-            configurations[(ns, name)] = store.put_status(rc.configuration_status(cfg, mine, now_s=now))
+            configurations[(ns, name)] = self._put_status(rc.configuration_status(cfg, mine, now_s=now))
 
         # 7. Gateway: resolve again with fresh statuses, build and push the snapshot.
         resolutions = {key_of(rt): self._resolve(rt, configurations, revisions) for rt in routes}
@@ -248,11 +256,11 @@ class Controller:
             k = key_of(rt)
             hosts = hosts_by_route[k]
             ingress_ready = bool(hosts) and all(h in self._acked_hosts for h in hosts)
-            routes_by_key[(k.namespace, k.name)] = store.put_status(
+            routes_by_key[(k.namespace, k.name)] = self._put_status(
                 rc.route_status(rt, resolutions[k], ingress_ready, self._gateway_port, now_s=now)
             )
         for k, svc in services.items():
-            store.put_status(
+            self._put_status(
                 rc.service_status(
                     svc, configurations.get((k.namespace, k.name)), routes_by_key.get((k.namespace, k.name)), now_s=now
                 )
@@ -260,6 +268,13 @@ class Controller:
 
         # 9. Endpoints for activators.
         self._publish_endpoints(revisions)
+
+    def _put_status(self, obj):
+        """Write status; an object deleted during the pass is simply skipped."""
+        try:
+            return self._store.put_status(obj)
+        except NotFound:
+            return obj
 
     def _resolve(self, route: r.Route, configurations: dict, revisions: dict) -> rc.Resolution:
         ns = route.metadata.namespace
@@ -280,7 +295,7 @@ class Controller:
                 owners = [o for o in obj.metadata.owner_references if o.controller]
                 if owners and all((o.kind, obj.metadata.namespace, o.uid) not in live for o in owners):
                     self._store.delete(kind, obj.metadata.namespace, obj.metadata.name)
-                    log.info("garbage collected", extra={"kind": kind, "name": obj.metadata.name})
+                    log.info("garbage collected", extra={"kind": kind, "resource": obj.metadata.name})
 
     # ------------------------------------------------------------ xDS
 

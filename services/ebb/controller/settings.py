@@ -18,6 +18,7 @@ FLAGS = (
     Flag("webhook", "EBB_WEBHOOK", "", "webhook gRPC address HOST:PORT (empty = no admission)"),
     Flag("activator", "EBB_ACTIVATOR", "", "activator HTTP address HOST:PORT (empty = none)"),
     Flag("activator-grpc", "EBB_ACTIVATOR_GRPC", "", "activator gRPC address HOST:PORT"),
+    Flag("backend", "EBB_CONTROLLER_BACKEND", "local", "local (SQLite + processes) or kubernetes (CRs + Deployments)"),
     Flag("ready-file", "EBB_CONTROLLER_READY_FILE", "", "write bound addresses here once serving"),
     Flag("keep-instances-on-exit", "EBB_KEEP_INSTANCES", "false", "leave app instances running on SIGTERM"),
     Flag("log-level", "EBB_LOG_LEVEL", "info", "debug, info, warning, error"),
@@ -36,6 +37,7 @@ class ControllerSettings:
     activator: str
     activator_grpc: str
     ready_file: str
+    backend: str
     keep_instances_on_exit: bool
     log_level: str
     metrics_port: int = 0
@@ -45,6 +47,13 @@ def _address(key: str, value: str) -> str:
     if value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):
         raise SettingsError(f"{key} = {value!r}, must be HOST:PORT")
     return value
+
+
+def _backend(value: str | None) -> str:
+    backend = (value or "local").lower()
+    if backend not in ("local", "kubernetes"):
+        raise SettingsError(f"backend = {value!r}, must be local or kubernetes")
+    return backend
 
 
 def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ControllerSettings:
@@ -66,6 +75,7 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ControllerSe
         activator=_address("activator", raw["activator"] or ""),
         activator_grpc=_address("activator-grpc", raw["activator-grpc"] or ""),
         ready_file=raw["ready-file"] or "",
+        backend=_backend(raw["backend"]),
         keep_instances_on_exit=keep in ("true", "1"),
         log_level=level,
         metrics_port=parse_metrics_port(raw["metrics-port"]),

@@ -507,7 +507,7 @@ class KubernetesStore:
             self._apply(kind, raw)
         else:
             self._remove(kind, key, rv_of(raw) if raw.get("kind") == kind else "")
-        return entry.obj if entry is not None else None
+        return _copy(entry.obj) if entry is not None else None
 
     def _refresh(self, key: Key) -> None:
         try:

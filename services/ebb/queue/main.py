@@ -21,7 +21,6 @@ from ebb.queue.stats import ConcurrencyStats
 
 log = logging.getLogger("ebb.queue")
 
-HOST = "127.0.0.1"
 
 
 async def serve(settings: QueueSettings) -> int:
@@ -43,12 +42,12 @@ async def serve(settings: QueueSettings) -> int:
     )
     # The proxy drains itself (it knows when requests stop arriving); the gRPC side only
     # has to stop.
-    core = ServiceCore("queue", HOST, settings.admin_port, drain_s=0.0)
+    core = ServiceCore("queue", settings.host, settings.admin_port, drain_s=0.0)
     core.install_signal_handlers()
     try:
         await core.start()
         core.set_serving(False)  # not until the app answers
-        http_port = await proxy.listen(HOST, settings.http_port)
+        http_port = await proxy.listen(settings.host, settings.http_port)
     except OSError as exc:
         log.error("cannot start", extra={"error": str(exc)})
         await core.shutdown()
@@ -71,7 +70,7 @@ async def serve(settings: QueueSettings) -> int:
             clock=clock,
         )
         reporter.start()
-    address = f"{HOST}:{http_port}"
+    address = f"{'127.0.0.1' if settings.host in ('0.0.0.0', '') else settings.host}:{http_port}"
     write_ready_file(settings.ready_file, {"http": address, "grpc": core.address})
     log.info(
         "queue serving",

@@ -8,7 +8,14 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ebb.common.settings import Flag, SettingsError, parse_duration_s, parse_port, read_flags
+from ebb.common.settings import (
+    Flag,
+    SettingsError,
+    parse_duration_s,
+    parse_host,
+    parse_port,
+    read_flags,
+)
 
 PROG = "ebb-queue"
 _PREFIX = "EBB_QUEUE_"
@@ -29,6 +36,7 @@ def _flag(name: str, default: str | None, help_text: str) -> Flag:
 
 
 FLAGS = (
+    _flag("host", "127.0.0.1", "address the proxy and admin server bind (0.0.0.0 in a pod)"),
     _flag("http-port", "0", "port the proxy listens on (0 = a free one)"),
     _flag("admin-port", "0", "gRPC port for health and reflection (0 = a free one)"),
     _flag("app-port", None, "port the app listens on, on 127.0.0.1 (required)"),
@@ -58,6 +66,7 @@ class QueueSettings:
     http_port: int = 0
     admin_port: int = 0
     app_host: str = "127.0.0.1"
+    host: str = "127.0.0.1"
     namespace: str = ""
     revision: str = ""
     instance: str = ""
@@ -167,6 +176,7 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> QueueSetting
         app_port=app_port,
         http_port=parse_port("http-port", raw["http-port"]),
         admin_port=parse_port("admin-port", raw["admin-port"]),
+        host=parse_host("host", raw["host"]),
         namespace=namespace,
         revision=revision,
         instance=instance,

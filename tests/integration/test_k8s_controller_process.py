@@ -7,9 +7,8 @@ import json
 import subprocess
 import sys
 
-from k8s_emulator import KubernetesEmulator
-
 from helpers import free_port, wait_until
+from k8s_emulator import KubernetesEmulator
 
 SERVICE_YAML = """\
 apiVersion: serving.knative.dev/v1

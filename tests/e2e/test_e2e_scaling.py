@@ -172,3 +172,43 @@ def test_scale_down_finishes_in_flight_slow_requests(mesh):
         assert not all(f.done() for f in futures), "the slow requests ended before any instance stopped"
         results = [f.result() for f in futures]
     assert results == [(200, "Hello from slow-00001!\n")] * 6
+
+
+def test_scales_to_the_formula_count_under_load_and_back_down_never_below_min_scale(mesh):
+    # target 10 × utilization 0.7 = 7 per instance; 40 in flight -> ceil(40 / 7) = 6.
+    _create(
+        mesh, "formula",
+        "--annotation", "autoscaling.knative.dev/target=10",
+        "--annotation", "autoscaling.knative.dev/min-scale=2",
+    )
+    host = "formula.default.localhost"
+    wait_until(lambda: _revision(mesh, "formula-00001")["status"].get("readyReplicas", 0) >= 2, 60, message="min 2")
+    desired_seen: list[int] = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            desired_seen.append(_revision(mesh, "formula-00001")["status"].get("desiredReplicas", 0))
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        results = _load(mesh, host, "/?sleep=200", clients=40, seconds=30)
+    finally:
+        stop.set()
+        watcher.join(30)
+    assert results and all(code == 200 for code, _ in results), {c for c, _ in results}
+    # The stable value settles at the formula's count (panic may briefly overshoot it).
+    assert 5 <= desired_seen[-1] <= 7, desired_seen
+    # After the load: back down, but never below min-scale.
+    after = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = _revision(mesh, "formula-00001")["status"]
+        after.append(status.get("desiredReplicas", 0))
+        if after[-1] == 2 and status.get("actualReplicas", 0) == 2:
+            break
+        time.sleep(0.5)
+    assert after[-1] == 2, after
+    assert min(after) >= 2 and min(desired_seen) >= 2, (desired_seen, after)

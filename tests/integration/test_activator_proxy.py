@@ -340,7 +340,7 @@ async def test_sigterm_drains_accepted_requests_then_exits_0(tmp_path):
     async with instance(tmp_path) as (address, app, _), mesh(tmp_path, controller_with(r1={"ready": [address]})) as m:
         act = m.activator
         ready = json.loads(next(tmp_path.glob("activator-*.json")).read_text())
-        assert set(ready) == {"grpc", "http", "pid"} and ready["pid"] == act.proc.pid
+        assert set(ready) == {"grpc", "http", "metrics", "pid"} and ready["pid"] == act.proc.pid
         async with grpc.aio.insecure_channel(act.grpc) as channel:
             check = health_pb2_grpc.HealthStub(channel).Check
             assert (await check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING

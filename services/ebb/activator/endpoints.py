@@ -74,9 +74,13 @@ async def watch_endpoints(
     namespace: str = "",
     initial_backoff_s: float = INITIAL_BACKOFF_S,
     max_backoff_s: float = MAX_BACKOFF_S,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> None:
-    """Follow the controller's endpoints at `target` (HOST:PORT) until cancelled."""
-    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+    """Follow the controller's endpoints at `target` (HOST:PORT) until cancelled.
+    `interceptors`: the tracing ones (ebb.common.tracing) when tracing is on."""
+    async with grpc.aio.insecure_channel(
+        target, options=CHANNEL_OPTIONS, interceptors=list(interceptors) or None
+    ) as channel:
         stub = endpoints_pb2_grpc.EndpointsServiceStub(channel)
         request = endpoints_pb2.WatchEndpointsRequest(namespace=namespace)
 

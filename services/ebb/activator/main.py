@@ -1,4 +1,5 @@
-"""Wires the activator together: settings, data plane, endpoints watch, stats, gRPC admin, drain."""
+"""Wires the activator together: settings, data plane, endpoints watch, stats, gRPC admin,
+drain, and observability (metrics port, tracing)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from collections.abc import Mapping, Sequence
 
 from ebb.activator import settings as activator_settings
 from ebb.activator.endpoints import watch_endpoints
+from ebb.activator.metrics import ActivatorCollector
 from ebb.activator.proxy import Activator
 from ebb.activator.settings import FLAGS, ActivatorSettings
 from ebb.activator.traffic import POKE
+from ebb.common import tracing as tracing_mod
 from ebb.common.logs import setup_logging
+from ebb.common.metrics import MetricsServer, new_registry
 from ebb.common.server import ServiceCore, run, write_ready_file
 from ebb.common.settings import SettingsError, env_view
 from ebb.common.statsreporter import StatsReporter
@@ -28,19 +32,31 @@ def _bound(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def serve(settings: ActivatorSettings) -> int:
+async def serve(settings: ActivatorSettings, tracing: tracing_mod.Tracing = tracing_mod.DISABLED) -> int:
     """Run until SIGTERM/SIGINT, drain, stop; returns the exit code."""
     loop = asyncio.get_running_loop()
     clock = time.monotonic  # stats need better than uvloop's millisecond loop.time()
     started_at = clock()
     activator = Activator(queue_depth=settings.queue_depth, clock=clock)
+    if tracing.enabled:
+        activator.tracing = tracing
+    registry = new_registry()
+    registry.register(ActivatorCollector(activator))
+    metrics = MetricsServer(registry, host=settings.host, port=settings.metrics_port)
     # The data plane drains itself (it knows when requests stop arriving); the gRPC side
     # only has to stop.
-    core = ServiceCore("activator", settings.host, settings.grpc_port, drain_s=0.0)
+    core = ServiceCore(
+        "activator",
+        settings.host,
+        settings.grpc_port,
+        drain_s=0.0,
+        interceptors=tracing.server_interceptors(),
+    )
     core.install_signal_handlers()
-    http_port = await _bind(core, activator, settings)
+    http_port = await _bind(core, activator, settings, metrics)
     if http_port is None:
         await core.shutdown()
+        await metrics.aclose()
         return 1
     reporter = _stats_reporter(settings, activator, started_at, clock)
     watcher = None
@@ -53,15 +69,23 @@ async def serve(settings: ActivatorSettings) -> int:
             if activator.synced and not was_synced and not activator.draining:
                 core.set_serving(True)
 
-        watcher = loop.create_task(watch_endpoints(settings.controller, apply))
+        watcher = loop.create_task(
+            watch_endpoints(settings.controller, apply, interceptors=tracing.client_interceptors())
+        )
     else:
         log.warning("no --controller: every revision is unknown (404)")
         activator.synced = True
 
     address = _bound(settings.host, http_port)
-    write_ready_file(settings.ready_file, {"http": address, "grpc": core.address})
+    write_ready_file(
+        settings.ready_file, {"http": address, "grpc": core.address, "metrics": metrics.address}
+    )
     peers = {"controller": settings.controller, "autoscaler": settings.autoscaler}
-    log.info("activator serving", extra={"instance": settings.instance, **peers, "http": address, "grpc": core.address})
+    bound = {"http": address, "grpc": core.address, "metrics": metrics.address}
+    log.info(
+        "activator serving",
+        extra={"instance": settings.instance, **peers, **bound, "tracing": tracing.enabled},
+    )
 
     await core.wait_for_signal()
     log.info("draining", extra={"quiet_s": settings.drain_quiet_s, "max_s": settings.drain_max_s})
@@ -77,12 +101,18 @@ async def serve(settings: ActivatorSettings) -> int:
     if reporter is not None:
         await reporter.stop()
     await core.shutdown()
+    await metrics.aclose()
+    await tracing.aclose()
     return 0
 
 
-async def _bind(core: ServiceCore, activator: Activator, settings: ActivatorSettings) -> int | None:
-    """Start the gRPC admin server and the HTTP listener; the HTTP port, or None (logged)."""
+async def _bind(
+    core: ServiceCore, activator: Activator, settings: ActivatorSettings, metrics: MetricsServer
+) -> int | None:
+    """Start the metrics port, the gRPC admin server and the HTTP listener; the HTTP port,
+    or None (logged)."""
     try:
+        metrics.start()
         await core.start()
         return await activator.listen(settings.host, settings.http_port)
     except OSError as exc:
@@ -113,8 +143,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     """Entry point of `python -m ebb.activator`; returns the exit code."""
     try:
         settings = activator_settings.load(argv, env_view(environ))
+        setup_logging("activator", settings.log_level)
+        tracing = tracing_mod.setup("activator", env_view(environ))
     except SettingsError as exc:
         print(f"activator: {exc}", file=sys.stderr)
         return 2
-    setup_logging("activator", settings.log_level)
-    return run(lambda: serve(settings))
+    return run(lambda: serve(settings, tracing))

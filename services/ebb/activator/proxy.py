@@ -12,7 +12,9 @@ The HTTP/1.1 machinery (parsing, pooling, streaming, flow control, timeouts) is
   - instances: learned from the controller (`apply`), probed by the activator itself
     while not ready, each with its own keep-alive pool;
   - a failed connect (nothing sent) is tried once more on another instance, if one is
-    free; anything later is a 502.
+    free; anything later is a 502;
+  - observability: per revision request counts, latency, refusals, timeouts and holds
+    in plain ints (exported by `ebb.activator.metrics`), and span attributes.
 """
 
 from __future__ import annotations
@@ -25,13 +27,23 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from ebb.activator.addresses import AddressBook
 from ebb.activator.endpoints import RevisionKey, RevisionSpec
+from ebb.activator.metrics import (
+    REJECT_NOT_SYNCED,
+    REJECT_OVERLOAD,
+    REJECT_REMOVED,
+    REJECT_UNKNOWN,
+    REVISION_REASONS,
+    UNROUTED_REASONS,
+    Holds,
+)
 from ebb.activator.probe import PERIOD_S as PROBE_PERIOD_S
 from ebb.activator.probe import TIMEOUT_S as PROBE_TIMEOUT_S
 from ebb.activator.probe import probe_queue
 from ebb.activator.throttler import Instance, QueueFull, Throttler
 from ebb.activator.traffic import RevisionLoad, Traffic
 from ebb.common import http1
-from ebb.common.http1 import CRLF, Exchange, drop_headers
+from ebb.common.http1 import CLIENT_CLOSED, CRLF, TIMEOUT_KINDS, Exchange, drop_headers
+from ebb.common.metrics import RequestTally
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +89,8 @@ class Revision:
         "default_host",
         "overload_body",
         "removed_body",
+        "tally",
+        "holds",
     )
 
     def __init__(self, spec: RevisionSpec, queue_depth: int, now: float, rng: random.Random | None):
@@ -96,6 +110,8 @@ class Revision:
             queue_depth,
         )
         self.removed_body = b"not found: revision %s was removed\n" % label
+        self.tally = RequestTally(REVISION_REASONS, TIMEOUT_KINDS)
+        self.holds = Holds()
         self.configure(spec)
 
     def configure(self, spec: RevisionSpec) -> None:
@@ -205,6 +221,7 @@ class Activator(http1.Handler):
         self._probe_period_s = probe_period_s
         self._probe_timeout_s = probe_timeout_s
         self._rng = rng
+        self.unrouted = RequestTally(UNROUTED_REASONS)  # refused before a revision was known
 
     # -- Handler hooks (the hot path)
 
@@ -220,21 +237,26 @@ class Activator(http1.Handler):
     def admit(self, ex: Exchange) -> None:
         rev = ex.route
         if rev.__class__ is not Revision:  # the 404 body
+            self.unrouted.reject(REJECT_UNKNOWN if self.synced else REJECT_NOT_SYNCED)
             ex.respond_local(404 if self.synced else 503, rev if self.synced else _NOT_SYNCED)
             return
         if rev.removed:
+            self.unrouted.reject(REJECT_REMOVED)
             ex.respond_local(404, rev.removed_body)
             return
         ex.limits = rev.limits  # from here on the request counts (see `release`)
-        self.traffic.arrive(rev.load, self.clock())
+        now = ex.t_begin = self.clock()
+        self.traffic.arrive(rev.load, now)
         ex.arm_timer()
         try:
             instance = rev.throttler.acquire(ex)
         except QueueFull:
+            rev.tally.reject(REJECT_OVERLOAD)
             ex.respond_local(503, rev.overload_body)
             return
         if instance is None:
             ex.waiting = True
+            rev.holds.held += 1
             if self.traffic.held(rev.load) and self.on_poke is not None:
                 self.on_poke(rev.namespace, rev.name)
             return
@@ -257,11 +279,31 @@ class Activator(http1.Handler):
                 handed = rev.throttler.release(instance)
                 if handed is not None:
                     self._hand(handed[0], handed[1])
-        self.traffic.leave(rev.load, self.clock())
+        now = self.clock()
+        self.traffic.leave(rev.load, now)
+        rev.tally.record(ex.status or CLIENT_CLOSED, ex.tag or b"", now - ex.t_begin)
+
+    def timed_out(self, ex: Exchange, kind: str) -> None:
+        if ex.limits is not None:  # counted: routed to a revision
+            ex.route.tally.timed_out(kind)
+
+    def span_started(self, ex: Exchange) -> None:
+        super().span_started(ex)
+        rev = ex.route
+        if rev.__class__ is Revision:
+            ex.span.set_attributes({"ebb.namespace": rev.namespace, "ebb.revision": rev.name})
 
     def _hand(self, ex: Exchange, instance: Instance) -> None:
         """`ex` waited and now holds a slot on `instance`: forward it (on the next turn of
         the loop, outside whatever callback freed the slot)."""
+        held_s = self.clock() - ex.t_begin
+        ex.route.holds.observe(held_s)
+        span = ex.span
+        if span is not None and span.is_recording():
+            span.add_event(
+                "instance acquired",
+                {"ebb.instance": instance.address, "ebb.held_ms": round(held_s * 1000.0, 3)},
+            )
         ex.waiting = False
         ex.slot = instance
         ex.pool = instance.handle
@@ -411,3 +453,7 @@ class Activator(http1.Handler):
 
     def revision(self, namespace: str, name: str) -> Revision | None:
         return self._by_key.get((namespace, name))
+
+    def revisions_now(self) -> list[Revision]:
+        """The revisions known now; safe from the metrics thread (one C-level copy)."""
+        return list(self._by_key.values())

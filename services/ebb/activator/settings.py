@@ -8,6 +8,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ebb.common.metrics import metrics_port_flag, parse_metrics_port
 from ebb.common.settings import Flag, SettingsError, parse_duration_s, parse_port, read_flags
 
 PROG = "python -m ebb.activator"
@@ -28,6 +29,7 @@ FLAGS = (
     Flag("drain-max-s", "EBB_ACTIVATOR_DRAIN_MAX_S", "600", "after SIGTERM, stop after this long at most"),
     Flag("ready-file", "EBB_ACTIVATOR_READY_FILE", "", "write the bound addresses here as JSON once serving"),
     Flag("log-level", "EBB_LOG_LEVEL", "info", "debug, info, warning or error"),
+    metrics_port_flag("activator"),
 )
 
 
@@ -48,6 +50,7 @@ class ActivatorSettings:
     drain_max_s: float
     ready_file: str
     log_level: str
+    metrics_port: int = 0
 
 
 def _address(key: str, raw: str) -> str:
@@ -96,4 +99,5 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ActivatorSet
         drain_max_s=drain_max_s,
         ready_file=raw["ready-file"] or "",
         log_level=log_level,
+        metrics_port=parse_metrics_port(raw["metrics-port"]),
     )

@@ -72,6 +72,9 @@ _K_PROBE = 11
 _K_PROXY = 12
 _K_ROUTE_NS = 13
 _K_ROUTE_REV = 14
+_K_TAG = 15
+_K_TRACEPARENT = 16
+_K_TRACESTATE = 17
 
 # Go's httputil.ReverseProxy list (what Knative's queue-proxy strips) plus Content-Length
 # and Transfer-Encoding, which the proxy re-frames itself: the kinds of response headers.
@@ -100,7 +103,11 @@ _REQ_KINDS = {
     b"k-proxy-request": _K_PROXY,
     b"knative-serving-namespace": _K_ROUTE_NS,
     b"knative-serving-revision": _K_ROUTE_REV,
+    b"knative-serving-tag": _K_TAG,
+    b"traceparent": _K_TRACEPARENT,
+    b"tracestate": _K_TRACESTATE,
 }
+_TRACE_HEADERS = frozenset((b"traceparent", b"tracestate"))
 _CONNECTION_OPTIONS = frozenset((b"close", b"keep-alive", b"upgrade", b"te", b"trailers"))
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -152,6 +159,17 @@ def local_response(
 
 class _HeadTooLarge(Exception):
     pass
+
+
+# Which timeout ended an exchange (`Limits.kind_of`, `Handler.timed_out`).
+TIMEOUT_WAITING = "waiting"
+TIMEOUT_REQUEST = "request"
+TIMEOUT_RESPONSE_START = "response_start"
+TIMEOUT_IDLE = "idle"
+TIMEOUT_KINDS = (TIMEOUT_WAITING, TIMEOUT_REQUEST, TIMEOUT_RESPONSE_START, TIMEOUT_IDLE)
+# The status an exchange is accounted with when the client left before any answer
+# (nginx's "client closed request"; nothing is sent).
+CLIENT_CLOSED = 499
 
 
 class Limits:
@@ -219,6 +237,15 @@ class Limits:
             return self.idle_body
         return None
 
+    def kind_of(self, body: bytes, waiting: bool) -> str:
+        """Which timeout `expired` returned `body` for (a metric label): `waiting` (no slot
+        within timeoutSeconds), `request` (timeoutSeconds), `response_start` or `idle`."""
+        if body is self.response_start_body:
+            return TIMEOUT_RESPONSE_START
+        if body is self.idle_body:
+            return TIMEOUT_IDLE
+        return TIMEOUT_WAITING if waiting else TIMEOUT_REQUEST
+
 
 class Handler:
     """One proxy's shared state (listener, connections, drain) and the service's hooks.
@@ -241,6 +268,8 @@ class Handler:
         self.last_arrival = self.loop.time()
         self.connections: set[ClientConnection] = set()
         self._server: asyncio.base_events.Server | None = None
+        # An enabled ebb.common.tracing.Tracing, or None: the only check the hot path makes.
+        self.tracing = None
 
     # -- hooks
 
@@ -265,6 +294,26 @@ class Handler:
     def connect_failed(self, ex: Exchange, exc: OSError) -> None:
         """No connection to `ex.pool` could be opened (nothing of the request was sent)."""
         ex.respond_local(502, ex.pool.connect_error_prefix + b" (%s)\n" % str(exc).encode())
+
+    def timed_out(self, ex: Exchange, kind: str) -> None:
+        """`ex` is being ended by the timeout `kind` (TIMEOUT_*): a 504, or the client
+        connection cut when the response had started. For metrics."""
+
+    def span_started(self, ex: Exchange) -> None:
+        """A recording span was started for `ex` (tracing on, sampled): its attributes.
+        Services add their own (revision, instance) after these."""
+        ex.span.set_attributes(
+            {
+                "http.request.method": ex.method.decode("latin-1"),
+                "url.path": ex.url.partition(b"?")[0].decode("latin-1"),
+                "network.peer.address": ex.conn.peer.decode("latin-1"),
+            }
+        )
+
+    def end_span(self, ex: Exchange) -> None:
+        """`ex` has ended: end its span with the status it was answered with."""
+        error = "response cut short" if ex.cut else None
+        self.tracing.end_http_span(ex.span, ex.status or CLIENT_CLOSED, error)
 
     # -- lifecycle
 
@@ -536,6 +585,17 @@ class Exchange:
         "t_start",
         "t_activity",
         "_timer",
+        # what the logs, metrics and traces say about it
+        "method",
+        "url",
+        "tag",
+        "traceparent",
+        "span",
+        "status",
+        "cut",
+        "bytes_in",
+        "bytes_out",
+        "t_begin",
         # set by the handler
         "route",
         "pool",
@@ -555,6 +615,8 @@ class Exchange:
         probe: bool,
         proxied: bool,
         route: object,
+        method: bytes = b"",
+        url: bytes = b"",
     ) -> None:
         self.conn = conn
         self.proxy = conn.proxy
@@ -582,6 +644,16 @@ class Exchange:
         self.t_start = 0.0
         self.t_activity = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self.method = method
+        self.url = url
+        self.tag: bytes | None = None  # Knative-Serving-Tag
+        self.traceparent: bytes | None = None  # as received
+        self.span = None  # ours, when tracing is on (see Handler.tracing)
+        self.status = 0  # the status answered with; 0 = none (yet)
+        self.cut = False  # the response started but could not be completed
+        self.bytes_in = 0  # request body bytes from the client
+        self.bytes_out = 0  # response body bytes to the client
+        self.t_begin = 0.0  # the handler's clock at admission (latency is measured from it)
         self.route = route  # what the connection resolved the request to (the handler's type)
         self.pool: UpstreamPool | None = None  # where `go` takes a connection from
         self.limits: Limits | None = None  # timeouts; set by the handler before `arm_timer`
@@ -659,7 +731,9 @@ class Exchange:
     # -- the client's body
 
     def client_body(self, chunk: bytes) -> None:
-        if self.finished or not chunk:
+        size = len(chunk)
+        self.bytes_in += size
+        if self.finished or not size:
             return  # answered already (early response, 503, 504): the rest is discarded
         buf = self._req_buf
         if buf is None:
@@ -673,7 +747,6 @@ class Exchange:
             buf.extend((b"%x\r\n" % len(chunk), chunk, CRLF))
         else:
             buf.append(chunk)
-        size = len(chunk)
         self._req_buf_bytes += size
         conn = self.conn
         if conn.active is self:
@@ -711,6 +784,7 @@ class Exchange:
                 self._down.append(b"HTTP/1.1 %d %s\r\n\r\n" % (status, up.reason))
             return
         self.started = True
+        self.status = status
         proxy = self.proxy
         conn = self.conn
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, up.reason)]
@@ -767,6 +841,7 @@ class Exchange:
     def on_response_body(self, chunk: bytes) -> None:
         if self.finished or not chunk:  # an empty chunk would read as the last one
             return
+        self.bytes_out += len(chunk)
         mode = self.out_mode
         if mode == _OUT_RAW:
             self._down.append(chunk)
@@ -842,6 +917,9 @@ class Exchange:
         """Answer from the proxy itself (probe, 404, 502, 503, 504)."""
         if self.finished:
             return
+        self.status = status
+        if not self.method_head:
+            self.bytes_out = len(body)
         self._release_upstream(False)
         conn = self.conn
         keep = self.keep_alive and not conn.close_after and not self.proxy.draining
@@ -854,6 +932,7 @@ class Exchange:
     def _abort_started(self) -> None:
         """The response is under way and cannot be completed: cut the client connection so
         it sees a truncated response rather than a wrong one."""
+        self.cut = True
         self.flush_down()
         self._release_upstream(False)
         self.conn.close_after = True
@@ -895,6 +974,8 @@ class Exchange:
             proxy = self.proxy
             proxy.in_flight -= 1
             proxy.release(self)
+        if self.span is not None:
+            self.proxy.end_span(self)
         self.conn.exchange_done(self)
 
     # -- timeouts (Knative: timeoutSeconds, responseStartTimeoutSeconds, idleTimeoutSeconds)
@@ -914,7 +995,9 @@ class Exchange:
         reason = self.limits.expired(now, self.t_start, self.t_activity, self.started, self.waiting)
         if reason is None:  # activity moved the idle deadline on
             self.arm_timer()
-        elif self.started:
+            return
+        self.proxy.timed_out(self, self.limits.kind_of(reason, self.waiting))
+        if self.started:
             self._abort_started()
         else:
             self.respond_local(504, reason)
@@ -986,6 +1069,9 @@ class ClientConnection(asyncio.Protocol):
         "_route_ns",
         "_route_rev",
         "_route",
+        "_tag",
+        "_tp",
+        "_tstate",
     )
 
     def __init__(self, proxy: Handler) -> None:
@@ -1090,6 +1176,7 @@ class ClientConnection(asyncio.Protocol):
         self._probe = False
         self._proxy_req = self._route_ns = self._route_rev = None
         self._route = None
+        self._tag = self._tp = self._tstate = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -1140,6 +1227,16 @@ class ClientConnection(asyncio.Protocol):
         elif kind == _K_XFH:
             self._xfh = value
             self._parts.extend((name, SEP, value, CRLF))
+        elif kind == _K_TAG:
+            self._tag = value
+            self._parts.extend((name, SEP, value, CRLF))
+        elif kind == _K_TRACEPARENT:
+            if self._tp is None:
+                self._tp = value
+            self._parts.extend((name, SEP, value, CRLF))
+        elif kind == _K_TRACESTATE:
+            self._tstate = value if self._tstate is None else self._tstate + b"," + value
+            self._parts.extend((name, SEP, value, CRLF))
         # else: hop-by-hop, dropped
 
     def on_headers_complete(self) -> None:
@@ -1154,7 +1251,14 @@ class ClientConnection(asyncio.Protocol):
             req_kind = BODY_LENGTH
         else:
             req_kind = BODY_NONE
-        head = b"" if self._probe else self.request_head(method, req_kind)
+        span = None
+        if self._probe:
+            head = b""
+        else:
+            tracing = self.proxy.tracing
+            if tracing is not None:
+                span = self._start_span(tracing, method)
+            head = self.request_head(method, req_kind)
         proxy_req = self._proxy_req
         ex = Exchange(
             self,
@@ -1166,7 +1270,15 @@ class ClientConnection(asyncio.Protocol):
             self._probe,
             proxy_req is not None and proxy_req.strip().lower() == b"activator",
             self._route,
+            method,
+            self._url,
         )
+        ex.tag = self._tag
+        ex.traceparent = self._tp
+        if span is not None:
+            ex.span = span
+            if span.is_recording():
+                self.proxy.span_started(ex)
         self.parsing = ex
         if self.active is None and not self.pipeline:
             self.active = ex
@@ -1186,6 +1298,19 @@ class ClientConnection(asyncio.Protocol):
             ex.client_body_done()
         if len(self.pipeline) >= MAX_PIPELINE:
             self.pause(_PAUSE_PIPELINE)
+
+    def _start_span(self, tracing, method: bytes):
+        """Our server span for the request just parsed, continuing the caller's trace; the
+        request goes on with our `traceparent` (and the caller's `tracestate`) instead of
+        the caller's. Tracing on only."""
+        tp, state = self._tp, self._tstate
+        span = tracing.start_http_span(method.decode("latin-1"), traceparent=tp, tracestate=state)
+        parts = self._parts
+        if tp is not None or state is not None:
+            parts = self._parts = drop_headers(parts, _TRACE_HEADERS, 0)
+        for name, value in tracing.trace_headers(span, state):
+            parts.extend((name.encode(), SEP, value.encode("latin-1"), CRLF))
+        return span
 
     # -- building the upstream request head
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import random
 import re
 import secrets
 import threading
@@ -170,6 +171,56 @@ def header_value(headers: Mapping[str, Any] | Sequence[tuple[Any, Any]], name: s
         if key_text.lower() == wanted:
             return value
     return None
+
+
+# The data plane's sampling (pure). A span that is sampled out still carries the trace to
+# the next hop, so it needs ids and flags but nothing of the SDK: deciding here first keeps
+# a sampled-out request at ~2 us instead of the SDK's ~15 us (tracer lookup, context,
+# sampler objects, NonRecordingSpan).
+
+_TRACE_ID_LOW = (1 << 64) - 1  # what TraceIdRatioBased compares with its bound
+
+
+def sample(sampler: str, ratio: float, parent: TraceParent | None, trace_id: int) -> bool:
+    """Whether a span in trace `trace_id` (the caller's, or a new one when `parent` is None)
+    is recorded, as OpenTelemetry's sampler named `sampler` decides it: parent-based ones
+    follow a caller's sampled flag; the ratio ones keep a trace when the low 64 bits of its
+    id fall below ratio x 2^64 (TraceIdRatioBased, so every hop agrees)."""
+    if sampler.startswith("parentbased_"):
+        if parent is not None:
+            return parent.sampled
+        sampler = sampler[len("parentbased_") :]
+    if sampler == "always_on":
+        return True
+    if sampler == "always_off":
+        return False
+    return trace_id & _TRACE_ID_LOW < round(ratio * (_TRACE_ID_LOW + 1))
+
+
+class UnsampledSpan:
+    """A sampled-out data-plane span: just what the next hop's `traceparent` needs."""
+
+    __slots__ = ("trace_id", "span_id", "tracestate")
+
+    def __init__(self, trace_id: str, span_id: str, tracestate: str | None = None) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.tracestate = tracestate
+
+    def is_recording(self) -> bool:
+        return False
+
+
+def _new_span_id_fast() -> str:
+    # random, not secrets: ids need to be unique, not secret (the SDK does the same), and
+    # os.urandom is a system call per request.
+    return f"{random.getrandbits(64) or 1:016x}"
+
+
+def _text(value: str | bytes | None) -> str | None:
+    if isinstance(value, bytes | bytearray):
+        return value.decode("latin-1")
+    return value
 
 
 # ---------------------------------------------------------------------------------------
@@ -360,9 +411,13 @@ def _interceptor_classes() -> tuple[type, type, type, type]:
 class Tracing:
     """A process's tracing: its TracerProvider (None when off) and helpers bound to it."""
 
-    def __init__(self, provider=None) -> None:
+    def __init__(self, provider=None, settings: TracingSettings | None = None, http_provider=None) -> None:
         self.provider = provider
         self._closed = False
+        # The data plane decides sampling itself (`sample`) when it knows the settings, and
+        # then records through `http_provider` (same span processors, ALWAYS_ON sampler).
+        self._settings = settings if http_provider is not None else None
+        self._http_tracer = (http_provider or provider).get_tracer("ebb.http") if provider else None
 
     @property
     def enabled(self) -> bool:
@@ -420,15 +475,27 @@ class Tracing:
     ):
         """Start (not activate) a SERVER span continuing the caller's trace when its
         `traceparent` is valid (a malformed one is ignored: a new trace starts). Returns
-        None when tracing is off; end it with `end_http_span`. Callback-style proxies
-        hold the span on their request object, so no context is attached here."""
+        None when tracing is off, an `UnsampledSpan` when sampled out; end it with
+        `end_http_span`. Callback-style proxies hold the span on their request object, so
+        no context is attached here."""
         if self.provider is None:
             return None
+        parent = parse_traceparent(traceparent)
+        settings = self._settings
+        if settings is not None:
+            trace_id = int(parent.trace_id, 16) if parent is not None else random.getrandbits(128) or 1
+            ratio = 1.0 if settings.sampler_arg is None else settings.sampler_arg
+            if not sample(settings.sampler, ratio, parent, trace_id):
+                return UnsampledSpan(
+                    parent.trace_id if parent is not None else f"{trace_id:032x}",
+                    _new_span_id_fast(),
+                    _text(tracestate) or None,
+                )
         from opentelemetry.trace import SpanKind
 
-        return self.tracer("ebb.http").start_span(
+        return self._http_tracer.start_span(
             name,
-            context=remote_context(traceparent, tracestate),
+            context=_context_of(parent, tracestate),
             kind=SpanKind.SERVER,
             attributes=dict(attributes or {}),
             start_time=start_time_ns,
@@ -437,7 +504,7 @@ class Tracing:
     @staticmethod
     def end_http_span(span, status_code: int | None = None, error: str | None = None) -> None:
         """Record the response status (5xx or `error` mark the span failed) and end it."""
-        if span is None:
+        if span is None or span.__class__ is UnsampledSpan:
             return
         from opentelemetry.trace.status import Status, StatusCode
 
@@ -453,6 +520,11 @@ class Tracing:
         [] for no span or an invalid one."""
         if span is None:
             return []
+        if span.__class__ is UnsampledSpan:
+            headers = [(TRACEPARENT, f"00-{span.trace_id}-{span.span_id}-00")]
+            if span.tracestate:
+                headers.append((TRACESTATE, span.tracestate))
+            return headers
         ctx = span.get_span_context()
         if not ctx.is_valid:
             return []
@@ -465,6 +537,16 @@ class Tracing:
         if state:
             headers.append((TRACESTATE, state))
         return headers
+
+    @staticmethod
+    def trace_id_of(span) -> str:
+        """The span's trace id as 32 hex digits ("" for no span), e.g. for a log line."""
+        if span is None:
+            return ""
+        if span.__class__ is UnsampledSpan:
+            return span.trace_id
+        ctx = span.get_span_context()
+        return f"{ctx.trace_id:032x}" if ctx.is_valid else ""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -507,7 +589,10 @@ DISABLED = Tracing(None)
 def remote_context(traceparent: str | bytes | None, tracestate: str | bytes | None = None):
     """An OpenTelemetry Context whose parent is the caller's span, or None (no valid
     `traceparent`: the span starts a new trace)."""
-    parent = parse_traceparent(traceparent)
+    return _context_of(parse_traceparent(traceparent), tracestate)
+
+
+def _context_of(parent: TraceParent | None, tracestate: str | bytes | None):
     if parent is None:
         return None
     from opentelemetry import trace
@@ -515,8 +600,7 @@ def remote_context(traceparent: str | bytes | None, tracestate: str | bytes | No
 
     state = None
     if tracestate:
-        text = tracestate.decode("latin-1") if isinstance(tracestate, bytes) else tracestate
-        state = TraceState.from_header([text])
+        state = TraceState.from_header([_text(tracestate)])
     span_context = SpanContext(
         trace_id=int(parent.trace_id, 16),
         span_id=int(parent.span_id, 16),
@@ -545,19 +629,28 @@ def setup(
         return DISABLED
     from opentelemetry import trace
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import (
         BatchSpanProcessor,
         ConsoleSpanExporter,
         SimpleSpanProcessor,
     )
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
+    resource = Resource.create({SERVICE_NAME: settings.service_name})
+    processors = SynchronousMultiSpanProcessor()
     provider = TracerProvider(
         sampler=make_sampler(settings),
-        resource=Resource.create({SERVICE_NAME: settings.service_name}),
+        resource=resource,
         # Services flush in their shutdown sequence, bounded (Tracing.aclose); the SDK's
         # exit hook has no bound and would hold a dying process on a dead collector.
         shutdown_on_exit=False,
+        active_span_processor=processors,
+    )
+    # HTTP spans: sampled by `sample` before the SDK sees them, recorded through the same
+    # processors (never shut down on its own: `provider.shutdown` flushes them).
+    http_provider = TracerProvider(
+        sampler=ALWAYS_ON, resource=resource, shutdown_on_exit=False, active_span_processor=processors
     )
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -583,4 +676,4 @@ def setup(
             "exporters": list(settings.exporters) if exporter is None else ["injected"],
         },
     )
-    return Tracing(provider)
+    return Tracing(provider, settings, http_provider)

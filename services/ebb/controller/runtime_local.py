@@ -298,10 +298,16 @@ class LocalRuntime:
             self._fail_start(st, now_s, "ExitCode127", f"cannot start {spec.command[0] if spec.command else '<none>'}: {exc}")
             return
         inst.app_pid = inst.app_proc.pid
+        # The queue writes its addresses (http, grpc, metrics) to a ready file under the
+        # data dir, where `ebb` and the tests find its metrics port; it removes it at exit.
+        ready_dir = self._data_dir / "run" / "queues"
+        ready_dir.mkdir(parents=True, exist_ok=True)
         queue_args = [
             *self._queue_command,
             "--http-port", str(queue_port),
             "--admin-port", "0",
+            "--metrics-port", "0",
+            "--ready-file", str(ready_dir / f"{inst_id}.json"),
             "--app-port", str(app_port),
             "--revision", f"{key.namespace}/{key.name}",
             "--instance", inst_id,
@@ -318,6 +324,9 @@ class LocalRuntime:
         with open(log_dir / f"{inst_id}.queue.log", "ab") as out:  # noqa: ASYNC230 - local file, opened once
             inst.queue_proc = await asyncio.create_subprocess_exec(
                 *queue_args,
+                # Tracing settings (EBB_TRACING, OTEL_*) pass through from the controller's
+                # environment; the spans are the queue's own.
+                env={**os.environ, "OTEL_SERVICE_NAME": "ebb-queue"},
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,

@@ -6,7 +6,9 @@ The machinery (parsing, pooling, streaming, flow control, pipelining, timeouts) 
     `X-Forwarded-Proto` and `Forwarded` (RFC 7239) set for this hop;
   - admission: the containerConcurrency breaker (CC slots, 10 x CC waiting, 503 beyond);
   - its probe answer (`K-Network-Probe: queue` -> 200 `queue` when the app is ready);
-  - the per-second concurrency stats.
+  - the per-second concurrency stats;
+  - observability: request counts and latency in plain ints (`tally`, exported by
+    `ebb.queue.metrics`), one request log line (`request_log`), the span attributes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import time
 from collections.abc import Callable
 
 from ebb.common.http1 import (
+    CLIENT_CLOSED,
     CRLF,
+    TIMEOUT_KINDS,
     ClientConnection,
     Exchange,
     Handler,
@@ -25,8 +29,10 @@ from ebb.common.http1 import (
     forwarded_header,
     forwarded_node,
 )
+from ebb.common.metrics import RequestTally
 from ebb.common.stats import ConcurrencyStats
 from ebb.queue.breaker import ADMITTED, QUEUED, Breaker
+from ebb.queue.metrics import REJECT_OVERLOAD, REJECT_REASONS
 
 __all__ = ["Proxy", "QueueConnection", "forwarded_header", "forwarded_node"]
 
@@ -105,6 +111,8 @@ class Proxy(Handler):
         response_start_timeout_s: float = 0.0,
         idle_timeout_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        request_log=None,
+        span_attributes: dict[str, str] | None = None,
     ) -> None:
         super().__init__(clock)
         self.app_authority = f"{app_host}:{app_port}".encode()
@@ -120,6 +128,9 @@ class Proxy(Handler):
             )
         self.limits = Limits(timeout_s, response_start_timeout_s, idle_timeout_s)
         self.ready = False
+        self.tally = RequestTally(REJECT_REASONS, TIMEOUT_KINDS)
+        self.request_log = request_log  # ebb.queue.requestlog.RequestLog or None (off)
+        self.span_attributes = span_attributes or {}  # e.g. ebb.revision, ebb.instance
 
     @property
     def healthy(self) -> bool:
@@ -132,7 +143,8 @@ class Proxy(Handler):
     def admit(self, ex: Exchange) -> None:
         ex.pool = self.pool
         ex.limits = self.limits
-        self.stats.request_in(self.clock(), ex.proxied)
+        now = ex.t_begin = self.clock()
+        self.stats.request_in(now, ex.proxied)
         ex.arm_timer()
         breaker = self.breaker
         if breaker is not None:
@@ -141,6 +153,7 @@ class Proxy(Handler):
                 ex.waiting = True
                 return
             if decision != ADMITTED:
+                self.tally.reject(REJECT_OVERLOAD)
                 ex.respond_local(503, self.overload_body)
                 return
             ex.slot = True
@@ -157,7 +170,20 @@ class Proxy(Handler):
                 nxt.waiting = False
                 nxt.slot = True
                 self.loop.call_soon(nxt.go)
-        self.stats.request_out(self.clock(), ex.proxied)
+        now = self.clock()
+        self.stats.request_out(now, ex.proxied)
+        status = ex.status or CLIENT_CLOSED
+        latency_s = now - ex.t_begin
+        self.tally.record(status, ex.tag or b"", latency_s)
+        if self.request_log is not None:
+            self.request_log.record(ex, status, latency_s)
+
+    def timed_out(self, ex: Exchange, kind: str) -> None:
+        self.tally.timed_out(kind)
+
+    def span_started(self, ex: Exchange) -> None:
+        super().span_started(ex)
+        ex.span.set_attributes(self.span_attributes)
 
     def close_pools(self) -> None:
         self.pool.close_all()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ebb.common.metrics import metrics_port_flag, parse_metrics_port
 from ebb.common.settings import (
     Flag,
     SettingsError,
@@ -55,7 +57,15 @@ FLAGS = (
     _flag("drain-max-s", "30", "after SIGTERM, exit after this long at most"),
     _flag("ready-file", "", "write the bound addresses here as JSON once listening"),
     _flag("log-level", "info", "debug, info, warning or error"),
+    metrics_port_flag("queue"),
+    _flag(
+        "request-log",
+        "true",
+        "one JSON line per request on stdout: true or false (--no-request-log = false)",
+    ),
 )
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ class QueueSettings:
     drain_max_s: float = 30.0
     ready_file: str | None = None
     log_level: str = "info"
+    metrics_port: int = 0
+    request_log: bool = True
 
     @property
     def queue_depth(self) -> int:
@@ -121,8 +133,32 @@ def _revision(raw: str) -> tuple[str, str]:
     return namespace, name
 
 
+def _switches(argv: Sequence[str]) -> list[str]:
+    """`--no-request-log` -> `--request-log=false`; a bare `--request-log` -> `=true`."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--no-request-log":
+            arg = "--request-log=false"
+        elif arg == "--request-log":
+            following = argv[i + 1].lower() if i + 1 < len(argv) else ""
+            if following not in _TRUE + _FALSE:
+                arg = "--request-log=true"
+        out.append(arg)
+    return out
+
+
+def _bool(key: str, raw: str | None) -> bool:
+    text = (raw or "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise SettingsError(f"{key} = {raw!r}, must be true or false")
+
+
 def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> QueueSettings:
     """Parse flags (falling back to EBB_QUEUE_* env vars, then defaults) and validate them."""
+    argv = _switches(sys.argv[1:] if argv is None else argv)
     raw = read_flags(PROG, FLAGS, argv, environ)
 
     app_port_raw = raw["app-port"]
@@ -191,4 +227,6 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> QueueSetting
         drain_max_s=drain_max_s,
         ready_file=raw["ready-file"] or None,
         log_level=log_level,
+        metrics_port=parse_metrics_port(raw["metrics-port"]),
+        request_log=_bool("request-log", raw["request-log"]),
     )

@@ -1,0 +1,216 @@
+"""The queue's request log: one JSON line per request on stdout, written off the event loop.
+
+A line looks like (one line; wrapped here):
+
+    {"ts":"2025-06-01T12:00:00.123Z","level":"info","component":"queue",
+     "logger":"ebb.queue.request","msg":"request","namespace":"default",
+     "revision":"hello-00001","instance":"hello-00001-3fa2c1","method":"GET","path":"/",
+     "status":200,"latency_ms":1.234,"bytes_in":0,"bytes_out":14,
+     "trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}
+
+`ts`, `level`, `component`, `logger` and `msg` are what the queue's own log lines carry
+(ebb.common.logs), so one reader handles both; request lines go to stdout, the queue's
+own lines to stderr. `path` is the request path without its query string (a query can
+carry secrets, and logs are kept longer than requests); `trace_id` is the request's trace
+(ours when tracing is on, else the caller's valid `traceparent`), or "" for none;
+`status` 499 means the client left before any answer.
+
+Cost on the loop: one line formatted with bytes `%` (~1.5 us) and appended to a list.
+Every `flush_s`, or every `max_batch` lines, the list is joined and handed to a writer
+thread: a slow or blocked stdout (a full pipe) holds up that thread, never the loop. If
+the writer falls `max_pending` batches behind, further batches are dropped and counted
+(`dropped`, exported as `ebb_queue_request_logs_dropped_total`) rather than buffered
+without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import BinaryIO
+
+from ebb.common.http1 import Exchange
+from ebb.common.tracing import Tracing, parse_traceparent
+
+log = logging.getLogger(__name__)
+
+FLUSH_S = 1.0
+MAX_BATCH = 1024  # lines handed to the writer at once, at most
+MAX_PENDING = 64  # batches the writer may be behind before new ones are dropped
+MAX_PATH = 2048  # bytes of the path logged
+
+# Bytes a path may carry straight into a JSON string: printable ASCII but `"` and `\`.
+_NEEDS_ESCAPE = re.compile(rb'[^\x20-\x21\x23-\x5b\x5d-\x7e]')
+_LINE = (
+    b'{"ts":"%s.%03dZ",%s"method":"%s","path":"%s","status":%d,"latency_ms":%.3f,'
+    b'"bytes_in":%d,"bytes_out":%d,"trace_id":"%s"}\n'
+)
+
+
+def _json_text(value: str) -> bytes:
+    """`value` as the inside of a JSON string."""
+    return json.dumps(value)[1:-1].encode()
+
+
+def trace_id_of(ex: Exchange) -> bytes:
+    """The request's trace id as hex bytes: its span's (tracing on), else the caller's
+    `traceparent` if valid, else b""."""
+    if ex.span is not None:
+        return Tracing.trace_id_of(ex.span).encode()
+    if ex.traceparent is None:
+        return b""
+    parent = parse_traceparent(ex.traceparent)
+    return b"" if parent is None else parent.trace_id.encode()
+
+
+class RequestLog:
+    """Formats request lines on the loop and writes them from a thread."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        revision: str,
+        instance: str,
+        stream: BinaryIO | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        flush_s: float = FLUSH_S,
+        max_batch: int = MAX_BATCH,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        self._stream = stream if stream is not None else sys.stdout.buffer
+        self._wall_clock = wall_clock
+        self._flush_s = flush_s
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        # Everything between "ts" and "method" is the same on every line.
+        self._fixed = (
+            b'"level":"info","component":"queue","logger":"ebb.queue.request","msg":"request",'
+            + b'"namespace":%s,"revision":%s,"instance":%s,'
+            % tuple(json.dumps(v).encode() for v in (namespace, revision, instance))
+        )
+        self._buf: list[bytes] = []
+        self._second = -1
+        self._second_text = b""
+        self._pending: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.lines = 0  # lines formatted
+        self.dropped = 0  # lines dropped because the writer was too far behind
+        self.write_errors = 0  # batches the stream refused (closed stdout, EPIPE)
+
+    # -- the hot path
+
+    def record(self, ex: Exchange, status: int, latency_s: float) -> None:
+        """One line for `ex`, answered `status` after `latency_s` seconds."""
+        now = self._wall_clock()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        path = ex.url
+        query = path.find(b"?")
+        if query >= 0:
+            path = path[:query]
+        if len(path) > MAX_PATH:
+            path = path[:MAX_PATH]
+        if _NEEDS_ESCAPE.search(path) is not None:
+            path = _json_text(path.decode("utf-8", "backslashreplace"))
+        trace_id = b"" if ex.span is None and ex.traceparent is None else trace_id_of(ex)
+        buf = self._buf
+        buf.append(
+            _LINE
+            % (
+                self._second_text,
+                int((now - second) * 1000),
+                self._fixed,
+                ex.method,
+                path,
+                status,
+                latency_s * 1000.0,
+                ex.bytes_in,
+                ex.bytes_out,
+                trace_id,
+            )
+        )
+        self.lines += 1
+        if len(buf) >= self._max_batch:
+            self.flush()
+
+    # -- handing off
+
+    def flush(self) -> None:
+        """Hand what is buffered to the writer thread (never blocks)."""
+        buf = self._buf
+        if not buf:
+            return
+        self._buf = []
+        if self._pending.qsize() >= self._max_pending:
+            self.dropped += len(buf)
+            return
+        self._ensure_thread()
+        self._pending.put(b"".join(buf))
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Flush every `flush_s` on `loop` (the running loop by default)."""
+        self._loop = loop or asyncio.get_running_loop()
+        self._ensure_thread()
+        self._timer = self._loop.call_later(self._flush_s, self._tick)
+
+    def _tick(self) -> None:
+        self.flush()
+        if not self._closed:
+            self._timer = self._loop.call_later(self._flush_s, self._tick)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._write_forever, name="request-log", daemon=True)
+            self._thread.start()
+
+    def _write_forever(self) -> None:
+        stream = self._stream
+        while True:
+            blob = self._pending.get()
+            if blob is None:
+                return
+            try:
+                stream.write(blob)
+                stream.flush()
+            except (OSError, ValueError):  # stdout closed or gone: count it, keep draining
+                self.write_errors += 1
+
+    # -- shutdown
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Flush, write what is pending and stop the writer (waits at most `timeout_s`);
+        idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.flush()
+        thread = self._thread
+        if thread is not None:
+            self._pending.put(None)
+            thread.join(timeout_s)
+            if thread.is_alive():
+                log.warning("request log: stdout is not taking lines; the rest is dropped")
+
+    async def aclose(self, timeout_s: float = 2.0) -> None:
+        """close() with the waiting off the loop."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.flush()  # on the loop, where the buffer lives
+        await asyncio.to_thread(self.close, timeout_s)

@@ -14,7 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 CHECK_TIMEOUT_S = 2.0
 
 # (mesh.json key, how to check it): grpc = grpc.health.v1 Check(""), tcp = a listener
-# accepts connections, envoy = admin GET /ready answers 200 LIVE.
+# accepts connections, envoy = admin GET /ready answers 200 LIVE, metrics = GET /metrics
+# answers 200 (the Prometheus port each component wrote to its ready file).
 COMPONENTS: tuple[tuple[str, str], ...] = (
     ("gateway", "tcp"),
     ("envoy_admin", "envoy"),
@@ -23,6 +24,10 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
     ("activator", "tcp"),
     ("activator_grpc", "grpc"),
     ("webhook", "grpc"),
+    ("controller_metrics", "metrics"),
+    ("autoscaler_metrics", "metrics"),
+    ("activator_metrics", "metrics"),
+    ("webhook_metrics", "metrics"),
 )
 HEALTHY = {"SERVING", "LISTENING", "LIVE"}
 
@@ -75,7 +80,20 @@ def envoy_ready(address: str, timeout_s: float = CHECK_TIMEOUT_S) -> tuple[str, 
         return "UNREACHABLE", str(getattr(exc, "reason", exc))
 
 
-CHECKS = {"grpc": grpc_health, "tcp": tcp_listening, "envoy": envoy_ready}
+def metrics_served(address: str, timeout_s: float = CHECK_TIMEOUT_S) -> tuple[str, str]:
+    """A component's Prometheus port: GET /metrics answers 200."""
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as reply:
+            reply.read()
+            return "SERVING", ""
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return f"HTTP {exc.code}", ""
+    except (urllib.error.URLError, OSError) as exc:
+        return "UNREACHABLE", str(getattr(exc, "reason", exc))
+
+
+CHECKS = {"grpc": grpc_health, "tcp": tcp_listening, "envoy": envoy_ready, "metrics": metrics_served}
 
 
 def check_all(addresses: Mapping[str, str], checks: Mapping[str, object] | None = None) -> list[ComponentStatus]:

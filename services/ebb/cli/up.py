@@ -192,9 +192,13 @@ def plan(settings: UpSettings, python: str, envoy_argv: list[str]) -> list[Proce
     ]
 
 
-def mesh_document(settings: UpSettings, pid: int) -> dict[str, Any]:
-    """The content of DATA_DIR/mesh.json."""
+def mesh_document(
+    settings: UpSettings, pid: int, metrics: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The content of DATA_DIR/mesh.json. `metrics`: component name -> the Prometheus
+    address from its ready file, listed as `<name>_metrics`."""
     addr = settings.address
+    scrape = {f"{name}_metrics": address for name, address in sorted((metrics or {}).items())}
     return {
         "gateway": addr("gateway"),
         "envoy_admin": addr("envoy-admin"),
@@ -203,6 +207,7 @@ def mesh_document(settings: UpSettings, pid: int) -> dict[str, Any]:
         "activator": addr("activator"),
         "activator_grpc": addr("activator-grpc"),
         "webhook": addr("webhook"),
+        **scrape,
         "pid": pid,
         "data_dir": str(settings.data_dir),
     }
@@ -519,20 +524,22 @@ def run_up(
     try:
         specs = plan(settings, python, envoy_argv)
         by_name = {spec.name: spec for spec in specs}
+        ready: dict[str, dict] = {}
         # webhook and autoscaler need nobody: start both, then wait for both.
         for first in ("webhook", "autoscaler"):
             supervisor.start(by_name[first])
         for spec, proc in list(supervisor.started):
-            supervisor.wait_ready(spec, proc, lambda s=spec: read_ready_file(s.ready_file))
+            ready[spec.name] = supervisor.wait_ready(spec, proc, lambda s=spec: read_ready_file(s.ready_file))
         for name in ("controller", "activator"):
             spec = by_name[name]
             proc = supervisor.start(spec)
-            supervisor.wait_ready(spec, proc, lambda s=spec: read_ready_file(s.ready_file))
+            ready[name] = supervisor.wait_ready(spec, proc, lambda s=spec: read_ready_file(s.ready_file))
         envoy_spec = by_name["envoy"]
         proc = supervisor.start(envoy_spec)
         supervisor.wait_ready(envoy_spec, proc, lambda: envoy_admin_ready(settings.address("envoy-admin")))
 
-        write_json_atomically(mesh_path, mesh_document(settings, os.getpid()))
+        metrics = {name: info["metrics"] for name, info in ready.items() if isinstance(info.get("metrics"), str)}
+        write_json_atomically(mesh_path, mesh_document(settings, os.getpid(), metrics))
         print_banner(settings, out)
         tick = start_sample(settings, out, err) if settings.sample else None
         code = supervisor.watch(tick)

@@ -8,7 +8,6 @@ allows; grace 2 s) so a full cycle takes seconds, not minutes.
 from __future__ import annotations
 
 import concurrent.futures
-import http.client
 import json
 import sys
 import threading
@@ -52,16 +51,6 @@ def _create(mesh: Mesh, name: str, *extra: str) -> None:
     mesh.ebb("service", "create", name, "--cmd", f"{sys.executable} {SAMPLE_APP}", *extra, "--wait", "--wait-timeout", "60")
 
 
-def _get(mesh: Mesh, host: str, path: str = "/", timeout_s: float = 30.0) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", mesh.ports["http"], timeout=timeout_s)
-    try:
-        conn.request("GET", path, headers={"Host": host})
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode(errors="replace")
-    finally:
-        conn.close()
-
-
 def _load(mesh: Mesh, host: str, path: str, clients: int, seconds: float) -> list[tuple[int, str]]:
     """`clients` loops of sequential requests for `seconds`; bounded in count and time."""
     results: list[tuple[int, str]] = []
@@ -73,7 +62,7 @@ def _load(mesh: Mesh, host: str, path: str, clients: int, seconds: float) -> lis
             if time.monotonic() >= stop_at:
                 return
             try:
-                res = _get(mesh, host, path)
+                res = mesh.get(host, path, timeout_s=30)
             except OSError as exc:
                 res = (-1, repr(exc))
             with lock:
@@ -90,7 +79,7 @@ def _load(mesh: Mesh, host: str, path: str, clients: int, seconds: float) -> lis
 def test_scale_up_under_load_then_to_zero_then_back_with_no_request_lost(mesh):
     _create(mesh, "burst", "--annotation", "autoscaling.knative.dev/target=1")
     host = "burst.default.localhost"
-    assert _get(mesh, host)[0] == 200
+    assert mesh.get(host, timeout_s=30)[0] == 200
 
     # 4 clients keep ~4 requests in flight against a target of 1 per instance.
     seen_desired = []
@@ -122,7 +111,7 @@ def test_scale_up_under_load_then_to_zero_then_back_with_no_request_lost(mesh):
 
     # 100 concurrent requests at zero: all succeed, none lost, instances come back.
     with concurrent.futures.ThreadPoolExecutor(max_workers=100) as pool:
-        codes = list(pool.map(lambda _: _get(mesh, host, "/", timeout_s=60)[0], range(100)))
+        codes = list(pool.map(lambda _: mesh.get(host, "/", timeout_s=60)[0], range(100)))
     assert codes.count(200) == 100, codes
     assert _revision(mesh, "burst-00001")["status"].get("actualReplicas", 0) >= 1
 
@@ -144,7 +133,7 @@ def test_steady_low_load_across_the_mode_switch_loses_nothing(mesh):
     results = []
     stop = time.monotonic() + 15
     while time.monotonic() < stop:
-        results.append(_get(mesh, host, "/?sleep=20"))
+        results.append(mesh.get(host, "/?sleep=20", timeout_s=30))
         modes.append(_revision(mesh, "steady-00001")["status"].get("servingMode"))
         time.sleep(0.2)
     assert all(code == 200 for code, _ in results), [r for r in results if r[0] != 200][:5]
@@ -162,7 +151,7 @@ def test_scale_down_finishes_in_flight_slow_requests(mesh):
     host = "slow.default.localhost"
     wait_until(lambda: _revision(mesh, "slow-00001")["status"].get("readyReplicas", 0) == 3, 60, message="3 ready")
     with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
-        futures = [pool.submit(_get, mesh, host, "/?sleep=6000", 60) for _ in range(6)]
+        futures = [pool.submit(mesh.get, host, "/?sleep=6000", 60) for _ in range(6)]
         time.sleep(1.0)  # let every request reach an instance
         mesh.ebb("service", "update", "slow", "--env", "V=2", "--wait", "--wait-timeout", "60")
         wait_until(

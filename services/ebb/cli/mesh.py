@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ebb.cli.errors import CliError
+from ebb.common.procs import pid_alive
 
 MESH_FILE = "mesh.json"
 HOST = "127.0.0.1"
@@ -26,19 +27,6 @@ def resolve_data_dir(flag: str | None, environ: Mapping[str, str]) -> Path:
         home = environ.get("HOME") or str(Path.home())
         raw = os.path.join(home, ".ebb")
     return Path(os.path.abspath(os.path.expanduser(raw)))
-
-
-def pid_alive(pid: int) -> bool:
-    """True when a process with this pid exists (it may belong to another user)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)

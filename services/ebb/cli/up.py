@@ -29,6 +29,7 @@ import yaml
 from ebb.cli import mesh as meshmod
 from ebb.cli import procs
 from ebb.cli.errors import CliError
+from ebb.common.procs import pid_alive
 
 HOST = meshmod.HOST
 DEFAULT_PORTS: dict[str, int] = {
@@ -478,7 +479,7 @@ def existing_mesh(data_dir: Path) -> int | None:
     """The pid of a live `ebb up` that owns this data dir, if any."""
     data = read_ready_file(data_dir / meshmod.MESH_FILE)
     pid = data.get("pid") if data else None
-    if isinstance(pid, int) and pid != os.getpid() and meshmod.pid_alive(pid):
+    if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
         return pid
     return None
 

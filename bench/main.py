@@ -233,7 +233,8 @@ def machine_info(wrk: str, envoy: str | None) -> dict:
         if Path("/proc/loadavg").exists() else None,
         "wrk": first_line([wrk, "-v"]),
         "envoy": first_line([envoy, "--version"]) if envoy else None,
-        "git": first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        # "+dirty": the work tree had uncommitted changes (what ran is not exactly HEAD).
+        "git": first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty=+dirty"]),
         **versions,
     }
 

@@ -405,6 +405,9 @@ INVALID_ANNOTATIONS = [
     ),
     ({A + "min-scale": "-1"}, PATH + "min-scale: expected 0 <= -1 <= 2147483647"),
     ({A + "max-scale": "x"}, PATH + "max-scale: invalid value: x"),
+    ({A + "max-scale": "+-5"}, PATH + "max-scale: invalid value: +-5"),  # syntax, not range
+    ({A + "min-scale": "2147483648"}, PATH + "min-scale: expected 0 <= 2147483648 <= 2147483647"),
+    ({A + "window": " 60s"}, PATH + "window: invalid value:  60s"),  # Go does not trim
     (
         {A + "min-scale": "3", A + "max-scale": "2"},
         PATH + "max-scale: max-scale=2 is less than min-scale=3",
@@ -471,6 +474,34 @@ def test_max_scale_limit_applies_to_the_annotation():
     assert res.config.max_scale == 5
     res = resolve(settings, {A + "max-scale": "0"}, 0)
     assert res.errors == (PATH + "max-scale: max-scale=0 (unlimited), must be less than 10",)
+
+
+def test_one_line_per_refused_annotation():
+    # The webhook reports both rules max-scale breaks; the autoscaler names the first.
+    settings = AutoscalerSettings(max_scale=1, max_scale_limit=3)
+    res = resolve(settings, {A + "min-scale": "10", A + "max-scale": "5"}, 0)
+    assert res.errors == (PATH + "max-scale: max-scale=5 is less than min-scale=10",)
+    assert (res.config.min_scale, res.config.max_scale) == (10, 1)
+
+
+def test_initial_scale_is_a_64_bit_integer_as_in_knative():
+    assert config({A + "initial-scale": "3000000000"}).initial_scale == 3_000_000_000
+
+
+def test_errors_come_in_the_order_annotations_are_applied():
+    res = resolve(
+        AutoscalerSettings(),
+        {A + "max-scale": "x", A + "metric": "cpu", A + "typo": "1", A + "window": "1s"},
+        -1,
+    )
+    assert res.errors == (
+        PATH + 'typo: invalid key name "autoscaling.knative.dev/typo" '
+        "(not a known autoscaling annotation)",
+        "spec.containerConcurrency: expected 0 <= -1 <= 1000 (0 is used)",
+        PATH + "metric: invalid value: cpu",
+        PATH + "window: expected 6s <= 1s <= 1h0m0s",
+        PATH + "max-scale: invalid value: x",
+    )
 
 
 def test_both_spellings_is_an_error_and_the_canonical_one_wins():

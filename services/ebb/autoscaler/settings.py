@@ -13,7 +13,8 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 
-from ebb.autoscaler.parse import (
+from ebb.common import knative_autoscaling
+from ebb.common.goparse import (
     INT32_MAX,
     SECOND_NS,
     format_duration_s,
@@ -23,23 +24,22 @@ from ebb.autoscaler.parse import (
     parse_float,
     parse_int,
 )
+from ebb.common.knative_autoscaling import (
+    CONCURRENCY,
+    LINEAR,
+    PANIC_THRESHOLD_PERCENTAGE,
+    PANIC_WINDOW_PERCENTAGE,
+    RPS,
+    TARGET_MIN,
+    WINDOW_MAX_S,
+    WINDOW_MIN_S,
+)
+from ebb.common.knative_autoscaling import KPA as KPA_CLASS
 from ebb.common.settings import SettingsError
 
-KPA_CLASS = "kpa.autoscaling.knative.dev"
-HPA_CLASS = "hpa.autoscaling.knative.dev"
-CONCURRENCY = "concurrency"
-RPS = "rps"
-LINEAR = "linear"
-WEIGHTED_EXPONENTIAL = "weighted-exponential"
-
-TARGET_MIN = 0.01  # Knative's autoscaling.TargetMin: no target may be smaller
-WINDOW_MIN_S = 6
-WINDOW_MAX_S = 3600
 # Knative uses a fixed utilization for the rps metric (config's TargetUtilization, not a key).
 RPS_TARGET_UTILIZATION = 0.7
 
-ANNOTATION_GROUP = "autoscaling.knative.dev"
-ANNOTATION_PREFIX = ANNOTATION_GROUP + "/"
 ANNOTATIONS_PATH = "metadata.annotations"
 
 
@@ -138,7 +138,7 @@ def _as_int(key: str, value: object) -> int:
         result = int(value)
     else:
         try:
-            result = parse_int(str(value).strip())
+            result = parse_int(str(value).strip(), 32)
         except ValueError:
             raise SettingsError(f"{key} = {value!r}, must be an integer") from None
     if not -(2**31) <= result <= INT32_MAX:
@@ -267,10 +267,12 @@ def _validate(s: AutoscalerSettings) -> None:
         fail("stable_window_s", s.stable_window_s, "must be in 6s..1h")
     if s.stable_window_s != int(s.stable_window_s):
         fail("stable_window_s", s.stable_window_s, "must be whole seconds")
-    if not 1 <= s.panic_window_percentage <= 100:
-        fail("panic_window_percentage", s.panic_window_percentage, "must be in 1..100")
-    if not 110 <= s.panic_threshold_percentage <= 1000:
-        fail("panic_threshold_percentage", s.panic_threshold_percentage, "must be in 110..1000")
+    for attr, (low, high) in (
+        ("panic_window_percentage", PANIC_WINDOW_PERCENTAGE),
+        ("panic_threshold_percentage", PANIC_THRESHOLD_PERCENTAGE),
+    ):
+        if not low <= getattr(s, attr) <= high:
+            fail(attr, getattr(s, attr), f"must be in {low}..{high}")
     if s.max_scale_up_rate <= 1.0:
         fail("max_scale_up_rate", s.max_scale_up_rate, "must be greater than 1.0")
     if s.max_scale_down_rate <= 1.0:
@@ -365,304 +367,120 @@ class Resolution:
     errors: tuple[str, ...]
 
 
-# Canonical name -> accepted spellings, canonical first (Knative's kmap.KeyPriority).
-ANNOTATION_ALIASES: dict[str, tuple[str, ...]] = {
-    "class": ("class",),
-    "metric": ("metric",),
-    "target": ("target",),
-    "target-utilization-percentage": (
-        "target-utilization-percentage",
-        "targetUtilizationPercentage",
-    ),
-    "target-burst-capacity": ("target-burst-capacity", "targetBurstCapacity"),
-    "window": ("window",),
-    "panic-window-percentage": ("panic-window-percentage", "panicWindowPercentage"),
-    "panic-threshold-percentage": ("panic-threshold-percentage", "panicThresholdPercentage"),
-    "min-scale": ("min-scale", "minScale"),
-    "max-scale": ("max-scale", "maxScale"),
-    "initial-scale": ("initial-scale", "initialScale"),
-    "scale-down-delay": ("scale-down-delay", "scaleDownDelay"),
-    "activation-scale": ("activation-scale",),
-    "metric-aggregation-algorithm": ("metric-aggregation-algorithm", "metricAggregationAlgorithm"),
-    "scale-to-zero-pod-retention-period": (
-        "scale-to-zero-pod-retention-period",
-        "scaleToZeroPodRetentionPeriod",
-    ),
-}
-_KNOWN_ANNOTATIONS = {
-    ANNOTATION_PREFIX + a for aliases in ANNOTATION_ALIASES.values() for a in aliases
-}
-_ALGORITHMS = {
-    LINEAR: LINEAR,
-    WEIGHTED_EXPONENTIAL: WEIGHTED_EXPONENTIAL,
-    "weightedExponential": WEIGHTED_EXPONENTIAL,
-}
-
-
-class _Annotations:
-    """Reads annotations by canonical name and collects errors with their field paths."""
-
-    def __init__(self, annotations: Mapping[str, str]) -> None:
-        self._m = {str(k): str(v) for k, v in annotations.items()}
-        self.errors: list[str] = []
-
-    def error(self, key: str, rule: str) -> None:
-        self.errors.append(f"{ANNOTATIONS_PATH}.{key}: {rule}")
-
-    def get(self, name: str) -> tuple[str, str] | None:
-        """(full key actually used, value) or None; the canonical spelling wins."""
-        for alias in ANNOTATION_ALIASES[name]:
-            key = ANNOTATION_PREFIX + alias
-            if key in self._m:
-                return key, self._m[key]
-        return None
-
-    def check_keys(self) -> None:
-        for key in sorted(self._m):
-            if key.startswith(ANNOTATION_PREFIX) and key not in _KNOWN_ANNOTATIONS:
-                self.error(key, f'invalid key name "{key}" (not a known autoscaling annotation)')
-        for aliases in ANNOTATION_ALIASES.values():
-            present = [ANNOTATION_PREFIX + a for a in aliases if ANNOTATION_PREFIX + a in self._m]
-            if len(present) > 1:
-                self.error(
-                    present[1],
-                    f"expected exactly one of {', '.join(present)}, got both ({present[0]} is used)",
-                )
-
-    def number(
-        self, name: str, low: float | None = None, high: float | None = None
-    ) -> float | None:
-        found = self.get(name)
-        if found is None:
-            return None
-        key, text = found
-        try:
-            value = parse_float(text)
-        except ValueError:
-            self.error(key, f"invalid value: {text}")
-            return None
-        if (low is not None and value < low) or (high is not None and value > high):
-            self.error(key, f"expected {format_number(low)} <= {text} <= {format_number(high)}")
-            return None
-        return value
-
-    def integer(self, name: str) -> int | None:
-        """A non-negative int32, as Knative's getIntGE0."""
-        found = self.get(name)
-        if found is None:
-            return None
-        key, text = found
-        try:
-            value = parse_int(text)
-        except ValueError:
-            if text.lstrip("+-").isdigit():
-                self.error(key, f"expected 0 <= {text} <= {INT32_MAX}")
-            else:
-                self.error(key, f"invalid value: {text}")
-            return None
-        if value < 0:
-            self.error(key, f"expected 0 <= {text} <= {INT32_MAX}")
-            return None
-        return value
-
-    def duration_s(
-        self, name: str, low_s: int, high_s: int, whole_seconds: bool
-    ) -> int | float | None:
-        found = self.get(name)
-        if found is None:
-            return None
-        key, text = found
-        try:
-            ns = parse_duration_ns(text)
-        except ValueError:
-            self.error(key, f"invalid value: {text}")
-            return None
-        if not low_s * SECOND_NS <= ns <= high_s * SECOND_NS:
-            self.error(
-                key, f"expected {format_duration_s(low_s)} <= {text} <= {format_duration_s(high_s)}"
-            )
-            return None
-        if whole_seconds and ns % SECOND_NS:
-            self.error(key, "must be specified with at most second precision")
-            return None
-        return ns // SECOND_NS if whole_seconds else ns / SECOND_NS
-
-
 def resolve(
     settings: AutoscalerSettings, annotations: Mapping[str, str], container_concurrency: int
 ) -> Resolution:
     """Apply a revision's annotations over the cluster settings; never raises.
 
+    The rules are the webhook's (`ebb.common.knative_autoscaling`); an annotation that
+    breaks one is reported and the cluster setting is used instead.
     Worked example: CC = 10, `target: 50`, utilization 0.7 -> total = min(50, 10) = 10,
     TargetValue = 7; stable window 60 s x 10 % -> panic window 6 s.
     """
-    a = _Annotations(annotations)
-    a.check_keys()
-
+    checked = knative_autoscaling.check(
+        {str(k): str(v) for k, v in annotations.items()},
+        max_scale_limit=settings.max_scale_limit,
+        allow_zero_initial_scale=settings.allow_zero_initial_scale,
+    )
+    ann = checked.values
+    errors = [_annotation_error(p) for p in checked.problems if p.name is None]
     cc = container_concurrency
     if not 0 <= cc <= 1000:
-        a.errors.append(f"spec.containerConcurrency: expected 0 <= {cc} <= 1000 (0 is used)")
+        errors.append(f"spec.containerConcurrency: expected 0 <= {cc} <= 1000 (0 is used)")
         cc = 0
-
-    autoscaler_class = settings.pod_autoscaler_class
-    found = a.get("class")
-    if found is not None:
-        # Knative also admits the HPA and foreign classes; Ebb implements only the KPA, and
-        # a class nobody implements would leave the revision unscaled.
-        if found[1] == KPA_CLASS:
-            autoscaler_class = KPA_CLASS
-        else:
-            a.error(found[0], f"invalid value: {found[1]} (Ebb supports only {KPA_CLASS})")
-
-    metric = CONCURRENCY
-    found = a.get("metric")
-    if found is not None:
-        if found[1] in (CONCURRENCY, RPS):
-            metric = found[1]
-        else:
-            a.error(found[0], f"invalid value: {found[1]}")
+    # One line per refused annotation (its first problem), in the order they are applied.
+    first: dict[str, knative_autoscaling.Problem] = {}
+    for problem in checked.problems:
+        if problem.name is not None:
+            first.setdefault(problem.name, problem)
+    errors += [_annotation_error(first[name]) for name in _REPORT_ORDER if name in first]
 
     # ResolveMetricTarget.
+    metric = ann.get("metric", CONCURRENCY)
     if metric == RPS:
         total = settings.requests_per_second_target_default
         utilization = RPS_TARGET_UTILIZATION
     else:
         total = float(cc) if cc > 0 else settings.container_concurrency_target_default
         utilization = settings.container_concurrency_target_percentage
-    target_ann = a.get("target")
-    if target_ann is not None:
-        try:
-            target = parse_float(target_ann[1])
-        except ValueError:
-            a.error(target_ann[0], f"invalid value: {target_ann[1]}")
-        else:
-            if target < TARGET_MIN:
-                a.error(target_ann[0], f"target {target_ann[1]} should be at least {TARGET_MIN}")
-            else:
-                total = min(target, float(cc)) if metric == CONCURRENCY and cc > 0 else target
-    tu_pct = a.number("target-utilization-percentage", 1, 100)
-    if tu_pct is not None:
-        utilization = tu_pct / 100.0
+    if "target" in ann:
+        target = ann["target"]
+        total = min(target, float(cc)) if metric == CONCURRENCY and cc > 0 else target
+    if "target-utilization-percentage" in ann:
+        utilization = ann["target-utilization-percentage"] / 100.0
     target_value = max(TARGET_MIN, total * utilization)
 
-    tbc = settings.target_burst_capacity
-    found = a.get("target-burst-capacity")
-    if found is not None:
-        try:
-            value = parse_float(found[1])
-        except ValueError:
-            value = None
-        if value is None or (value < 0 and value != -1):
-            a.error(found[0], f"invalid value: {found[1]}")
-        else:
-            tbc = value
-
-    window = a.duration_s("window", WINDOW_MIN_S, WINDOW_MAX_S, whole_seconds=True)
-    stable_window_s = int(window) if window is not None else settings.stable_window_s
-    pwp = a.number("panic-window-percentage", 1, 100)
-    panic_window_percentage = pwp if pwp is not None else settings.panic_window_percentage
+    stable_window_s = ann.get("window", settings.stable_window_s)
+    panic_window_percentage = ann.get("panic-window-percentage", settings.panic_window_percentage)
     # Half-up rounding, at least one 1 s bucket: 60 s x 10 % = 6 s; 15 s x 5 % = 0.75 -> 1 s.
     panic_window_s = max(1, math.floor(stable_window_s * panic_window_percentage / 100.0 + 0.5))
-    ptp = a.number("panic-threshold-percentage", 110, 1000)
-    panic_threshold = (ptp if ptp is not None else settings.panic_threshold_percentage) / 100.0
-
-    min_ann = a.integer("min-scale")
-    max_ann = a.integer("max-scale")
-    min_scale = min_ann if min_ann is not None else settings.min_scale
-    max_scale = max_ann if max_ann is not None else settings.max_scale
-    max_key = a.get("max-scale")
-    if max_ann is not None and max_key is not None:
-        ann_min = min_ann or 0
-        if max_ann != 0 and max_ann < ann_min:
-            a.error(max_key[0], f"max-scale={max_ann} is less than min-scale={ann_min}")
-            max_scale = settings.max_scale
-        elif settings.max_scale_limit > 0 and max_ann > settings.max_scale_limit:
-            a.error(max_key[0], f"expected 1 <= {max_ann} <= {settings.max_scale_limit}")
-            max_scale = settings.max_scale
-        elif settings.max_scale_limit > 0 and max_ann == 0:
-            a.error(
-                max_key[0], f"max-scale=0 (unlimited), must be less than {settings.max_scale_limit}"
-            )
-            max_scale = settings.max_scale
-
-    activation_scale = 1
-    found = a.get("activation-scale")
-    if found is not None:
-        key, text = found
-        ann_min, ann_max = min_ann or 0, max_ann or 0
-        try:
-            value = parse_int(text)
-        except ValueError:
-            a.error(key, f"invalid value: {text}")
-        else:
-            if ann_min > value:
-                a.error(key, f"min-scale={ann_min} is greater than activation-scale={value}")
-            elif ann_max != 0 and ann_max < value:
-                a.error(key, f"max-scale={ann_max} is less than activation-scale={value}")
-            elif value < 2:
-                a.error(key, f"activation-scale={value} must be greater than 1")
-            else:
-                activation_scale = value
-
-    initial_scale = settings.initial_scale
-    found = a.get("initial-scale")
-    if found is not None:
-        key, text = found
-        try:
-            value = parse_int(text)
-        except ValueError:
-            a.error(key, f"invalid value: {text}")
-        else:
-            if value < 0:
-                a.error(key, f"invalid value: {text} (must be greater than or equal to 0)")
-            elif value == 0 and not settings.allow_zero_initial_scale:
-                a.error(key, f"invalid value: {text} (initial-scale=0 not allowed by cluster)")
-            else:
-                initial_scale = value
-
-    delay = a.duration_s("scale-down-delay", 0, WINDOW_MAX_S, whole_seconds=True)
-    scale_down_delay_s = int(delay) if delay is not None else settings.scale_down_delay_s
-    retention = a.duration_s(
-        "scale-to-zero-pod-retention-period", 0, WINDOW_MAX_S, whole_seconds=False
+    panic_threshold_percentage = ann.get(
+        "panic-threshold-percentage", settings.panic_threshold_percentage
     )
-    retention_s = (
-        float(retention) if retention is not None else settings.scale_to_zero_pod_retention_period_s
-    )
-
-    aggregation = LINEAR
-    found = a.get("metric-aggregation-algorithm")
-    if found is not None:
-        if found[1] in _ALGORITHMS:
-            aggregation = _ALGORITHMS[found[1]]
-        else:
-            a.error(found[0], f"invalid value: {found[1]}")
 
     config = RevisionScalingConfig(
-        autoscaler_class=autoscaler_class,
+        autoscaler_class=ann.get("class", settings.pod_autoscaler_class),
         metric=metric,
         container_concurrency=cc,
         total_value=total,
         target_value=target_value,
         target_utilization=utilization,
-        target_burst_capacity=tbc,
+        target_burst_capacity=ann.get("target-burst-capacity", settings.target_burst_capacity),
         stable_window_s=stable_window_s,
         panic_window_percentage=panic_window_percentage,
         panic_window_s=panic_window_s,
-        panic_threshold=panic_threshold,
+        panic_threshold=panic_threshold_percentage / 100.0,
         max_scale_up_rate=settings.max_scale_up_rate,
         max_scale_down_rate=settings.max_scale_down_rate,
-        min_scale=min_scale,
-        max_scale=max_scale,
-        initial_scale=initial_scale,
-        scale_down_delay_s=scale_down_delay_s,
-        activation_scale=activation_scale,
-        aggregation=aggregation,
+        min_scale=ann.get("min-scale", settings.min_scale),
+        max_scale=ann.get("max-scale", settings.max_scale),
+        initial_scale=ann.get("initial-scale", settings.initial_scale),
+        scale_down_delay_s=ann.get("scale-down-delay", settings.scale_down_delay_s),
+        activation_scale=ann.get("activation-scale", 1),
+        aggregation=ann.get("metric-aggregation-algorithm", LINEAR),
         enable_scale_to_zero=settings.enable_scale_to_zero,
         scale_to_zero_grace_period_s=settings.scale_to_zero_grace_period_s,
-        scale_to_zero_pod_retention_period_s=retention_s,
+        scale_to_zero_pod_retention_period_s=ann.get(
+            "scale-to-zero-pod-retention-period", settings.scale_to_zero_pod_retention_period_s
+        ),
         activator_capacity=settings.activator_capacity,
     )
-    return Resolution(config=config, errors=tuple(a.errors))
+    return Resolution(config=config, errors=tuple(errors))
+
+
+# The order resolve() reports refused annotations in, after the unknown or doubly spelled
+# keys and containerConcurrency (the webhook's order differs; these lines have always
+# come in this one).
+_REPORT_ORDER = (
+    "class",
+    "metric",
+    "target",
+    "target-utilization-percentage",
+    "target-burst-capacity",
+    "window",
+    "panic-window-percentage",
+    "panic-threshold-percentage",
+    "min-scale",
+    "max-scale",
+    "activation-scale",
+    "initial-scale",
+    "scale-down-delay",
+    "scale-to-zero-pod-retention-period",
+    "metric-aggregation-algorithm",
+)
+assert sorted(_REPORT_ORDER) == sorted(knative_autoscaling.ALIASES)
+
+
+def _annotation_error(problem: knative_autoscaling.Problem) -> str:
+    """One error line, field path first; a clash is placed on the spelling not used."""
+    if problem.clash:
+        used, *others = problem.keys
+        listed = ", ".join(problem.keys)
+        return (
+            f"{ANNOTATIONS_PATH}.{others[0]}: "
+            f"expected exactly one of {listed}, got both ({used} is used)"
+        )
+    return f"{ANNOTATIONS_PATH}.{problem.keys[0]}: {problem.message}"
 
 
 def revision_config(

@@ -1305,11 +1305,11 @@ class ClientConnection(asyncio.Protocol):
         the caller's. Tracing on only."""
         tp, state = self._tp, self._tstate
         span = tracing.start_http_span(method.decode("latin-1"), traceparent=tp, tracestate=state)
-        parts = self._parts
         if tp is not None or state is not None:
-            parts = self._parts = drop_headers(parts, _TRACE_HEADERS, 0)
-        for name, value in tracing.trace_headers(span, state):
-            parts.extend((name.encode(), SEP, value.encode("latin-1"), CRLF))
+            self._parts = drop_headers(self._parts, _TRACE_HEADERS, 0)
+        # One element holding whole lines, padded to the [name, ": ", value, CRLF] stride
+        # that `drop_headers` walks (its "name" matches no header name).
+        self._parts.extend((tracing.trace_header_lines(span, state), b"", b"", b""))
         return span
 
     # -- building the upstream request head

@@ -202,7 +202,7 @@ class RequestTally:
     allocation once a tag is known); read by `request_families` on the scrape thread.
     """
 
-    __slots__ = ("by_tag", "buckets", "sums", "rejected", "timeouts")
+    __slots__ = ("by_tag", "buckets", "sums", "rejected", "timeouts", "_tags")
 
     def __init__(self, reasons: Iterable[str] = (), kinds: Iterable[str] = ()) -> None:
         self.by_tag: dict[bytes, list[int]] = {b"": [0, 0, 0, 0]}  # tag -> count per class
@@ -211,6 +211,7 @@ class RequestTally:
         # Every reason and kind is exported from the start, at 0, so rate() sees the first.
         self.rejected = dict.fromkeys(reasons, 0)
         self.timeouts = dict.fromkeys(kinds, 0)
+        self._tags = 0  # route tags counted under their own name
 
     def record(self, status: int, tag: bytes, seconds: float) -> None:
         """One answered request: its final status, route tag (b"" for none) and latency."""
@@ -226,11 +227,13 @@ class RequestTally:
 
     def _new_tag(self, tag: bytes) -> list[int]:
         by_tag = self.by_tag
-        if _TAG.fullmatch(tag) is None or len(by_tag) > MAX_ROUTE_TAGS:
+        if _TAG.fullmatch(tag) is None or self._tags >= MAX_ROUTE_TAGS:
             tag = OTHER_TAG  # junk or one tag too many: not remembered under its own name
             counts = by_tag.get(tag)
             if counts is not None:
                 return counts
+        else:
+            self._tags += 1
         counts = by_tag[tag] = [0, 0, 0, 0]
         return counts
 

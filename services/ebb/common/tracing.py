@@ -186,15 +186,24 @@ def sample(sampler: str, ratio: float, parent: TraceParent | None, trace_id: int
     is recorded, as OpenTelemetry's sampler named `sampler` decides it: parent-based ones
     follow a caller's sampled flag; the ratio ones keep a trace when the low 64 bits of its
     id fall below ratio x 2^64 (TraceIdRatioBased, so every hop agrees)."""
-    if sampler.startswith("parentbased_"):
-        if parent is not None:
-            return parent.sampled
-        sampler = sampler[len("parentbased_") :]
-    if sampler == "always_on":
-        return True
-    if sampler == "always_off":
-        return False
-    return trace_id & _TRACE_ID_LOW < round(ratio * (_TRACE_ID_LOW + 1))
+    return decider(sampler, ratio)(parent, trace_id)
+
+
+def decider(sampler: str, ratio: float):
+    """`sample` for fixed settings, as a fast `decide(parent, trace_id) -> bool`."""
+    root = sampler.removeprefix("parentbased_")
+    parent_based = root != sampler
+    fixed = {"always_on": True, "always_off": False}.get(root)  # None: traceidratio
+    bound = round(ratio * (_TRACE_ID_LOW + 1))
+
+    def decide(parent: TraceParent | None, trace_id: int) -> bool:
+        if parent_based and parent is not None:
+            return parent.flags & SAMPLED == SAMPLED
+        if fixed is not None:
+            return fixed
+        return trace_id & _TRACE_ID_LOW < bound
+
+    return decide
 
 
 class UnsampledSpan:
@@ -416,7 +425,10 @@ class Tracing:
         self._closed = False
         # The data plane decides sampling itself (`sample`) when it knows the settings, and
         # then records through `http_provider` (same span processors, ALWAYS_ON sampler).
-        self._settings = settings if http_provider is not None else None
+        self._decide = None
+        if settings is not None and http_provider is not None:
+            ratio = 1.0 if settings.sampler_arg is None else settings.sampler_arg
+            self._decide = decider(settings.sampler, ratio)
         self._http_tracer = (http_provider or provider).get_tracer("ebb.http") if provider else None
 
     @property
@@ -480,17 +492,17 @@ class Tracing:
         no context is attached here."""
         if self.provider is None:
             return None
-        parent = parse_traceparent(traceparent)
-        settings = self._settings
-        if settings is not None:
-            trace_id = int(parent.trace_id, 16) if parent is not None else random.getrandbits(128) or 1
-            ratio = 1.0 if settings.sampler_arg is None else settings.sampler_arg
-            if not sample(settings.sampler, ratio, parent, trace_id):
-                return UnsampledSpan(
-                    parent.trace_id if parent is not None else f"{trace_id:032x}",
-                    _new_span_id_fast(),
-                    _text(tracestate) or None,
-                )
+        parent = None if traceparent is None else parse_traceparent(traceparent)
+        decide = self._decide
+        if decide is not None:
+            if parent is None:
+                trace_id = random.getrandbits(128) or 1
+                if not decide(None, trace_id):
+                    return UnsampledSpan(
+                        f"{trace_id:032x}", _new_span_id_fast(), _text(tracestate) or None
+                    )
+            elif not decide(parent, int(parent.trace_id, 16)):
+                return UnsampledSpan(parent.trace_id, _new_span_id_fast(), _text(tracestate) or None)
         from opentelemetry.trace import SpanKind
 
         return self._http_tracer.start_span(
@@ -537,6 +549,20 @@ class Tracing:
         if state:
             headers.append((TRACESTATE, state))
         return headers
+
+    @classmethod
+    def trace_header_lines(cls, span, tracestate: str | bytes | None = None) -> bytes:
+        """`trace_headers` as HTTP/1.1 header lines (b"Name: value\\r\\n" each), for
+        proxies that build heads as bytes."""
+        if span.__class__ is UnsampledSpan:
+            line = b"traceparent: 00-%s-%s-00\r\n" % (span.trace_id.encode(), span.span_id.encode())
+            if span.tracestate:
+                line += b"tracestate: %s\r\n" % span.tracestate.encode("latin-1")
+            return line
+        return b"".join(
+            b"%s: %s\r\n" % (name.encode(), value.encode("latin-1"))
+            for name, value in cls.trace_headers(span, tracestate)
+        )
 
     @staticmethod
     def trace_id_of(span) -> str:

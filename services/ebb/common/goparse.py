@@ -1,4 +1,8 @@
-"""Parse setting and annotation values the way Knative's Go code does (pure)."""
+"""Parse and print values the way Knative's Go code does (strconv, time.ParseDuration; pure).
+
+The autoscaler reads config-autoscaler values and annotations with these, the webhook
+validates annotations with them; both must agree on what `1.5h` or `2147483648` means.
+"""
 
 from __future__ import annotations
 
@@ -26,23 +30,31 @@ SECOND_NS = 1_000_000_000
 INT32_MAX = 2**31 - 1
 
 
-def parse_int(text: str) -> int:
-    """strconv.ParseInt(text, 10, 32): optional sign and decimal digits, fits in int32."""
+class OutOfRange(ValueError):
+    """The text is a well-formed integer that does not fit the Go type (strconv.ErrRange)."""
+
+
+def parse_int(text: str, bits: int) -> int:
+    """strconv.ParseInt(text, 10, bits): optional sign and decimal digits only.
+
+    Raises ValueError for bad syntax, OutOfRange (a ValueError) when it does not fit.
+    """
     if not _INT.match(text):
-        raise ValueError(f"not an integer: {text!r}")
+        raise ValueError(f"invalid syntax: {text!r}")
     value = int(text)
-    if not -(2**31) <= value <= INT32_MAX:
-        raise ValueError(f"out of range: {text!r}")
+    if not -(2 ** (bits - 1)) <= value <= 2 ** (bits - 1) - 1:
+        raise OutOfRange(f"out of range: {text!r}")
     return value
 
 
 def parse_float(text: str) -> float:
     """strconv.ParseFloat(text, 64) in decimal notation; NaN and Inf are refused.
 
-    Go accepts "NaN" and "Inf", after which every range check passes; Ebb refuses them.
+    Go accepts "NaN" and "Inf", after which every range check passes; Ebb refuses them
+    (the syntax has no NaN, so only an overflow such as 1e999 is out of range).
     """
     if not _FLOAT.match(text):
-        raise ValueError(f"not a number: {text!r}")
+        raise ValueError(f"invalid syntax: {text!r}")
     value = float(text)
     if not math.isfinite(value):
         raise ValueError(f"out of range: {text!r}")
@@ -55,12 +67,15 @@ def parse_bool(text: str) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise ValueError(f"not a boolean: {text!r}")
+    raise ValueError(f"invalid syntax: {text!r}")
 
 
 def parse_duration_ns(text: str) -> int:
-    """time.ParseDuration: `[-+]?(digits[.digits]unit)+` or "0"; returns nanoseconds."""
-    body = text.strip()
+    """time.ParseDuration: `[-+]?(digits[.digits]unit)+` or "0"; returns nanoseconds.
+
+    Like Go, white space is not trimmed: " 6s" is invalid.
+    """
+    body = text
     sign = 1
     if body[:1] in ("+", "-"):
         sign = -1 if body[0] == "-" else 1
@@ -84,24 +99,35 @@ def parse_duration_ns(text: str) -> int:
     return sign * int(total)
 
 
+def format_duration_ns(ns: int) -> str:
+    """Duration.String() for the bounds Knative prints: 0s, 6s, 1m0s, 1h0m0s (exact)."""
+    hours, rest = divmod(abs(ns), 3600 * SECOND_NS)
+    minutes, rest = divmod(rest, 60 * SECOND_NS)
+    seconds = Fraction(rest, SECOND_NS)
+    sec = str(int(seconds)) if seconds.denominator == 1 else f"{float(seconds):g}"
+    return _join_duration(ns < 0, int(hours), int(minutes), sec)
+
+
 def format_duration_s(seconds: float) -> str:
-    """Go's Duration.String() for the values we print: 0s, 6s, 1.5s, 1m0s, 1h0m0s."""
-    if seconds == 0:
-        return "0s"
-    sign = "-" if seconds < 0 else ""
-    rest = abs(seconds)
-    hours, rest = divmod(rest, 3600)
+    """Duration.String() for a number of seconds, fractions too: 0s, 1.5s, 1m0s, 1h0m0s."""
+    hours, rest = divmod(abs(seconds), 3600)
     minutes, rest = divmod(rest, 60)
     sec = f"{rest:g}" if rest != int(rest) else str(int(rest))
+    return _join_duration(seconds < 0, int(hours), int(minutes), sec)
+
+
+def _join_duration(negative: bool, hours: int, minutes: int, sec: str) -> str:
+    # Zero needs no case of its own: it has no hours or minutes and prints as "0s".
+    sign = "-" if negative else ""
     if hours:
-        return f"{sign}{int(hours)}h{int(minutes)}m{sec}s"
+        return f"{sign}{hours}h{minutes}m{sec}s"
     if minutes:
-        return f"{sign}{int(minutes)}m{sec}s"
+        return f"{sign}{minutes}m{sec}s"
     return f"{sign}{sec}s"
 
 
 def format_number(value: float | int) -> str:
-    """fmt's %v for numbers: 2.0 -> "2", 0.5 -> "0.5", 1e-05 -> "1e-05"."""
+    """fmt's %v for numbers and bools: 2.0 -> "2", 0.5 -> "0.5", 1e-05 -> "1e-05", true."""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, int):

@@ -118,9 +118,9 @@ def test_every_service_and_queue_serves_metrics_and_counters_move(mesh):
     # While the revision has one instance, short of the default target burst capacity
     # (211), the activator stays in the path: every request went through it.
     revisions = json.loads(mesh.ebb("revision", "list", "-o", "json").stdout)
-    if revisions[0]["status"].get("servingMode") == "proxy":
-        forwarded = total(after["activator"], "ebb_activator_requests", "ebb_activator_requests_total", **rev)
-        assert forwarded >= REQUESTS
+    assert revisions[0]["status"]["servingMode"] == "proxy"
+    forwarded = total(after["activator"], "ebb_activator_requests", "ebb_activator_requests_total", **rev)
+    assert forwarded >= REQUESTS
     assert total(after["activator"], "ebb_activator_instances", "ebb_activator_instances", **rev) == 1
     moved = {
         "webhook": ("ebb_webhook_admissions", "ebb_webhook_admissions_total"),

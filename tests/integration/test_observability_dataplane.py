@@ -230,14 +230,15 @@ def gateway_get(act, path: str, headers: dict[str, str]):
 
 
 async def test_one_trace_from_gateway_through_a_held_request_to_the_app(tmp_path, monkeypatch):
+    fake = FakeController()
+    fake.publish("r1")  # at zero: no instance yet
     async with (
         traced_env(monkeypatch) as receiver,
-        controller_server(fake := FakeController()) as controller_port,
+        controller_server(fake) as controller_port,
         fake_autoscaler() as (_, autoscaler_port, _),
         activator(tmp_path, controller_port, autoscaler_port) as act,
     ):
-        fake.publish("r1")  # at zero: no instance yet
-        await synced(act)
+        await synced(act)  # its first snapshot names r1
         parent = f"00-{TRACE}-{GATEWAY_SPAN}-01"  # what the gateway sent
         held = asyncio.ensure_future(asyncio.to_thread(gateway_get, act, "/headers", {"traceparent": parent}))
         await asyncio.sleep(0.3)
@@ -266,22 +267,26 @@ async def test_one_trace_from_gateway_through_a_held_request_to_the_app(tmp_path
 
 @pytest.mark.parametrize("bad", ["garbage", f"00-{TRACE}-{'0' * 16}-01", f"00-{TRACE.upper()}-{GATEWAY_SPAN}-01"])
 async def test_a_malformed_traceparent_starts_a_new_trace_and_the_request_succeeds(tmp_path, monkeypatch, bad):
-    async with (
-        traced_env(monkeypatch) as receiver,
-        instance(tmp_path) as (address, _, _),
-        controller_server(fake := FakeController()) as controller_port,
-        fake_autoscaler() as (_, autoscaler_port, _),
-        activator(tmp_path, controller_port, autoscaler_port) as act,
-    ):
+    fake = FakeController()
+    async with traced_env(monkeypatch) as receiver, instance(tmp_path) as (address, _, _):
         fake.publish("r1", ready=[address])
-        await synced(act)
-        status, _, body = await asyncio.to_thread(gateway_get, act, "/headers", {"traceparent": bad})
-        assert status == 200, body
-        seen = tr.parse_traceparent(json.loads(body)["traceparent"])
-        assert seen is not None and seen.trace_id != TRACE.lower()
-        act_span, queue_span = await spans_of(receiver, seen.trace_id)
-        assert not act_span.parent_span_id  # a new trace: the bad header was ignored
-        assert queue_span.parent_span_id == act_span.span_id
+        async with (
+            controller_server(fake) as controller_port,
+            fake_autoscaler() as (_, autoscaler_port, _),
+            activator(tmp_path, controller_port, autoscaler_port) as act,
+        ):
+            await synced(act)  # its first snapshot names r1 and its instance
+            await _malformed_request(receiver, act, bad)
+
+
+async def _malformed_request(receiver: OtlpReceiver, act, bad: str) -> None:
+    status, _, body = await asyncio.to_thread(gateway_get, act, "/headers", {"traceparent": bad})
+    assert status == 200, body
+    seen = tr.parse_traceparent(json.loads(body)["traceparent"])
+    assert seen is not None and seen.trace_id != TRACE.lower()
+    act_span, queue_span = await spans_of(receiver, seen.trace_id)
+    assert not act_span.parent_span_id  # a new trace: the bad header was ignored
+    assert queue_span.parent_span_id == act_span.span_id
 
 
 async def test_queue_alone_traces_with_its_metrics_port_and_request_log(tmp_path, monkeypatch):

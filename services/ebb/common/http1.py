@@ -30,6 +30,8 @@ from http import HTTPStatus
 
 import httptools
 
+from ebb.common.tracing import UnsampledSpan
+
 log = logging.getLogger(__name__)
 
 HIGH_WATER = 256 * 1024  # bytes buffered toward one side before the other side stops being read
@@ -596,6 +598,7 @@ class Exchange:
         "bytes_in",
         "bytes_out",
         "t_begin",
+        "t_end",
         # set by the handler
         "route",
         "pool",
@@ -654,6 +657,7 @@ class Exchange:
         self.bytes_in = 0  # request body bytes from the client
         self.bytes_out = 0  # response body bytes to the client
         self.t_begin = 0.0  # the handler's clock at admission (latency is measured from it)
+        self.t_end = 0.0  # ... and when it ended (set by handlers that need it)
         self.route = route  # what the connection resolved the request to (the handler's type)
         self.pool: UpstreamPool | None = None  # where `go` takes a connection from
         self.limits: Limits | None = None  # timeouts; set by the handler before `arm_timer`
@@ -974,7 +978,8 @@ class Exchange:
             proxy = self.proxy
             proxy.in_flight -= 1
             proxy.release(self)
-        if self.span is not None:
+        span = self.span
+        if span is not None and span.__class__ is not UnsampledSpan:  # nothing to end
             self.proxy.end_span(self)
         self.conn.exchange_done(self)
 

@@ -92,6 +92,7 @@ _FALSE = ("", "0", "false", "no", "off")
 # version "-" trace-id "-" parent-id "-" flags, lowercase hex. A future version (not 00,
 # not ff) may append fields after another "-"; version 00 must end after the flags.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[^\s]*)?")
+_BYTES = (bytes, bytearray)  # a tuple: `bytes | bytearray` builds a union on every call
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 SAMPLED = 0x01
@@ -135,7 +136,7 @@ def parse_traceparent(value: str | bytes | None) -> TraceParent | None:
     """
     if value is None:
         return None
-    if isinstance(value, bytes | bytearray):
+    if isinstance(value, _BYTES):
         try:
             value = value.decode("ascii")
         except UnicodeDecodeError:
@@ -207,29 +208,49 @@ def decider(sampler: str, ratio: float):
 
 
 class UnsampledSpan:
-    """A sampled-out data-plane span: just what the next hop's `traceparent` needs."""
+    """A sampled-out data-plane span: just what the next hop's `traceparent` needs (built
+    once, as the header line a proxy sends on)."""
 
-    __slots__ = ("trace_id", "span_id", "tracestate")
+    __slots__ = ("trace_id", "span_id", "tracestate", "header_lines")
 
     def __init__(self, trace_id: str, span_id: str, tracestate: str | None = None) -> None:
         self.trace_id = trace_id
         self.span_id = span_id
         self.tracestate = tracestate
+        lines = "traceparent: 00-" + trace_id + "-" + span_id + "-00\r\n"
+        if tracestate:
+            lines += "tracestate: " + tracestate + "\r\n"
+        self.header_lines = lines.encode("latin-1")
 
     def is_recording(self) -> bool:
         return False
 
 
-def _new_span_id_fast() -> str:
-    # random, not secrets: ids need to be unique, not secret (the SDK does the same), and
-    # os.urandom is a system call per request.
-    return f"{random.getrandbits(64) or 1:016x}"
+# Ids come from `random`, not `secrets`: they must be unique, not secret (the SDK does the
+# same), and os.urandom is a system call. One draw of 192 bits, formatted once, gives both
+# ids of a new trace (formatting is most of the cost).
+_getrandbits = random.getrandbits
+
+
+def _new_ids() -> tuple[str, str, int]:
+    """(trace id, span id) as hex for a new trace, and the trace id's low 64 bits (what
+    TraceIdRatioBased compares with its bound)."""
+    bits = _getrandbits(192)
+    ids = bits.to_bytes(24, "big").hex()  # twice as fast as "%048x"
+    trace_id, span_id = ids[:32], ids[32:]
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:  # 2^-64 at worst: draw again
+        return _new_ids()
+    return trace_id, span_id, (bits >> 64) & _TRACE_ID_LOW
+
+
+def _new_span_id() -> str:
+    return (_getrandbits(64) or 1).to_bytes(8, "big").hex()
 
 
 def _text(value: str | bytes | None) -> str | None:
-    if isinstance(value, bytes | bytearray):
-        return value.decode("latin-1")
-    return value
+    if value is None or value.__class__ is str:  # no isinstance(X | Y): that builds a union
+        return value
+    return bytes(value).decode("latin-1")
 
 
 # ---------------------------------------------------------------------------------------
@@ -496,13 +517,11 @@ class Tracing:
         decide = self._decide
         if decide is not None:
             if parent is None:
-                trace_id = random.getrandbits(128) or 1
-                if not decide(None, trace_id):
-                    return UnsampledSpan(
-                        f"{trace_id:032x}", _new_span_id_fast(), _text(tracestate) or None
-                    )
-            elif not decide(parent, int(parent.trace_id, 16)):
-                return UnsampledSpan(parent.trace_id, _new_span_id_fast(), _text(tracestate) or None)
+                trace_id, span_id, low = _new_ids()
+                if not decide(None, low):
+                    return UnsampledSpan(trace_id, span_id, _text(tracestate) or None)
+            elif not decide(parent, int(parent.trace_id[16:], 16)):
+                return UnsampledSpan(parent.trace_id, _new_span_id(), _text(tracestate) or None)
         from opentelemetry.trace import SpanKind
 
         return self._http_tracer.start_span(
@@ -555,10 +574,7 @@ class Tracing:
         """`trace_headers` as HTTP/1.1 header lines (b"Name: value\\r\\n" each), for
         proxies that build heads as bytes."""
         if span.__class__ is UnsampledSpan:
-            line = b"traceparent: 00-%s-%s-00\r\n" % (span.trace_id.encode(), span.span_id.encode())
-            if span.tracestate:
-                line += b"tracestate: %s\r\n" % span.tracestate.encode("latin-1")
-            return line
+            return span.header_lines
         return b"".join(
             b"%s: %s\r\n" % (name.encode(), value.encode("latin-1"))
             for name, value in cls.trace_headers(span, tracestate)

@@ -56,7 +56,10 @@ async def serve(settings: QueueSettings, tracing: tracing_mod.Tracing = tracing_
     request_log = None
     if settings.request_log:
         request_log = RequestLog(
-            namespace=settings.namespace, revision=settings.revision, instance=settings.instance
+            namespace=settings.namespace,
+            revision=settings.revision,
+            instance=settings.instance,
+            clock=clock,
         )
     proxy = Proxy(
         app_host=settings.app_host,

@@ -170,13 +170,11 @@ class Proxy(Handler):
                 nxt.waiting = False
                 nxt.slot = True
                 self.loop.call_soon(nxt.go)
-        now = self.clock()
+        now = ex.t_end = self.clock()
         self.stats.request_out(now, ex.proxied)
-        status = ex.status or CLIENT_CLOSED
-        latency_s = now - ex.t_begin
-        self.tally.record(status, ex.tag or b"", latency_s)
+        self.tally.record(ex.status or CLIENT_CLOSED, ex.tag or b"", now - ex.t_begin)
         if self.request_log is not None:
-            self.request_log.record(ex, status, latency_s)
+            self.request_log.record(ex)
 
     def timed_out(self, ex: Exchange, kind: str) -> None:
         self.tally.timed_out(kind)

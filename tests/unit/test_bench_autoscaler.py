@@ -1,0 +1,217 @@
+"""bench.autoscaler's pure parts: Prometheus text, histograms, ingest figures, the simulated
+queue's time-weighted report, reaction milestones, summaries and verdicts."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `bench` lives at the repo root
+
+from bench import autoscaler as ba  # noqa: E402
+
+METRICS = """\
+# HELP ebb_autoscaler_stats_received_total Stats received on StatsService.StreamStats.
+# TYPE ebb_autoscaler_stats_received_total counter
+ebb_autoscaler_stats_received_total 12345.0
+ebb_autoscaler_stats_dropped_total{reason="missing_revision"} 0.0
+ebb_autoscaler_stats_dropped_total{reason="unknown_revision"} 7.0
+ebb_autoscaler_desired_instances{namespace="bench",revision="bench-00001"} -1.0
+ebb_autoscaler_tick_duration_seconds_bucket{le="0.005"} 1.0
+ebb_autoscaler_tick_duration_seconds_bucket{le="0.01"} 3.0
+ebb_autoscaler_tick_duration_seconds_bucket{le="0.1"} 5.0
+ebb_autoscaler_tick_duration_seconds_bucket{le="+Inf"} 5.0
+ebb_autoscaler_tick_duration_seconds_count 5.0
+ebb_autoscaler_tick_duration_seconds_sum 0.125
+ebb_autoscaler_tick_duration_seconds_created 1.7e+09
+"""
+
+
+def test_parse_prometheus_names_labels_values():
+    samples = ba.parse_prometheus(METRICS)
+    assert samples[0] == ba.Sample("ebb_autoscaler_stats_received_total", {}, 12345.0)
+    desired = [s for s in samples if s.name == "ebb_autoscaler_desired_instances"]
+    assert desired[0].labels == {"namespace": "bench", "revision": "bench-00001"}
+    assert desired[0].value == -1.0
+    inf = [s for s in samples if s.labels.get("le") == "+Inf"]
+    assert inf[0].value == 5.0
+
+
+def test_parse_prometheus_escapes_timestamps_and_special_values():
+    text = 'm{a="x \\"q\\", y",b="back\\\\slash\\n"} +Inf 1700000000000\nn NaN\n'
+    m, n = ba.parse_prometheus(text)
+    assert m.labels == {"a": 'x "q", y', "b": "back\\slash\n"}
+    assert m.value == math.inf
+    assert math.isnan(n.value)
+
+
+@pytest.mark.parametrize("line", ["just_a_name", 'm{a="1" 2', "m{a=1} 2", "m notanumber"])
+def test_parse_prometheus_rejects(line):
+    with pytest.raises(ValueError):
+        ba.parse_prometheus(line)
+
+
+def test_metric_total_sums_matching_labels():
+    samples = ba.parse_prometheus(METRICS)
+    assert ba.metric_total(samples, ba.RECEIVED) == 12345
+    assert ba.metric_total(samples, ba.DROPPED) == 7
+    assert ba.metric_total(samples, ba.DROPPED, {"reason": "missing_revision"}) == 0
+    assert ba.metric_total(samples, "absent") == 0
+
+
+def test_histogram_mean_and_max_bound():
+    h = ba.histogram(ba.parse_prometheus(METRICS), ba.TICK_HISTOGRAM)
+    assert h.count == 5 and h.sum == pytest.approx(0.125)
+    assert h.mean == pytest.approx(0.025)
+    assert h.max_bound() == 0.1  # every tick took at most 100 ms
+    assert h.buckets[0] == (0.005, 1.0) and h.buckets[-1] == (math.inf, 5.0)
+
+
+def test_histogram_minus_and_overflow():
+    earlier = ba.Histogram(((0.01, 1.0), (0.1, 2.0), (math.inf, 2.0)), 0.05, 2.0)
+    later = ba.Histogram(((0.01, 1.0), (0.1, 4.0), (math.inf, 5.0)), 20.35, 5.0)
+    d = later.minus(earlier)
+    assert d.count == 3 and d.sum == pytest.approx(20.3)
+    assert d.buckets == ((0.01, 0.0), (0.1, 2.0), (math.inf, 3.0))
+    assert d.max_bound() == math.inf  # one tick beyond the last finite bucket
+    empty = earlier.minus(earlier)
+    assert empty.max_bound() is None and empty.mean is None
+
+
+def test_histogram_missing():
+    with pytest.raises(ValueError):
+        ba.histogram(ba.parse_prometheus("x 1\n"), ba.TICK_HISTOGRAM)
+
+
+def test_ingest_figures():
+    fig = ba.ingest_figures(100, 2, {"t": 10.0, "received": 1000, "dropped": 0, "cpu": 5.0},
+                            {"t": 20.0, "received": 201_000, "dropped": 1000, "cpu": 13.0})
+    assert fig.window_s == 10 and fig.accepted == 199_000
+    assert fig.per_second == pytest.approx(19_900)
+    assert fig.cores == pytest.approx(0.8)
+    assert fig.per_cpu_second == pytest.approx(24_875)
+    assert fig.cpu_us_per_stat == pytest.approx(8 / 199_000 * 1e6)
+    assert fig.to_dict()["per_cpu_second"] == pytest.approx(24_875)
+    idle = ba.ingest_figures(1, 1, {"t": 0, "received": 0, "dropped": 0, "cpu": 1},
+                             {"t": 1, "received": 0, "dropped": 0, "cpu": 1})
+    assert idle.per_cpu_second is None and idle.cpu_us_per_stat is None
+
+
+@pytest.mark.parametrize(
+    ("step", "start", "end", "expected"),
+    [(None, 0, 1, 0), (5.0, 4.0, 5.0, 0), (4.5, 4.0, 5.0, 25.0), (3.0, 4.0, 5.0, 50.0),
+     (4.0, 4.0, 6.0, 50.0), (4.0, 3.0, 5.0, 25.0), (1.0, 2.0, 2.0, 0.0)],
+)
+def test_time_weighted(step, start, end, expected):
+    assert ba.time_weighted(50.0, step, start, end) == pytest.approx(expected)
+
+
+def test_covering_scale():
+    assert ba.covering_scale(50, 10) == 8  # ceil(50 / 7)
+    assert ba.covering_scale(70, 10) == 10  # exactly on target, no float noise
+    assert ba.covering_scale(0, 10) == 0
+
+
+def seen(*items):
+    return [ba.Seen(at, desired, panic) for at, desired, panic in items]
+
+
+def test_reaction_times_and_baseline():
+    decisions = seen((1.0, -1, False), (3.0, 1, False), (10.2, 1, False), (11.0, 2, True),
+                     (13.0, 5, True), (15.0, 8, True), (17.0, 9, True))
+    assert ba.baseline_desired(decisions, 10.0) == 1
+    first, covered = ba.reaction_times(decisions, 10.0, 1, 8)
+    assert first == pytest.approx(1.0)
+    assert covered == pytest.approx(5.0)
+    assert ba.reaction_times(decisions, 16.0, 8, 20) == (pytest.approx(1.0), None)
+    assert ba.reaction_times([], 0.0, 1, 8) == (None, None)
+    assert ba.baseline_desired(decisions, 0.5) is None
+
+
+def test_reaction_times_ignores_decisions_before_the_step():
+    decisions = seen((9.0, 8, True), (12.0, 3, True))
+    assert ba.reaction_times(decisions, 10.0, 1, 8) == (pytest.approx(2.0), None)
+
+
+def test_time_summary():
+    assert ba.time_summary([]) == {}
+    s = ba.time_summary([3.0, 1.0, 2.0, 10.0])
+    assert s["n"] == 4 and s["median"] == 2.5 and s["min"] == 1.0 and s["max"] == 10.0
+    assert s["p95"] == pytest.approx(8.95)
+
+
+def test_formatting():
+    assert ba.fmt_bound_ms(0.1) == "≤ 100 ms"
+    assert ba.fmt_bound_ms(math.inf) == "> 10 s"
+    assert ba.fmt_bound_ms(None) == "-"
+    assert ba.fmt_opt(None, ".1f") == "-"
+    assert ba.fmt_opt(2.345, ".1f", " ms") == "2.3 ms"
+
+
+def test_stream_messages_cover_instances_in_batches():
+    from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
+
+    msgs = ba.stream_messages(pb, namespace="bench", revisions=3, instances=5,
+                              instance_offset=10, batch=2, concurrency=1.5, varied=False)
+    decoded = [pb.StreamStatsRequest.FromString(m) for m in msgs]
+    assert [len(d.stats) for d in decoded] == [2, 2, 1]
+    stats = [s for d in decoded for s in d.stats]
+    assert [s.instance for s in stats] == [f"bench-{j:06d}" for j in range(10, 15)]
+    assert [s.revision.name for s in stats] == [ba.revision_name(j % 3) for j in range(10, 15)]
+    assert all(s.average_concurrency == 1.5 and s.period_seconds == 1.0 for s in stats)
+    varied = ba.stream_messages(pb, namespace="bench", revisions=1, instances=3,
+                                instance_offset=0, batch=10, concurrency=1.0, varied=True)
+    values = [s.average_concurrency for s in pb.StreamStatsRequest.FromString(varied[0]).stats]
+    assert values == [0.0, 0.5, 1.0]
+
+
+def result_with_everything():
+    res = ba.Results(machine={"nproc": 2, "cpu_model": "x", "mem_total_mb": 1, "python": "3"})
+    res.ingest = [ba.ingest_figures(100, 2, {"t": 0, "received": 0, "dropped": 0, "cpu": 0},
+                                    {"t": 10, "received": 300_000, "dropped": 0, "cpu": 9}).to_dict(),
+                  ba.ingest_figures(1, 2, {"t": 0, "received": 0, "dropped": 0, "cpu": 0},
+                                    {"t": 10, "received": 90_000, "dropped": 0, "cpu": 9}).to_dict()]
+    res.ingest_clients = [[{"accepted": 1}], [{"error": "UNAVAILABLE: gone"}]]
+    res.tick_live = {"revisions": 5000,
+                     "steady": {"ticks": 10.0, "mean_ms": 40.0, "max_bound_s": 0.05},
+                     "whole_run": {"ticks": 14.0, "mean_ms": 60.0, "max_bound_s": 0.25},
+                     "stats_per_s_during_window": 5000.0,
+                     "autoscaler_cores_during_window": 0.3}
+    res.tick_pure = {"revisions": 5000, "ms": ba.time_summary([30.0, 31.0, 35.0]),
+                     "collector_record_per_s": 80_000.0}
+    res.reaction = {"level": 50.0, "target": 10.0, "covering_scale": 8,
+                    "first_scale_up_s": ba.time_summary([1.0, 1.5, 2.0]),
+                    "covering_s": ba.time_summary([6.0, 7.0]),
+                    "first_loaded_stat_s": ba.time_summary([0.4, 0.6]),
+                    "missed_first": 0, "missed_covering": 1}
+    return res
+
+
+def test_verdicts():
+    marks = {v.target: v.met for v in ba.verdicts(result_with_everything())}
+    ingest = [m for t, m in marks.items() if t.startswith("ingest")]
+    assert ingest == [True, False]  # 33,333 and 10,000 per CPU-second
+    live = next(m for t, m in marks.items() if "live process" in t)
+    pure = next(m for t, m in marks.items() if "pure" in t)
+    assert live is True and pure is True
+    covering = next(m for t, m in marks.items() if "covers the load" in t)
+    first = next(m for t, m in marks.items() if "scaling up" in t)
+    assert covering is False and first is True
+
+
+def test_render_has_every_section():
+    text = ba.render(result_with_everything())
+    for part in ("Ingest", "Decision tick over 5,000 revisions", "Reaction",
+                 "target (issue 3)", "UNAVAILABLE: gone", "NOT met"):
+        assert part in text
+
+
+def test_parse_args_bounds():
+    s = ba.parse_args(["--parts", "tick", "--tick-revisions", "100", "--no-pin"])
+    assert s.parts == ("tick",) and s.tick_revisions == 100 and s.pin is False
+    assert ba.parse_args(["--quick"]).reaction_trials == 3
+    for bad in (["--parts", "nope"], ["--clients", "0"], ["--batches", "0"],
+                ["--ingest-duration", "1000"], ["--trials", "0"], ["--batches", "x"]):
+        with pytest.raises(SystemExit):
+            ba.parse_args(bad)

@@ -215,19 +215,21 @@ def test_families_follow_the_counts():
 # -- the request log line
 
 
-def exchange(**kwargs):
-    base = {"url": b"/", "method": b"GET", "bytes_in": 0, "bytes_out": 0, "span": None, "traceparent": None}
+def exchange(status: int = 200, latency_s: float = 0.001, **kwargs):
+    """A finished exchange as the log reads it; it ended at 100.0 on the proxy's clock."""
+    base = {"url": b"/", "method": b"GET", "bytes_in": 0, "bytes_out": 0, "span": None, "traceparent": None,
+            "status": status, "t_begin": 100.0 - latency_s, "t_end": 100.0}  # fmt: skip
     return SimpleNamespace(**{**base, **kwargs})
 
 
-def log_lines(*records, **options) -> list[dict]:
+def log_lines(*exchanges, **options) -> list[dict]:
     stream = io.BytesIO()
     log = RequestLog(
         namespace="default", revision="hello-00001", instance="hello-00001-abc",
-        stream=stream, wall_clock=lambda: 1_750_000_000.0421, **options,
+        stream=stream, clock=lambda: 100.0, wall_clock=lambda: 1_750_000_000.0421, **options,
     )  # fmt: skip
-    for ex, status, latency_s in records:
-        log.record(ex, status, latency_s)
+    for ex in exchanges:
+        log.record(ex)
     log.close()
     raw = stream.getvalue()
     assert raw.endswith(b"\n") or not raw
@@ -235,8 +237,11 @@ def log_lines(*records, **options) -> list[dict]:
 
 
 def test_request_line_format():
-    ex = exchange(url=b"/api/items?token=secret", method=b"POST", bytes_in=12, bytes_out=345, traceparent=GOOD.encode())
-    (line,) = log_lines((ex, 201, 0.0123456))
+    ex = exchange(
+        201, 0.0123456, url=b"/api/items?token=secret", method=b"POST", bytes_in=12, bytes_out=345,
+        traceparent=GOOD.encode(),
+    )  # fmt: skip
+    (line,) = log_lines(ex)
     assert line == {
         "ts": "2025-06-15T15:06:40.042Z",
         "level": "info",
@@ -267,25 +272,30 @@ def test_request_line_format():
     ],
 )
 def test_paths_are_valid_json_whatever_they_hold(url, path):
-    (line,) = log_lines((exchange(url=url), 200, 0.001))
+    (line,) = log_lines(exchange(url=url))
     assert line["path"] == path
 
 
 @pytest.mark.parametrize("bad", [b"garbage", f"00-{'0' * 32}-{SPAN}-01".encode(), GOOD.upper().encode()])
 def test_a_malformed_traceparent_logs_no_trace_id(bad):
-    (line,) = log_lines((exchange(traceparent=bad), 200, 0.001))
+    (line,) = log_lines(exchange(traceparent=bad))
     assert line["trace_id"] == ""
 
 
 def test_the_span_s_trace_id_is_logged_when_tracing_is_on():
     span = tr.UnsampledSpan(TRACE, SPAN)
-    (line,) = log_lines((exchange(span=span, traceparent=b"garbage"), 200, 0.001))
+    (line,) = log_lines(exchange(span=span, traceparent=b"garbage"))
     assert line["trace_id"] == TRACE
 
 
 def test_lines_are_handed_over_in_batches_and_all_written_at_close():
-    lines = log_lines(*[(exchange(), 200, 0.001)] * 2500, max_batch=1000)
+    lines = log_lines(*[exchange()] * 2500, max_batch=1000)
     assert len(lines) == 2500
+
+
+def test_a_client_gone_before_any_answer_is_logged_as_499():
+    (line,) = log_lines(exchange(status=0))
+    assert line["status"] == 499
 
 
 class BlockedStream:
@@ -307,7 +317,7 @@ def test_a_blocked_stdout_drops_lines_instead_of_holding_the_loop():
     stream = BlockedStream()
     log = RequestLog(namespace="n", revision="r", instance="i", stream=stream, max_batch=10, max_pending=2)
     for _ in range(100):  # 10 batches: 2 pending (and maybe one in the writer's hands), the rest dropped
-        log.record(exchange(), 200, 0.001)
+        log.record(exchange())
     assert 70 <= log.dropped <= 80
     assert log.lines + log.dropped == 100
     stream.release.set()
@@ -372,7 +382,7 @@ def test_timeout_kinds(now, started, waiting, kind):
 async def test_a_request_is_counted_and_logged_with_its_latency_status_and_bytes():
     clock = Clock()
     stream = io.BytesIO()
-    log = RequestLog(namespace="default", revision="hello", instance="i", stream=stream)
+    log = RequestLog(namespace="default", revision="hello", instance="i", stream=stream, clock=clock)
     proxy = Proxy(app_port=8080, clock=clock, request_log=log)
     app = pooled_app(proxy.pool)
     conn, down = client(proxy)
@@ -473,12 +483,36 @@ async def test_sampled_out_still_carries_the_trace_with_the_flag_cleared():
     env = {"EBB_TRACING": "1", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"}
     t = tr.setup("queue", env, exporter=exporter, set_global=False)
     unsampled = f"00-{TRACE}-{SPAN}-00"
-    sent = await traced_request(t, b"traceparent: " + unsampled.encode() + b"\r\n")
-    down = tr.parse_traceparent(sent["traceparent"])
-    assert (down.trace_id, down.sampled) == (TRACE, False) and down.span_id != SPAN
+    sent = await traced_request(t, b"traceparent: " + unsampled.encode() + b"\r\ntracestate: v=1\r\n")
+    # Nothing is recorded here: the caller's header goes on as it came, same decision.
+    assert (sent["traceparent"], sent["tracestate"]) == (unsampled, "v=1")
     sent = await traced_request(t, b"")  # a new trace, sampled out at ratio 0
     assert tr.parse_traceparent(sent["traceparent"]).sampled is False
     assert exporter.get_finished_spans() == ()
+    t.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("sampler", "incoming", "passed_on"),
+    [
+        ("parentbased_traceidratio", f"00-{TRACE}-{SPAN}-00", True),  # unsampled caller: as it came
+        ("parentbased_always_on", f"00-{TRACE}-{SPAN}-00", True),
+        ("parentbased_traceidratio", f"00-{TRACE}-{SPAN}-01", False),  # sampled: our span
+        ("traceidratio", f"00-{TRACE}-{SPAN}-00", False),  # decides by trace id, not the flag
+        ("parentbased_traceidratio", f"00-{TRACE}-{'0' * 16}-00", False),  # malformed
+        ("parentbased_traceidratio", f"01-{TRACE}-{SPAN}-00", False),  # not version 00: parsed in full
+        ("parentbased_traceidratio", None, False),
+    ],
+)
+def test_http_hop_passes_an_unsampled_callers_header_on(sampler, incoming, passed_on):
+    env = {"EBB_TRACING": "1", "OTEL_TRACES_SAMPLER": sampler, "OTEL_TRACES_SAMPLER_ARG": "0"}
+    t = tr.setup("queue", env, exporter=InMemorySpanExporter(), set_global=False)
+    span, lines = t.http_hop(b"GET", None if incoming is None else incoming.encode(), None)
+    assert (span is None and lines is None) is passed_on
+    if not passed_on:
+        sent = tr.parse_traceparent(lines.split(b": ", 1)[1].split(b"\r\n")[0])
+        assert sent is not None and sent.span_id != SPAN
+        t.end_http_span(span, 200)
     t.shutdown()
 
 

@@ -1307,14 +1307,17 @@ class ClientConnection(asyncio.Protocol):
     def _start_span(self, tracing, method: bytes):
         """Our server span for the request just parsed, continuing the caller's trace; the
         request goes on with our `traceparent` (and the caller's `tracestate`) instead of
-        the caller's. Tracing on only."""
+        the caller's. None when the caller's unsampled header goes on as it came (see
+        `Tracing.http_hop`). Tracing on only."""
         tp, state = self._tp, self._tstate
-        span = tracing.start_http_span(method.decode("latin-1"), traceparent=tp, tracestate=state)
+        span, lines = tracing.http_hop(method, tp, state)
+        if lines is None:
+            return None
         if tp is not None or state is not None:
             self._parts = drop_headers(self._parts, _TRACE_HEADERS, 0)
         # One element holding whole lines, padded to the [name, ": ", value, CRLF] stride
         # that `drop_headers` walks (its "name" matches no header name).
-        self._parts.extend((tracing.trace_header_lines(span, state), b"", b"", b""))
+        self._parts.extend((lines, b"", b"", b""))
         return span
 
     # -- building the upstream request head

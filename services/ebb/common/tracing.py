@@ -93,6 +93,10 @@ _FALSE = ("", "0", "false", "no", "off")
 # not ff) may append fields after another "-"; version 00 must end after the flags.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[^\s]*)?")
 _BYTES = (bytes, bytearray)  # a tuple: `bytes | bytearray` builds a union on every call
+# The common case, as the proxies receive it: version 00 exactly (bytes, no whitespace).
+_TRACEPARENT_00 = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE_B = b"0" * 32
+_ZERO_SPAN_B = b"0" * 16
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 SAMPLED = 0x01
@@ -153,6 +157,18 @@ def parse_traceparent(value: str | bytes | None) -> TraceParent | None:
     if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
     return TraceParent(trace_id, span_id, int(flags_hex, 16), version)
+
+
+def trace_id_bytes(value: bytes) -> bytes:
+    """The trace id of a `traceparent` header as hex bytes, b"" when it is malformed; as
+    `parse_traceparent`, with a fast path for version 00 (a log line per request needs it)."""
+    match = _TRACEPARENT_00.fullmatch(value)
+    if match is not None:
+        if match[1] == _ZERO_TRACE_B or match[2] == _ZERO_SPAN_B:
+            return b""
+        return match[1]
+    parent = parse_traceparent(value)
+    return b"" if parent is None else parent.trace_id.encode()
 
 
 def format_traceparent(trace_id: str | int, span_id: str | int, sampled: bool = True) -> str:
@@ -441,15 +457,19 @@ def _interceptor_classes() -> tuple[type, type, type, type]:
 class Tracing:
     """A process's tracing: its TracerProvider (None when off) and helpers bound to it."""
 
-    def __init__(self, provider=None, settings: TracingSettings | None = None, http_provider=None) -> None:
+    def __init__(
+        self, provider=None, settings: TracingSettings | None = None, http_provider=None
+    ) -> None:
         self.provider = provider
         self._closed = False
         # The data plane decides sampling itself (`sample`) when it knows the settings, and
         # then records through `http_provider` (same span processors, ALWAYS_ON sampler).
         self._decide = None
+        self._parent_based = False  # `http_hop` may pass an unsampled caller's header on
         if settings is not None and http_provider is not None:
             ratio = 1.0 if settings.sampler_arg is None else settings.sampler_arg
             self._decide = decider(settings.sampler, ratio)
+            self._parent_based = settings.sampler.startswith("parentbased_")
         self._http_tracer = (http_provider or provider).get_tracer("ebb.http") if provider else None
 
     @property
@@ -531,6 +551,31 @@ class Tracing:
             attributes=dict(attributes or {}),
             start_time=start_time_ns,
         )
+
+    def http_hop(self, method: bytes, traceparent: bytes | None, tracestate: bytes | None):
+        """The data plane's one call per request (tracing on): `(span, header lines)` to
+        send on instead of the caller's `traceparent`/`tracestate`, or `(None, None)`:
+        send the request on as it came.
+
+        The second case is the common one behind another hop at a low sampling rate: the
+        caller sent a valid version-00 `traceparent` that is not sampled, and a
+        parent-based sampler follows it. Nothing would be recorded here, so the caller's
+        header goes on untouched and carries the same decision in the same trace; making
+        a span id that nothing records would only cost time. Otherwise it is
+        `start_http_span`."""
+        if traceparent is not None and self._parent_based:
+            match = _TRACEPARENT_00.fullmatch(traceparent)
+            if (
+                match is not None
+                and not int(match[3], 16) & SAMPLED
+                and match[1] != _ZERO_TRACE_B
+                and match[2] != _ZERO_SPAN_B
+            ):
+                return None, None
+        span = self.start_http_span(
+            method.decode("latin-1"), traceparent=traceparent, tracestate=tracestate
+        )
+        return span, self.trace_header_lines(span, tracestate)
 
     @staticmethod
     def end_http_span(span, status_code: int | None = None, error: str | None = None) -> None:

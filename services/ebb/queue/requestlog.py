@@ -15,11 +15,11 @@ carry secrets, and logs are kept longer than requests); `trace_id` is the reques
 (ours when tracing is on, else the caller's valid `traceparent`), or "" for none;
 `status` 499 means the client left before any answer.
 
-Cost on the loop: per request, the finished exchange is appended to a list (it carries
-every field; its end time is on the proxy's monotonic clock, turned into wall time once
-per batch). Every `flush_s`, or every `max_batch` requests, the batch is formatted in one
-tight loop (bytes `%`, about a microsecond a line) and handed to a writer thread: a slow
-or blocked stdout (a full pipe) holds up that thread, never the loop. If
+Cost on the loop: per request, its fields are copied into a flat list (its end time is on
+the proxy's monotonic clock, turned into wall time once per batch). Every `flush_s`, or
+every `max_batch` requests, the batch is formatted in one tight loop (bytes `%`, about a
+microsecond a line) and handed to a writer thread: a slow or blocked stdout (a full pipe)
+holds up that thread, never the loop. If
 the writer falls `max_pending` batches behind, further batches are dropped and counted
 (`dropped`, exported as `ebb_queue_request_logs_dropped_total`) rather than buffered
 without bound.
@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from ebb.common.http1 import CLIENT_CLOSED, Exchange
-from ebb.common.tracing import Tracing, UnsampledSpan, parse_traceparent
+from ebb.common.tracing import Tracing, UnsampledSpan, trace_id_bytes
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ FLUSH_S = 1.0
 MAX_BATCH = 1024  # lines handed to the writer at once, at most
 MAX_PENDING = 64  # batches the writer may be behind before new ones are dropped
 MAX_PATH = 2048  # bytes of the path logged
+_FIELDS = 8  # values `record` keeps per request
 
 # Bytes a path may carry straight into a JSON string: printable ASCII but `"` and `\`.
 _NEEDS_ESCAPE = re.compile(rb'[^\x20-\x21\x23-\x5b\x5d-\x7e]')
@@ -61,19 +62,6 @@ _LINE = (
 def _json_text(value: str) -> bytes:
     """`value` as the inside of a JSON string."""
     return json.dumps(value)[1:-1].encode()
-
-
-def _trace_id(span, traceparent: bytes | None) -> bytes:
-    """A request's trace id as hex bytes: its span's (tracing on), else the caller's
-    `traceparent` if valid, else b""."""
-    if span is not None:
-        if span.__class__ is UnsampledSpan:
-            return span.trace_id.encode()
-        return Tracing.trace_id_of(span).encode()
-    if traceparent is None:
-        return b""
-    parent = parse_traceparent(traceparent)
-    return b"" if parent is None else parent.trace_id.encode()
 
 
 class RequestLog:
@@ -104,7 +92,8 @@ class RequestLog:
             + b'"namespace":%s,"revision":%s,"instance":%s,'
             % tuple(json.dumps(v).encode() for v in (namespace, revision, instance))
         )
-        self._buf: list[Exchange] = []
+        self._flat: list = []  # _FIELDS values per request, see `record`
+        self._max_flat = max_batch * _FIELDS
         self._second = -1
         self._second_text = b""
         self._pending: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
@@ -119,40 +108,52 @@ class RequestLog:
     # -- the hot path
 
     def record(self, ex: Exchange) -> None:
-        """`ex` has ended (its `status`, `t_begin` and `t_end` are set): log it. Only kept
-        here; formatted with its batch (`flush`)."""
-        buf = self._buf
-        buf.append(ex)
-        if len(buf) >= self._max_batch:
+        """`ex` has ended (its `status`, `t_begin` and `t_end` are set): log it. Its fields
+        are copied into one flat list of immutable values (nothing the garbage collector
+        has to walk; keeping the exchanges themselves until the batch is formatted cost
+        more than formatting); lines are formatted with their batch (`flush`)."""
+        span = ex.span
+        if span is None:
+            trace = ex.traceparent  # bytes as received, or None
+        elif span.__class__ is UnsampledSpan:
+            trace = span.trace_id
+        else:
+            trace = Tracing.trace_id_of(span)
+        flat = self._flat
+        flat.extend((ex.t_end, ex.t_begin, ex.method, ex.url, ex.status, ex.bytes_in, ex.bytes_out, trace))
+        if len(flat) >= self._max_flat:
             self.flush()
 
     # -- handing off
 
     def flush(self) -> None:
         """Format what is buffered and hand it to the writer thread (never blocks)."""
-        buf = self._buf
-        if not buf:
+        flat = self._flat
+        if not flat:
             return
-        self._buf = []
+        self._flat = []
+        count = len(flat) // _FIELDS
         if self._pending.qsize() >= self._max_pending:
-            self.dropped += len(buf)
+            self.dropped += count
             return
-        self.lines += len(buf)
+        self.lines += count
         self._ensure_thread()
-        self._pending.put(self._format(buf))
+        self._pending.put(self._format(flat))
 
-    def _format(self, exchanges: list[Exchange]) -> bytes:
+    def _format(self, flat: list) -> bytes:
         lines = []
         append = lines.append
         line, fixed, needs_escape = _LINE, self._fixed, _NEEDS_ESCAPE.search
         to_wall = self._wall_clock() - self._clock()  # one offset per batch
-        for ex in exchanges:
-            now = ex.t_end + to_wall
+        fields = iter(flat)
+        for t_end, t_begin, method, path, status, bytes_in, bytes_out, trace in zip(
+            *(fields,) * _FIELDS, strict=True
+        ):
+            now = t_end + to_wall
             second = int(now)
             if second != self._second:
                 self._second = second
                 self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
-            path = ex.url
             query = path.find(b"?")
             if query >= 0:
                 path = path[:query]
@@ -160,22 +161,26 @@ class RequestLog:
                 path = path[:MAX_PATH]
             if needs_escape(path) is not None:
                 path = _json_text(path.decode("utf-8", "backslashreplace"))
-            span, tp = ex.span, ex.traceparent
-            trace_id = b"" if span is None and tp is None else _trace_id(span, tp)
-            latency_us = max(int((ex.t_end - ex.t_begin) * 1_000_000.0 + 0.5), 0)
+            if trace is None:
+                trace_id = b""
+            elif trace.__class__ is str:
+                trace_id = trace.encode()
+            else:
+                trace_id = trace_id_bytes(trace)
+            latency_us = max(int((t_end - t_begin) * 1_000_000.0 + 0.5), 0)
             append(
                 line
                 % (
                     self._second_text,
                     int((now - second) * 1000),
                     fixed,
-                    ex.method,
+                    method,
                     path,
-                    ex.status or CLIENT_CLOSED,
+                    status or CLIENT_CLOSED,
                     latency_us // 1000,
                     latency_us % 1000,
-                    ex.bytes_in,
-                    ex.bytes_out,
+                    bytes_in,
+                    bytes_out,
                     trace_id,
                 )
             )

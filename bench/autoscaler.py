@@ -1,0 +1,1153 @@
+"""`python -m bench.autoscaler`: the autoscaler's performance figures (issue 3), one run.
+
+Three figures, each printed beside its target:
+
+  ingest    stats/s one real autoscaler process (`python -m ebb.autoscaler`) absorbs, per
+            CPU-second of that process: K load-generator processes stream pre-serialised
+            `StreamStatsRequest`s as fast as the stream takes them, 100 stats per message
+            (an activator-like batch) and 1 per message (what a queue sends); accepted
+            stats come from `ebb_autoscaler_stats_received_total` minus drops, CPU from
+            /proc/PID/stat, both sampled over a window after a warm-up.
+  tick      one decision tick over 5,000 revisions: the live process's
+            `ebb_autoscaler_tick_duration_seconds` histogram while every revision gets one
+            stat a second, and the pure path timed in-process (`MultiScaler.decide` for
+            every revision, what `AutoscalerServer.tick` loops over).
+  reaction  from a load step (a simulated queue's concurrency going 0 -> 50 for a revision
+            with target 10, reported time-weighted once a second like the real queue) to
+            the decisions on `WatchDecisions`: the first one that scales up, and the first
+            with desired >= 8 = ceil(50 / (10 x 0.7)); default tick (2 s) and period (1 s).
+
+Everything binds 127.0.0.1, every load is bounded in count and time, and every process
+started is stopped at the end, on error and on SIGINT/SIGTERM (bench.procs.Processes).
+`python -m bench.autoscaler _stream ...` is the load generator's own entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench import procs
+from bench.procs import HOST, Proc, Processes, StartError
+from bench.report import Verdict, markdown_table
+from bench.stats import percentile
+
+REPO = Path(__file__).resolve().parent.parent
+NAMESPACE = "bench"
+STREAM_METHOD = "/ebb.api.autoscaler.v1.StatsService/StreamStats"
+TARGET_ANNOTATION = "autoscaling.knative.dev/target"
+
+INGEST_TARGET = 20_000.0  # stats per CPU-second
+TICK_TARGET_MS = 100.0
+REACTION_TARGET_S = 2.5
+
+RECEIVED = "ebb_autoscaler_stats_received_total"
+DROPPED = "ebb_autoscaler_stats_dropped_total"
+TICK_HISTOGRAM = "ebb_autoscaler_tick_duration_seconds"
+
+MAX_DURATION_S = 300.0
+MAX_REVISIONS = 20_000
+MAX_INSTANCES = 200_000
+MAX_CLIENTS = 16
+MAX_TRIALS = 50
+
+
+class Interrupted(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------
+# Pure helpers: Prometheus text, histograms, figures, reaction milestones
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
+_ESCAPES = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+
+
+def _unescape(value: str) -> str:
+    return re.sub(r"\\[\\\"n]", lambda m: _ESCAPES[m.group(0)], value)
+
+
+def _number(text: str) -> float:
+    lowered = text.lower()
+    if lowered in ("+inf", "inf"):
+        return math.inf
+    if lowered == "-inf":
+        return -math.inf
+    return float(text)
+
+
+def parse_prometheus(text: str) -> list[Sample]:
+    """The samples of a Prometheus text exposition (comments and blank lines skipped):
+    `name{a="1",b="x \\"y\\""} 2.5 [timestamp]` -> Sample(name, {a: 1, b: 'x "y"'}, 2.5).
+    A line that does not parse raises ValueError naming it."""
+    out = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        labels: dict[str, str] = {}
+        brace = line.find("{")
+        space = line.find(" ")
+        if brace != -1 and (space == -1 or brace < space):
+            name = line[:brace]
+            end = brace + 1
+            while True:
+                while end < len(line) and line[end] in " ,":
+                    end += 1
+                if end < len(line) and line[end] == "}":
+                    end += 1
+                    break
+                match = _LABEL.match(line, end)
+                if match is None:
+                    raise ValueError(f"bad labels in metrics line: {raw!r}")
+                labels[match.group(1)] = _unescape(match.group(2))
+                end = match.end()
+            rest = line[end:].split()
+        else:
+            name, *rest = line.split()
+        if not rest or not name:
+            raise ValueError(f"no value in metrics line: {raw!r}")
+        try:
+            value = _number(rest[0])
+        except ValueError:
+            raise ValueError(f"bad value in metrics line: {raw!r}") from None
+        out.append(Sample(name, labels, value))
+    return out
+
+
+def metric_total(samples: Iterable[Sample], name: str,
+                 labels: Mapping[str, str] | None = None) -> float:
+    """Sum of the samples named `name` whose labels include `labels` (0 when none)."""
+    want = dict(labels or {})
+    return sum(s.value for s in samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in want.items()))
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A Prometheus histogram: cumulative (upper bound, count) pairs ascending, sum, count."""
+
+    buckets: tuple[tuple[float, float], ...]
+    sum: float
+    count: float
+
+    @property
+    def mean(self) -> float | None:
+        return self.sum / self.count if self.count > 0 else None
+
+    def max_bound(self) -> float | None:
+        """The smallest bucket bound that holds every observation: the largest one is at
+        most this (inf when some fell beyond the last finite bound); None when empty."""
+        if self.count <= 0:
+            return None
+        for bound, cumulative in self.buckets:
+            if cumulative >= self.count:
+                return bound
+        return math.inf
+
+    def minus(self, earlier: Histogram) -> Histogram:
+        """The observations made between `earlier` and this one (same buckets)."""
+        before = dict(earlier.buckets)
+        return Histogram(tuple((b, c - before.get(b, 0.0)) for b, c in self.buckets),
+                         self.sum - earlier.sum, self.count - earlier.count)
+
+
+def histogram(samples: Iterable[Sample], name: str) -> Histogram:
+    """The histogram `name` (`name_bucket{le=..}`, `name_sum`, `name_count`) from samples;
+    ValueError when it is not there."""
+    buckets: dict[float, float] = {}
+    total = count = None
+    for s in samples:
+        if s.name == f"{name}_bucket" and "le" in s.labels:
+            bound = _number(s.labels["le"])
+            buckets[bound] = buckets.get(bound, 0.0) + s.value
+        elif s.name == f"{name}_sum":
+            total = (total or 0.0) + s.value
+        elif s.name == f"{name}_count":
+            count = (count or 0.0) + s.value
+    if not buckets or total is None or count is None:
+        raise ValueError(f"no histogram {name} in the metrics")
+    return Histogram(tuple(sorted(buckets.items())), total, count)
+
+
+@dataclass(frozen=True)
+class IngestFigures:
+    """One ingest phase: what the autoscaler accepted over a window and what it cost."""
+
+    stats_per_message: int
+    clients: int
+    window_s: float
+    received: float
+    dropped: float
+    cpu_s: float
+
+    @property
+    def accepted(self) -> float:
+        return self.received - self.dropped
+
+    @property
+    def per_second(self) -> float:
+        return self.accepted / self.window_s if self.window_s > 0 else 0.0
+
+    @property
+    def per_cpu_second(self) -> float | None:
+        return self.accepted / self.cpu_s if self.cpu_s > 0 else None
+
+    @property
+    def cores(self) -> float:
+        return self.cpu_s / self.window_s if self.window_s > 0 else 0.0
+
+    @property
+    def cpu_us_per_stat(self) -> float | None:
+        return self.cpu_s / self.accepted * 1e6 if self.accepted > 0 else None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "accepted": self.accepted, "per_second": self.per_second,
+                "per_cpu_second": self.per_cpu_second, "cores": self.cores,
+                "cpu_us_per_stat": self.cpu_us_per_stat}
+
+
+def ingest_figures(stats_per_message: int, clients: int, before: Mapping[str, float],
+                   after: Mapping[str, float]) -> IngestFigures:
+    """From two samplings {t, received, dropped, cpu} taken around a window."""
+    return IngestFigures(stats_per_message, clients, after["t"] - before["t"],
+                         after["received"] - before["received"],
+                         after["dropped"] - before["dropped"], after["cpu"] - before["cpu"])
+
+
+def time_weighted(level: float, step_at: float | None, start: float, end: float) -> float:
+    """Average concurrency over (start, end] of a load that is 0 until `step_at` and
+    `level` from then on (None: no step yet) - what a queue reports for that period.
+    E.g. level 50, step half way through a 1 s period -> 25."""
+    if end <= start:
+        return 0.0
+    if step_at is None or step_at >= end:
+        return 0.0
+    loaded = end - max(start, step_at)
+    return level * loaded / (end - start)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A decision for one revision as the watcher received it (monotonic seconds)."""
+
+    at: float
+    desired: int
+    panic: bool
+
+
+def reaction_times(seen: Sequence[Seen], step_at: float, baseline: int, cover: int
+                   ) -> tuple[float | None, float | None]:
+    """(seconds from the step to the first decision scaling above `baseline`, seconds to the
+    first with desired >= `cover`); None where no such decision came."""
+    first = covered = None
+    for d in sorted(seen, key=lambda d: d.at):
+        if d.at < step_at:
+            continue
+        if first is None and d.desired > baseline:
+            first = d.at - step_at
+        if covered is None and d.desired >= cover:
+            covered = d.at - step_at
+    return first, covered
+
+
+def baseline_desired(seen: Sequence[Seen], step_at: float) -> int | None:
+    """The desired scale last decided before the step (None: no decision before it)."""
+    before = [d for d in sorted(seen, key=lambda d: d.at) if d.at < step_at]
+    return before[-1].desired if before else None
+
+
+def covering_scale(level: float, target: float, utilization: float = 0.7) -> int:
+    """Instances the KPA wants for `level` concurrency: ceil(level / (target x util));
+    50 at target 10 -> ceil(50 / 7) = 8."""
+    return math.ceil(round(level / (target * utilization), 6))
+
+
+def time_summary(values: Sequence[float]) -> dict[str, float]:
+    """n, median, p95, min, max of timings (any unit); {} when empty."""
+    if not values:
+        return {}
+    data = sorted(values)
+    return {"n": len(data), "median": statistics.median(data), "p95": percentile(data, 95),
+            "min": data[0], "max": data[-1]}
+
+
+def fmt_opt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def fmt_bound_ms(bound_s: float | None) -> str:
+    if bound_s is None:
+        return "-"
+    if math.isinf(bound_s):
+        return "> 10 s"
+    return f"≤ {bound_s * 1000:g} ms"
+
+
+# ---------------------------------------------------------------------------------------
+# The load generator (`python -m bench.autoscaler _stream`), a separate process
+
+
+def stream_messages(pb, *, namespace: str, revisions: int, instances: int,
+                    instance_offset: int, batch: int, concurrency: float,
+                    varied: bool, jitter: float = 0.0, variants: int = 1,
+                    seed: int = 1) -> list[bytes]:
+    """Serialised StreamStatsRequests covering `instances` instances once, `batch` stats
+    each, `variants` times over; instance j (counted from `instance_offset`) reports for
+    revision j % revisions. Its value is `concurrency`, or (j % 40) / 2 when `varied`,
+    times a random factor in [1 - jitter, 1 + jitter] (a different one in each variant)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(variants):
+        out += _one_pass(pb, rng, namespace, revisions, instances, instance_offset, batch,
+                         concurrency, varied, jitter)
+    return out
+
+
+def _one_pass(pb, rng: random.Random, namespace: str, revisions: int, instances: int,
+              instance_offset: int, batch: int, concurrency: float, varied: bool,
+              jitter: float) -> list[bytes]:
+    out = []
+    for first in range(0, instances, batch):
+        request = pb.StreamStatsRequest()
+        for j in range(instance_offset + first,
+                       instance_offset + min(first + batch, instances)):
+            value = (j % 40) / 2 if varied else concurrency
+            if jitter:
+                value *= rng.uniform(1 - jitter, 1 + jitter)
+            stat = request.stats.add(
+                instance=f"bench-{j:06d}",
+                revision=pb.RevisionKey(namespace=namespace, name=revision_name(j % revisions)),
+                average_concurrency=value, request_count=value * 10,
+                process_uptime_seconds=100.0, period_seconds=1.0,
+            )
+            stat.timestamp.FromNanoseconds(time.time_ns())
+        out.append(request.SerializeToString())
+    return out
+
+
+def revision_name(i: int) -> str:
+    return f"bench-{i:05d}"
+
+
+def run_stream(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.autoscaler _stream")
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--namespace", default=NAMESPACE)
+    parser.add_argument("--revisions", type=int, required=True)
+    parser.add_argument("--instances", type=int, required=True)
+    parser.add_argument("--instance-offset", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--duration", type=float, required=True)
+    parser.add_argument("--rate", type=float, default=0.0, help="stats/s; 0 = as fast as possible")
+    parser.add_argument("--concurrency", type=float, default=1.0)
+    parser.add_argument("--varied", action="store_true")
+    parser.add_argument("--jitter", type=float, default=0.0)
+    parser.add_argument("--variants", type=int, default=1)
+    args = parser.parse_args(argv)
+    if not 0 < args.duration <= MAX_DURATION_S or not 1 <= args.batch <= 10_000:
+        parser.error("duration must be in (0, 300] s and batch in 1..10000")
+    if not 1 <= args.instances <= MAX_INSTANCES or not 1 <= args.revisions <= MAX_REVISIONS:
+        parser.error("instances or revisions out of range")
+    if not 0 <= args.jitter < 1 or not 1 <= args.variants <= 100:
+        parser.error("jitter must be in [0, 1), variants in 1..100")
+
+    import grpc
+
+    from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
+
+    messages = stream_messages(pb, namespace=args.namespace, revisions=args.revisions,
+                               instances=args.instances, instance_offset=args.instance_offset,
+                               batch=args.batch, concurrency=args.concurrency,
+                               varied=args.varied, jitter=args.jitter, variants=args.variants)
+    sizes = [min(args.batch, args.instances - i)
+             for i in range(0, args.instances, args.batch)] * args.variants
+    counts = {"messages": 0, "stats": 0}
+    channel = grpc.insecure_channel(args.target)
+    grpc.channel_ready_future(channel).result(timeout=10)
+    # request_serializer None: the messages are already bytes.
+    call = channel.stream_unary(STREAM_METHOD, request_serializer=None,
+                                response_deserializer=pb.StreamStatsResponse.FromString)
+    started = time.monotonic()
+    deadline = started + args.duration
+
+    def requests():
+        next_at = time.monotonic()
+        i = 0
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            k = i % len(messages)
+            if args.rate > 0:  # paced: each message when its stats are due
+                if now < next_at:
+                    time.sleep(min(next_at - now, deadline - now))
+                    continue
+                next_at += sizes[k] / args.rate
+            counts["messages"] += 1
+            counts["stats"] += sizes[k]
+            i += 1
+            yield messages[k]
+
+    result: dict = {"sent_messages": 0, "sent_stats": 0}
+    try:
+        response = call(requests(), timeout=args.duration + 60)
+        result.update(accepted=response.accepted, dropped=response.dropped)
+    except grpc.RpcError as exc:
+        result["error"] = f"{exc.code().name}: {exc.details()}"
+    finally:
+        channel.close()
+    result.update(sent_messages=counts["messages"], sent_stats=counts["stats"],
+                  elapsed_s=time.monotonic() - started)
+    print(json.dumps(result), flush=True)
+    return 0 if "error" not in result else 1
+
+
+# ---------------------------------------------------------------------------------------
+# Talking to a live autoscaler
+
+
+class Autoscaler:
+    """One `python -m ebb.autoscaler` process on free ports."""
+
+    def __init__(self, processes: Processes, work: Path, name: str,
+                 cpus: set[int] | None = None) -> None:
+        self.processes = processes
+        self.ready_file = work / f"{name}.ready.json"
+        self.name = name
+        self.cpus = cpus
+        self.proc: Proc | None = None
+        self.grpc = ""
+        self.metrics = ""
+        self.channel = None
+
+    def start(self, log_level: str = "info") -> None:
+        argv = [sys.executable, "-m", "ebb.autoscaler", "--grpc-port", "0", "--host", HOST,
+                "--metrics-port", "0", "--ready-file", str(self.ready_file),
+                "--log-level", log_level]
+        self.proc = self.processes.start(self.name, argv, cwd=str(REPO), cpus=self.cpus)
+        procs.wait_file(self.proc, self.ready_file, timeout_s=30)
+        info = json.loads(self.ready_file.read_text())
+        self.grpc, self.metrics = info["grpc"], info["metrics"]
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def scrape(self) -> list[Sample]:
+        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=30) as reply:
+            return parse_prometheus(reply.read().decode())
+
+    def sample(self) -> dict[str, float]:
+        """{t, received, dropped, cpu} now."""
+        cpu0 = procs.cpu_seconds(self.pid)
+        samples = self.scrape()
+        return {"t": time.monotonic(), "received": metric_total(samples, RECEIVED),
+                "dropped": metric_total(samples, DROPPED),
+                "cpu": (cpu0 + procs.cpu_seconds(self.pid)) / 2}
+
+    def register(self, names: Sequence[str], *, namespace: str = NAMESPACE,
+                 annotations: Mapping[str, str] | None = None, ready: int = 1,
+                 reachable: bool = True) -> None:
+        import grpc
+
+        from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
+        from ebb.api.autoscaler.v1 import autoscaler_pb2_grpc as pb_grpc
+
+        if self.channel is None:
+            self.channel = grpc.insecure_channel(self.grpc)
+        stub = pb_grpc.ScalingServiceStub(self.channel)
+        futures = []
+        for name in names:
+            spec = pb.AutoscalingSpec(revision=pb.RevisionKey(namespace=namespace, name=name),
+                                      annotations=dict(annotations or {}),
+                                      reachable=reachable, ready_instances=ready)
+            futures.append(stub.RegisterRevision.future(
+                pb.RegisterRevisionRequest(spec=spec), timeout=60))
+            if len(futures) >= 64:
+                for f in futures:
+                    f.result()
+                futures = []
+        for f in futures:
+            f.result()
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.proc is not None:
+            self.processes.stop(self.proc)
+            self.proc = None
+
+
+def start_streamers(processes: Processes, target: str, *, clients: int, revisions: int,
+                    instances: int, batch: int, duration_s: float, rate: float = 0.0,
+                    varied: bool = False, jitter: float = 0.0, variants: int = 1,
+                    cpus: set[int] | None = None, tag: str = "ingest") -> list[Proc]:
+    per = max(1, instances // clients)
+    out = []
+    for k in range(clients):
+        argv = [sys.executable, "-m", "bench.autoscaler", "_stream", "--target", target,
+                "--revisions", str(revisions), "--instances", str(per),
+                "--instance-offset", str(k * per), "--batch", str(batch),
+                "--duration", f"{duration_s:g}", "--rate", f"{rate / clients:g}"]
+        if varied:
+            argv.append("--varied")
+        if jitter:
+            argv += ["--jitter", f"{jitter:g}", "--variants", str(variants)]
+        out.append(processes.start(f"{tag}-b{batch}-c{k}", argv, cwd=str(REPO), cpus=cpus))
+    return out
+
+
+def collect_streamers(processes: Processes, streamers: Sequence[Proc], timeout_s: float
+                      ) -> list[dict]:
+    results = []
+    deadline = time.monotonic() + timeout_s
+    for proc in streamers:
+        try:
+            proc.popen.wait(max(0.1, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 - stopped below either way
+            pass
+        lines = [ln for ln in proc.log_tail(4000).splitlines() if ln.startswith("{")]
+        try:
+            results.append(json.loads(lines[-1]) if lines else {"error": proc.log_tail(500)})
+        except ValueError:
+            results.append({"error": proc.log_tail(500)})
+        processes.stop(proc)
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# The benchmark
+
+
+@dataclass
+class Settings:
+    parts: tuple[str, ...] = ("ingest", "tick", "reaction")
+    ingest_revisions: int = 1000
+    ingest_instances: int = 20_000
+    clients: int = 2
+    batches: tuple[int, ...] = (100, 1)
+    ingest_warmup_s: float = 3.0
+    ingest_duration_s: float = 10.0
+    tick_revisions: int = 5000
+    tick_warmup_s: float = 8.0
+    tick_duration_s: float = 20.0
+    pure_ticks: int = 20
+    reaction_trials: int = 12
+    reaction_stagger_s: float = 1.7
+    reaction_prefill_s: float = 8.0
+    reaction_timeout_s: float = 20.0
+    pin: bool = True
+    seed: int = 1
+    out: Path | None = None
+    keep: bool = False
+
+
+@dataclass
+class Results:
+    machine: dict = field(default_factory=dict)
+    ingest: list[dict] = field(default_factory=list)
+    ingest_clients: list[list[dict]] = field(default_factory=list)
+    tick_live: dict = field(default_factory=dict)
+    tick_pure: dict = field(default_factory=dict)
+    reaction: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def split_cpus() -> tuple[set[int] | None, set[int] | None]:
+    """(autoscaler CPUs, load-generator CPUs): the last CPU for the autoscaler, the rest
+    for the load, when there are at least 2; else no pinning."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2:
+        return None, None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def log(text: str) -> None:
+    print(f"[bench.autoscaler] {text}", file=sys.stderr, flush=True)
+
+
+def run_ingest(s: Settings, processes: Processes, work: Path, res: Results) -> None:
+    mine, others = split_cpus() if s.pin else (None, None)
+    scaler = Autoscaler(processes, work, "autoscaler-ingest", cpus=mine)
+    scaler.start()
+    try:
+        names = [revision_name(i) for i in range(s.ingest_revisions)]
+        scaler.register(names, ready=20)
+        log(f"ingest: {len(names)} revisions registered; autoscaler pid {scaler.pid}"
+            + (f" on CPU {sorted(mine)}" if mine else ""))
+        for batch in s.batches:
+            total_s = s.ingest_warmup_s + s.ingest_duration_s + 1.0
+            streamers = start_streamers(processes, scaler.grpc, clients=s.clients,
+                                        revisions=s.ingest_revisions,
+                                        instances=s.ingest_instances, batch=batch,
+                                        duration_s=total_s, cpus=others)
+            time.sleep(s.ingest_warmup_s)
+            before = scaler.sample()
+            time.sleep(s.ingest_duration_s)
+            after = scaler.sample()
+            clients = collect_streamers(processes, streamers, timeout_s=total_s + 60)
+            fig = ingest_figures(batch, s.clients, before, after)
+            res.ingest.append(fig.to_dict())
+            res.ingest_clients.append(clients)
+            log(f"ingest {batch}/msg: {fig.per_second:,.0f} stats/s wall, "
+                f"{fig.cores:.2f} cores -> {fig.per_cpu_second or 0:,.0f} per CPU-second; "
+                f"clients: {clients}")
+            time.sleep(1.0)
+    finally:
+        scaler.close()
+
+
+class Watcher:
+    """A WatchDecisions stream read on a thread: decisions per revision with arrival times."""
+
+    def __init__(self, target: str, namespace: str) -> None:
+        import grpc
+
+        from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
+        from ebb.api.autoscaler.v1 import autoscaler_pb2_grpc as pb_grpc
+
+        self.channel = grpc.insecure_channel(target)
+        stub = pb_grpc.ScalingServiceStub(self.channel)
+        self.call = stub.WatchDecisions(pb.WatchDecisionsRequest(namespace=namespace))
+        self.seen: dict[str, list[Seen]] = {}
+        self.count = 0
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(Exception):
+            for response in self.call:
+                now = time.monotonic()
+                with self.lock:
+                    for d in response.decisions:
+                        self.count += 1
+                        self.seen.setdefault(d.revision.name, []).append(
+                            Seen(now, d.desired_scale, d.panic))
+
+    def decisions(self, name: str) -> list[Seen]:
+        with self.lock:
+            return list(self.seen.get(name, []))
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.channel.close()
+        self.thread.join(5)
+
+
+TICK_PHASES = (("constant", 0.0), ("jitter", 0.2))  # load per revision: steady / ±20 %
+
+
+def run_tick_live(s: Settings, processes: Processes, work: Path, res: Results) -> None:
+    """A fresh autoscaler with `tick_revisions` revisions; each gets one stat a second (one
+    instance each, 500 stats per message), first at a constant value per revision (after
+    the first ticks few verdicts change), then jittering ±20 % from second to second (most
+    verdicts change every tick: a log line and a message to the watcher each)."""
+    mine, others = split_cpus() if s.pin else (None, None)
+    scaler = Autoscaler(processes, work, "autoscaler-tick", cpus=mine)
+    scaler.start()
+    watcher = None
+    try:
+        names = [revision_name(i) for i in range(s.tick_revisions)]
+        t0 = time.monotonic()
+        scaler.register(names, ready=1)
+        log(f"tick: {len(names)} revisions registered in {time.monotonic() - t0:.1f} s")
+        watcher = Watcher(scaler.grpc, NAMESPACE)
+        res.tick_live = {"revisions": s.tick_revisions, "phases": {}}
+        start = scaler.scrape()
+        for phase, jitter in TICK_PHASES:
+            total_s = s.tick_warmup_s + s.tick_duration_s + 1.0
+            streamers = start_streamers(processes, scaler.grpc, clients=1,
+                                        revisions=s.tick_revisions,
+                                        instances=s.tick_revisions, batch=500,
+                                        duration_s=total_s, rate=s.tick_revisions,
+                                        varied=True, jitter=jitter,
+                                        variants=10 if jitter else 1, cpus=others,
+                                        tag=f"tick-{phase}")
+            time.sleep(s.tick_warmup_s)
+            before = scaler.scrape()
+            cpu0, t_a, watched0 = procs.cpu_seconds(scaler.pid), time.monotonic(), watcher.count
+            time.sleep(s.tick_duration_s)
+            after = scaler.scrape()
+            cpu1, t_b, watched1 = procs.cpu_seconds(scaler.pid), time.monotonic(), watcher.count
+            clients = collect_streamers(processes, streamers, timeout_s=total_s + 60)
+            h = histogram(after, TICK_HISTOGRAM).minus(histogram(before, TICK_HISTOGRAM))
+            accepted = (metric_total(after, RECEIVED) - metric_total(after, DROPPED)
+                        - metric_total(before, RECEIVED) + metric_total(before, DROPPED))
+            res.tick_live["phases"][phase] = {
+                "jitter": jitter, "ticks": h.count, "mean_ms": fmt_ms_value(h.mean),
+                "max_bound_s": h.max_bound(), "buckets": h.buckets,
+                "stats_per_s": accepted / (t_b - t_a),
+                "autoscaler_cores": (cpu1 - cpu0) / (t_b - t_a),
+                "decisions_per_tick": (watched1 - watched0) / h.count if h.count else None,
+                "streamer": clients,
+            }
+            log(f"tick live {phase}: {res.tick_live['phases'][phase]}")
+        h_all = histogram(scaler.scrape(), TICK_HISTOGRAM).minus(
+            histogram(start, TICK_HISTOGRAM))
+        res.tick_live["whole_run"] = {"ticks": h_all.count, "mean_ms": fmt_ms_value(h_all.mean),
+                                      "max_bound_s": h_all.max_bound()}
+    finally:
+        if watcher is not None:
+            watcher.close()
+        scaler.close()
+
+
+def fmt_ms_value(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def run_tick_pure(s: Settings, res: Results) -> None:
+    """MultiScaler with 5,000 revisions and a fake clock: a full stable window of stats,
+    then `pure_ticks` ticks 2 s apart (2 stats per revision between ticks, not timed)."""
+    from ebb.autoscaler.collector import StatValue
+    from ebb.autoscaler.multiscaler import MultiScaler, RevisionSpec
+    from ebb.autoscaler.settings import AutoscalerSettings
+
+    settings = AutoscalerSettings()
+    scaler = MultiScaler(settings)
+    now = 1000.0
+    n = s.tick_revisions
+    for i in range(n):
+        scaler.register(RevisionSpec(NAMESPACE, revision_name(i), ready_instances=1 + i % 3,
+                                     reachable=True), now)
+
+    def load(i: int, second: int) -> float:
+        base = (i % 40) / 2  # 0 .. 19.5: some idle, most under target, some over
+        return base * (3.0 if (second // 10 + i) % 13 == 0 else 1.0)  # occasional bursts
+
+    stats = 0
+
+    def feed(second: int) -> float:
+        nonlocal stats
+        t = float(second)
+        started = time.perf_counter()
+        for i in range(n):
+            scaler.record(t + 0.5, StatValue(f"inst-{i}", NAMESPACE, revision_name(i),
+                                             load(i, second), request_count=load(i, second)))
+        stats += n
+        return time.perf_counter() - started
+
+    feed_s = 0.0
+    first = int(now)
+    window = settings.stable_window_s
+    for second in range(first, first + window):
+        feed_s += feed(second)
+    now = float(first + window)
+    keys = scaler.keys()
+    times_ms = []
+    changed_total = 0
+    for tick in range(s.pure_ticks + 2):  # the first two warm up, not counted
+        for second in range(int(now), int(now) + 2):
+            feed_s += feed(second)
+        now += 2.0
+        started = time.perf_counter()
+        changed = 0
+        for key in keys:
+            _, did = scaler.decide(key, now)
+            changed += did
+        elapsed = (time.perf_counter() - started) * 1000
+        if tick >= 2:
+            times_ms.append(elapsed)
+            changed_total += changed
+    res.tick_pure = {"revisions": n, "ticks": len(times_ms), "ms": time_summary(times_ms),
+                     "all_ms": [round(v, 2) for v in times_ms],
+                     "changed_verdicts_per_tick": changed_total / max(1, len(times_ms)),
+                     "collector_record_per_s": stats / feed_s if feed_s else None}
+    log(f"tick pure: {res.tick_pure['ms']}; collector.record {stats / feed_s:,.0f}/s")
+
+
+async def _reaction_async(s: Settings, target: str, res: Results) -> None:
+    import grpc
+
+    from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
+    from ebb.api.autoscaler.v1 import autoscaler_pb2_grpc as pb_grpc
+
+    level, target_value = 50.0, 10.0
+    cover = covering_scale(level, target_value)
+    rng = random.Random(s.seed)
+    namespace = "react"
+    channel = grpc.aio.insecure_channel(target)
+    stub = pb_grpc.StatsServiceStub(channel)
+    scaling = pb_grpc.ScalingServiceStub(channel)
+    loop = asyncio.get_running_loop()
+    seen: dict[str, list[Seen]] = {}
+
+    async def watch() -> None:
+        call = scaling.WatchDecisions(pb.WatchDecisionsRequest(namespace=namespace))
+        async for response in call:
+            now = loop.time()
+            for d in response.decisions:
+                seen.setdefault(d.revision.name, []).append(Seen(now, d.desired_scale, d.panic))
+
+    watch_task = loop.create_task(watch())
+
+    async def trial(i: int) -> dict:
+        name = f"react-{i:03d}"
+        spec = pb.AutoscalingSpec(revision=pb.RevisionKey(namespace=namespace, name=name),
+                                  annotations={TARGET_ANNOTATION: "10"}, reachable=True,
+                                  ready_instances=1)
+        await scaling.RegisterRevision(pb.RegisterRevisionRequest(spec=spec), timeout=10)
+        call = stub.StreamStats()
+        # The reporter's period boundaries have their own phase, as an instance's would;
+        # the load steps at a random instant of a period, after a prefill of zeros.
+        last = loop.time()
+        next_report = last + rng.uniform(0.05, 1.0)
+        step_at = last + s.reaction_prefill_s + rng.uniform(0.0, 1.0)
+        first_loaded_sent: float | None = None
+        deadline = step_at + s.reaction_timeout_s
+        while loop.time() < deadline:
+            await asyncio.sleep(max(0.0, next_report - loop.time()))
+            now = loop.time()
+            value = time_weighted(level, step_at, last, now)
+            request = pb.StreamStatsRequest()
+            request.stats.add(instance=f"{name}-inst", revision=spec.revision,
+                              average_concurrency=value, request_count=value * 10,
+                              process_uptime_seconds=now, period_seconds=now - last)
+            await call.write(request)
+            if value > 0 and first_loaded_sent is None:
+                first_loaded_sent = now
+            last = now
+            next_report += 1.0
+            if any(d.at >= step_at and d.desired >= cover for d in seen.get(name, [])):
+                break
+        with contextlib.suppress(Exception):
+            await call.done_writing()
+            await asyncio.wait_for(call, 5)
+        decisions = seen.get(name, [])
+        base = baseline_desired(decisions, step_at)
+        first, covered = reaction_times(decisions, step_at, base if base is not None else 1,
+                                        cover)
+        after = [d.at - step_at for d in decisions if d.at >= step_at]
+        return {"revision": name, "baseline_desired": base, "first_scale_up_s": first,
+                "first_decision_s": min(after) if after else None,
+                "covering_s": covered,
+                "first_loaded_stat_s": None if first_loaded_sent is None
+                else first_loaded_sent - step_at,
+                "decisions_after_step": [(round(d.at - step_at, 3), d.desired, d.panic)
+                                         for d in decisions if d.at >= step_at]}
+
+    tasks = []
+    for i in range(s.reaction_trials):
+        tasks.append(loop.create_task(trial(i)))
+        await asyncio.sleep(s.reaction_stagger_s)
+    trials = await asyncio.gather(*tasks)
+    watch_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await watch_task
+    await channel.close()
+    firsts = [t["first_scale_up_s"] for t in trials if t["first_scale_up_s"] is not None]
+    covers = [t["covering_s"] for t in trials if t["covering_s"] is not None]
+    res.reaction = {
+        "level": level, "target": target_value, "covering_scale": cover,
+        "trials": trials,
+        "first_scale_up_s": time_summary(firsts),
+        "covering_s": time_summary(covers),
+        "missed_first": len(trials) - len(firsts),
+        "missed_covering": len(trials) - len(covers),
+        "first_loaded_stat_s": time_summary([t["first_loaded_stat_s"] for t in trials
+                                             if t["first_loaded_stat_s"] is not None]),
+        "first_decision_s": time_summary([t["first_decision_s"] for t in trials
+                                          if t["first_decision_s"] is not None]),
+    }
+
+
+def run_reaction(s: Settings, processes: Processes, work: Path, res: Results) -> None:
+    scaler = Autoscaler(processes, work, "autoscaler-reaction")
+    scaler.start()
+    try:
+        asyncio.run(_reaction_async(s, scaler.grpc, res))
+        log(f"reaction: first scale-up {res.reaction['first_scale_up_s']}, "
+            f"covering {res.reaction['covering_s']}")
+    finally:
+        scaler.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+
+
+def machine_info() -> dict:
+    import platform
+
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_total_mb = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_total_mb = round(int(line.split()[1]) / 1024)
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "cpu_model": cpu_model, "mem_total_mb": mem_total_mb,
+        "kernel": platform.release(), "python": platform.python_version(),
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def verdicts(res: Results) -> list[Verdict]:
+    out = []
+    for fig in res.ingest:
+        per = fig["per_cpu_second"]
+        out.append(Verdict(
+            f"ingest ≥ {INGEST_TARGET:,.0f} stats/s on one core "
+            f"({fig['stats_per_message']} stat{'s' if fig['stats_per_message'] > 1 else ''}"
+            "/message)",
+            f"{fmt_opt(per, ',.0f')} per CPU-second ({fig['per_second']:,.0f}/s wall at "
+            f"{fig['cores']:.2f} cores)",
+            None if per is None else per >= INGEST_TARGET))
+    for phase, h in res.tick_live.get("phases", {}).items():
+        bound = h["max_bound_s"]
+        out.append(Verdict(
+            f"tick over {res.tick_live['revisions']:,} revisions ≤ {TICK_TARGET_MS:g} ms "
+            f"(live process, {phase} load)",
+            f"mean {fmt_opt(h['mean_ms'], '.1f', ' ms')}, max {fmt_bound_ms(bound)} "
+            f"over {h['ticks']:.0f} ticks",
+            None if bound is None else bound <= TICK_TARGET_MS / 1000))
+    if res.tick_pure.get("ms"):
+        ms = res.tick_pure["ms"]
+        out.append(Verdict(
+            f"tick over {res.tick_pure['revisions']:,} revisions ≤ {TICK_TARGET_MS:g} ms "
+            "(pure MultiScaler, in-process)",
+            f"median {ms['median']:.1f} ms, p95 {ms['p95']:.1f} ms over {ms['n']} ticks",
+            ms["p95"] <= TICK_TARGET_MS))
+    if res.reaction:
+        for key, label in (("covering_s", "first decision with desired ≥ "
+                            f"{res.reaction['covering_scale']} (covers the load)"),
+                           ("first_scale_up_s", "first decision scaling up")):
+            summary = res.reaction[key]
+            missed = res.reaction["missed_covering" if key == "covering_s" else "missed_first"]
+            if not summary:
+                out.append(Verdict(f"reaction ≤ {REACTION_TARGET_S:g} s: {label}",
+                                   "no decision", False))
+                continue
+            out.append(Verdict(
+                f"reaction ≤ {REACTION_TARGET_S:g} s: load step 0 → 50 to the {label}",
+                f"median {summary['median']:.2f} s, p95 {summary['p95']:.2f} s, "
+                f"max {summary['max']:.2f} s ({summary['n']} trials"
+                + (f", {missed} never" if missed else "") + ")",
+                summary["median"] <= REACTION_TARGET_S and missed == 0))
+    return out
+
+
+def render(res: Results) -> str:
+    m = res.machine
+    lines = [f"Ebb autoscaler benchmark — {m.get('nproc')} CPU ({m.get('cpu_model')}), "
+             f"{m.get('mem_total_mb')} MiB, Python {m.get('python')}", ""]
+    if res.ingest:
+        rows = []
+        for fig, clients in zip(res.ingest, res.ingest_clients, strict=True):
+            errors = [c["error"] for c in clients if "error" in c]
+            totals = sum(c.get("accepted", 0) for c in clients)
+            rows.append([str(fig["stats_per_message"]), str(fig["clients"]),
+                         f"{totals:,.0f}",
+                         f"{fig['window_s']:.1f}", f"{fig['accepted']:,.0f}",
+                         f"{fig['dropped']:,.0f}", f"{fig['per_second']:,.0f}",
+                         f"{fig['cores']:.2f}", fmt_opt(fig["per_cpu_second"], ",.0f"),
+                         fmt_opt(fig["cpu_us_per_stat"], ".1f"),
+                         "; ".join(errors)[:60] or "-"])
+        lines += ["Ingest (one autoscaler process; stats accepted over the window)", "",
+                  markdown_table(("stats/msg", "clients", "accepted (responses, whole run)",
+                                  "window s", "accepted in window", "dropped", "stats/s",
+                                  "autoscaler cores", "stats per CPU-s", "CPU µs/stat",
+                                  "client errors"), rows, (True,) * 10 + (False,)), ""]
+    if res.tick_live or res.tick_pure:
+        rows = []
+        for phase, h in res.tick_live.get("phases", {}).items():
+            rows.append([f"live, {phase} load", f"{h['ticks']:.0f}",
+                         fmt_opt(h["mean_ms"], ".1f"), "-", "-",
+                         fmt_bound_ms(h["max_bound_s"]),
+                         fmt_opt(h["decisions_per_tick"], ",.0f")])
+        if res.tick_live.get("whole_run"):
+            h = res.tick_live["whole_run"]
+            rows.append(["live, whole run (first ticks too)", f"{h['ticks']:.0f}",
+                         fmt_opt(h["mean_ms"], ".1f"), "-", "-",
+                         fmt_bound_ms(h["max_bound_s"]), "-"])
+        if res.tick_pure.get("ms"):
+            ms = res.tick_pure["ms"]
+            rows.append(["pure MultiScaler.decide × revisions", str(ms["n"]), "-",
+                         f"{ms['median']:.1f}", f"{ms['p95']:.1f}", f"{ms['max']:.1f} ms",
+                         fmt_opt(res.tick_pure.get("changed_verdicts_per_tick"), ",.0f")])
+        n = res.tick_live.get("revisions") or res.tick_pure.get("revisions")
+        lines += [f"Decision tick over {n:,} revisions (ms)", "",
+                  markdown_table(("measure", "ticks", "mean", "median", "p95", "max",
+                                  "changed verdicts/tick"), rows,
+                                 (False, True, True, True, True, True, True)), ""]
+        for phase, h in res.tick_live.get("phases", {}).items():
+            lines.append(f"live, {phase} load: {h['stats_per_s']:,.0f} stats/s flowing, "
+                         f"autoscaler at {h['autoscaler_cores']:.2f} cores")
+        if res.tick_pure.get("collector_record_per_s"):
+            lines.append(f"pure: Collector.record via MultiScaler.record "
+                         f"{res.tick_pure['collector_record_per_s']:,.0f} stats/s "
+                         "(no gRPC, no protobuf)")
+        lines.append("")
+    if res.reaction:
+        r = res.reaction
+        rows = []
+        for key, label in (("first_loaded_stat_s", "first stat carrying the load sent"),
+                           ("first_decision_s", "first decision after the step (any)"),
+                           ("first_scale_up_s", "first decision scaling up"),
+                           ("covering_s", f"first decision with desired ≥ {r['covering_scale']}")):
+            t = r.get(key, {})
+            rows.append([label, str(t.get("n", 0)),
+                         fmt_opt(t.get("median"), ".2f"), fmt_opt(t.get("p95"), ".2f"),
+                         fmt_opt(t.get("min"), ".2f"), fmt_opt(t.get("max"), ".2f")])
+        lines += [f"Reaction: step 0 → {r['level']:g} concurrent, target {r['target']:g} "
+                  "(seconds after the step)", "",
+                  markdown_table(("milestone", "trials", "median", "p95", "min", "max"), rows,
+                                 (False, True, True, True, True, True)), ""]
+    lines += [markdown_table(("target (issue 3)", "measured", "verdict"),
+                             [(v.target, v.measured, v.mark) for v in verdicts(res)]), ""]
+    lines += res.notes
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+
+
+def parse_args(argv: Sequence[str]) -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m bench.autoscaler",
+                                     description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("--parts", default="ingest,tick,reaction",
+                        help="which figures: ingest,tick,reaction (default all)")
+    parser.add_argument("--clients", type=int, default=2, help="load-generator processes (2)")
+    parser.add_argument("--batches", default="100,1", help="stats per message, e.g. 100,1")
+    parser.add_argument("--ingest-duration", type=float, default=10.0,
+                        help="measured seconds per ingest phase (10)")
+    parser.add_argument("--ingest-warmup", type=float, default=3.0)
+    parser.add_argument("--ingest-revisions", type=int, default=1000)
+    parser.add_argument("--ingest-instances", type=int, default=20_000)
+    parser.add_argument("--tick-revisions", type=int, default=5000)
+    parser.add_argument("--tick-duration", type=float, default=20.0,
+                        help="measured seconds of the live tick (20 = ~10 ticks)")
+    parser.add_argument("--pure-ticks", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=12, help="reaction trials (12)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin the autoscaler to the last CPU and the load to the others")
+    parser.add_argument("--quick", action="store_true", help="smoke run: short and small")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    args = parser.parse_args(argv)
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    bad = [p for p in parts if p not in ("ingest", "tick", "reaction")]
+    problems = [f"unknown part {p}" for p in bad]
+    try:
+        batches = tuple(int(b) for b in args.batches.split(","))
+    except ValueError:
+        batches, problems = (), [*problems, "batches must be integers"]
+    s = Settings(parts=parts, ingest_revisions=args.ingest_revisions,
+                 ingest_instances=args.ingest_instances, clients=args.clients,
+                 batches=batches, ingest_warmup_s=args.ingest_warmup,
+                 ingest_duration_s=args.ingest_duration, tick_revisions=args.tick_revisions,
+                 tick_duration_s=args.tick_duration, pure_ticks=args.pure_ticks,
+                 reaction_trials=args.trials, pin=not args.no_pin, out=args.out,
+                 keep=args.keep)
+    if args.quick:
+        s.ingest_duration_s, s.ingest_warmup_s, s.tick_duration_s = 3.0, 1.0, 6.0
+        s.tick_warmup_s, s.pure_ticks, s.reaction_trials = 4.0, 5, 3
+    if not 1 <= s.clients <= MAX_CLIENTS:
+        problems.append(f"clients must be in 1..{MAX_CLIENTS}")
+    if any(not 1 <= b <= 10_000 for b in s.batches):
+        problems.append("batches must be in 1..10000")
+    for name, value in (("ingest-duration", s.ingest_duration_s),
+                        ("ingest-warmup", s.ingest_warmup_s),
+                        ("tick-duration", s.tick_duration_s)):
+        if not 0 < value <= MAX_DURATION_S:
+            problems.append(f"{name} must be in (0, {MAX_DURATION_S:g}] s")
+    if not 1 <= s.tick_revisions <= MAX_REVISIONS or not 1 <= s.ingest_revisions <= MAX_REVISIONS:
+        problems.append(f"revisions must be in 1..{MAX_REVISIONS}")
+    if not 1 <= s.ingest_instances <= MAX_INSTANCES:
+        problems.append(f"ingest-instances must be in 1..{MAX_INSTANCES}")
+    if not 1 <= s.reaction_trials <= MAX_TRIALS or not 1 <= s.pure_ticks <= 1000:
+        problems.append(f"trials must be in 1..{MAX_TRIALS}, pure-ticks in 1..1000")
+    if problems:
+        parser.error("; ".join(problems))
+    return s
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "_stream":
+        return run_stream(argv[1:])
+    s = parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="ebb-bench-autoscaler-"))
+    processes = Processes(work, uuid.uuid4().hex)
+    res = Results(machine=machine_info())
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    code = 0
+    try:
+        if "ingest" in s.parts:
+            run_ingest(s, processes, work, res)
+        if "tick" in s.parts:
+            run_tick_live(s, processes, work, res)
+            run_tick_pure(s, res)
+        if "reaction" in s.parts:
+            run_reaction(s, processes, work, res)
+    except (Interrupted, KeyboardInterrupt):
+        print("bench.autoscaler: interrupted; stopping everything", file=sys.stderr)
+        code = 130
+    except (StartError, OSError, ValueError) as exc:
+        print(f"bench.autoscaler: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        leftovers = processes.stop_all()
+        if leftovers:
+            print(f"bench.autoscaler: killed {len(leftovers)} leftover process(es)",
+                  file=sys.stderr)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(render(res))
+    if s.out is not None:
+        s.out.parent.mkdir(parents=True, exist_ok=True)
+        s.out.write_text(json.dumps(asdict(res), indent=1, default=str) + "\n")
+        print(f"\nJSON: {s.out}")
+    if s.keep or code:
+        print(f"bench.autoscaler: logs kept in {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,4 +9,6 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/pip install --quiet --upgrade pip
 fi
 .venv/bin/pip install --quiet .
+# xds-protos ships an older copy of opentelemetry/proto/*; keep opentelemetry-proto's own.
+.venv/bin/pip install --quiet --force-reinstall --no-deps opentelemetry-proto==1.45.2
 exec .venv/bin/ebb up --sample "$@"

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -90,10 +91,13 @@ class BenchSettings:
     quick: bool = False
     pin: bool = False  # proxies on the last CPU, load generator and apps on the others
     quiet_wait_s: float = 15.0  # before each point, wait at most this for other load to end
+    queue_args: tuple[str, ...] = ()  # extra flags for the standalone queue
+    report: Path | None = None  # only re-render this results file, measure nothing
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["out"] = str(self.out)
+        data["report"] = None if self.report is None else str(self.report)
         return data
 
 
@@ -153,7 +157,16 @@ def parse_args(argv: Sequence[str] | None) -> BenchSettings:
                         help="before each point wait up to this many seconds for CPU use "
                         "outside the benchmark to drop below "
                         f"{QUIET_CORES:g} cores (default 15; 0 = never wait)")
+    parser.add_argument("--queue-args", type=shlex.split, metavar="'FLAGS'",
+                        help="extra flags for the standalone queue (queue and gateway paths), "
+                        "e.g. --queue-args='--no-request-log'; the queue under ebb up keeps "
+                        "what the controller gives it")
+    parser.add_argument("--report", type=Path, metavar="JSON",
+                        help="measure nothing: rebuild the tables and verdicts from the runs "
+                        "in an earlier results file (written back to it, or to --out)")
     args = parser.parse_args(argv)
+    if args.queue_args is not None:
+        args.queue_args = tuple(args.queue_args)
     given = {k: v for k, v in vars(args).items() if v is not None and k != "quick"}
     base = {**QUICK, "quick": True} if args.quick else {}
     settings = BenchSettings(**{**base, **given})
@@ -321,7 +334,7 @@ class Bench:
             queue = self.processes.start(f"queue-{app}", [
                 sys.executable, "-m", "ebb.queue", "--http-port", str(qport),
                 "--app-port", str(port), "--revision", "default/bench", "--instance", "b1",
-                "--ready-file", str(ready)], cpus=self.proxy_cpus)
+                "--ready-file", str(ready), *self.s.queue_args], cpus=self.proxy_cpus)
             self.stack_procs.append(queue)
             procs.wait_file(queue, ready)
             time.sleep(1.0)  # settle; no request has reached it yet
@@ -441,21 +454,28 @@ class Bench:
         if target.app_pid:
             pids["app"] = target.app_pid
         cpu0 = _cpu(pids)
-        busy0 = procs.busy_now()
+        machine0 = procs.cpu_now()
+        tasks0 = procs.process_ticks()
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         result = self.wrk_run(target, connections, self.s.duration_s)
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        busy = procs.busy_now() - busy0
+        machine = {k: v - machine0[k] for k, v in procs.cpu_now().items()}
+        # Processes off the path that ran meanwhile (other people's work, the idle mesh):
+        # the noise gauge.
+        other = procs.foreign_cpu_s(tasks0, procs.process_ticks(),
+                                    {os.getpid(), *pids.values()})
         used = {n: v - cpu0[n] for n, v in _cpu(pids).items()}
         app_cpu = used.pop("app", None)
         wrk_cpu = (children1.ru_utime + children1.ru_stime
                    - children0.ru_utime - children0.ru_stime)
-        # Whatever else ran meanwhile (other people's work, the idle mesh): a noise gauge.
-        other = busy - sum(used.values()) - (app_cpu or 0.0) - wrk_cpu
+        # The kernel's interrupt and softirq time (mostly the loopback network stack
+        # working for this very load) and steal are recorded apart.
         self.runs.append({"app": app, "path": target.key, "concurrency": connections,
                           "repeat": repeat, "wrk": result.to_dict(),
                           "proxy_cpu_s": used, "app_cpu_s": app_cpu, "wrk_cpu_s": wrk_cpu,
                           "other_cpu_s": round(other, 3),
+                          "irq_softirq_cpu_s": round(machine["irq"], 3),
+                          "steal_cpu_s": round(machine["steal"], 3),
                           "background_cores_before": round(background, 3)})
         errors = f", {result.error_count} errors" if result.error_count else ""
         self.log(f"[{app}] {target.key:<17} c={connections:<3} rep {repeat + 1}: "
@@ -547,7 +567,7 @@ class Bench:
             self.mesh = None
 
 
-def build_result(bench: Bench, settings: BenchSettings, machine: dict, started: str,
+def build_result(bench: Bench | Recorded, settings: BenchSettings, machine: dict, started: str,
                  argv: Sequence[str]) -> tuple[dict, str]:
     """The JSON document and the printed report."""
     runs = [Run(app=r["app"], path=r["path"], concurrency=r["concurrency"],
@@ -614,9 +634,54 @@ def build_result(bench: Bench, settings: BenchSettings, machine: dict, started: 
     return document, text
 
 
+@dataclass
+class Recorded:
+    """What build_result needs from a Bench, read back from a results file."""
+
+    runs: list
+    open_runs: list
+    memory: dict
+    unavailable: dict
+    mesh_details: dict
+
+
+def rerender(path: Path, out: Path) -> int:
+    """--report: the tables and verdicts of an earlier run, from its recorded runs."""
+    try:
+        document = json.loads(path.read_text())
+        saved = dict(document["settings"])
+        for key in ("concurrency", "apps", "paths", "queue_args"):
+            saved[key] = tuple(saved.get(key) or ())
+        saved["out"] = out
+        saved["report"] = None
+        known = {f for f in BenchSettings.__dataclass_fields__}
+        settings = BenchSettings(**{k: v for k, v in saved.items() if k in known})
+        recorded = Recorded(
+            runs=document["runs"], open_runs=document["open_loop"]["runs"],
+            memory=document.get("memory_mb", {}),
+            unavailable={k: v["note"] for k, v in document["paths"].items()
+                         if not v["available"]},
+            mesh_details=document.get("mesh", {}))
+        rebuilt, text = build_result(recorded, settings, document["machine"],
+                                     document["started_at"], document["command"][3:])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"bench: cannot re-render {path}: {exc}", file=sys.stderr)
+        return 1
+    rebuilt["finished_at"] = document.get("finished_at", rebuilt["finished_at"])
+    rebuilt["rerendered_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rebuilt, indent=1) + "\n")
+    print(text)
+    print(f"\nJSON: {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     settings = parse_args(argv)
+    if settings.report is not None:
+        explicit_out = any(a == "--out" or a.startswith("--out=") for a in argv)
+        return rerender(settings.report, settings.out if explicit_out else settings.report)
     wrk = shutil.which(settings.wrk)
     if wrk is None:
         print(WRK_MISSING, file=sys.stderr)
@@ -657,6 +722,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(sig, handler)
     if code == 0 or bench.runs:
         document, text = build_result(bench, settings, machine, started, argv)
+        document["exit_code"] = code  # 130: interrupted, 1: failed; the runs are partial
         settings.out.parent.mkdir(parents=True, exist_ok=True)
         settings.out.write_text(json.dumps(document, indent=1) + "\n")
         print(text)

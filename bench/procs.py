@@ -45,6 +45,41 @@ def status_rss_bytes(status_text: str) -> int:
     raise ValueError("no VmRSS line (a kernel thread or a zombie?)")
 
 
+PF_KTHREAD = 0x00200000
+
+
+def stat_task(stat_text: str) -> tuple[int, int, bool]:
+    """(start time, utime + stime, is a kernel thread) from the text of /proc/PID/stat:
+    flags is field 9, starttime field 22."""
+    rest = stat_text.rsplit(")", 1)[1].split()
+    return int(rest[19]), int(rest[11]) + int(rest[12]), bool(int(rest[6]) & PF_KTHREAD)
+
+
+def process_ticks() -> dict[tuple[int, int], int]:
+    """utime + stime of every live user-space process, keyed by (pid, start time) so a
+    reused pid is not mistaken for the old process."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            start, ticks, kthread = stat_task((entry / "stat").read_text())
+        except (OSError, ValueError, IndexError):
+            continue
+        if not kthread:
+            out[(int(entry.name), start)] = ticks
+    return out
+
+
+def foreign_cpu_s(before: Mapping[tuple[int, int], int], after: Mapping[tuple[int, int], int],
+                  exclude: set[int]) -> float:
+    """CPU seconds used between two `process_ticks` snapshots by processes whose pid is not
+    in `exclude`; a process born in between counts whole. Processes that ended in between
+    are not seen, so this is a lower bound."""
+    ticks = sum(t - before.get(key, 0) for key, t in after.items() if key[0] not in exclude)
+    return ticks / CLK_TCK
+
+
 def smaps_rollup_kb(text: str) -> dict[str, int]:
     """The kB fields of /proc/PID/smaps_rollup: Rss, Pss, Private_Clean, Private_Dirty, ..."""
     out = {}
@@ -241,18 +276,29 @@ def wait_file(proc: Proc, path: Path, timeout_s: float = 30.0) -> None:
     raise StartError(f"{proc.name} wrote no {path} within {timeout_s:g}s:\n{proc.log_tail()}")
 
 
-def machine_busy_s(stat_text: str) -> float:
-    """CPU seconds spent busy (all CPUs, everything but idle and iowait) since boot, from
-    the text of /proc/stat's first line: `cpu user nice system idle iowait irq softirq
-    steal ...` in clock ticks."""
+def machine_cpu_s(stat_text: str) -> dict[str, float]:
+    """CPU seconds since boot, all CPUs, from /proc/stat's first line (`cpu user nice system
+    idle iowait irq softirq steal guest guest_nice`, clock ticks), as
+    {"tasks": user + nice + system (what processes' utime + stime add up to),
+     "irq": irq + softirq (interrupts, and the loopback network stack's receive work,
+     which no process is charged for), "steal": taken by the hypervisor}. Guest time is
+    already inside user and nice."""
     first = stat_text.splitlines()[0].split()
     if first[0] != "cpu":
         raise ValueError("not /proc/stat")
-    ticks = [int(v) for v in first[1:]]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
-    # guest and guest_nice (fields 9, 10) are already counted in user and nice.
-    total = sum(ticks[:8])
-    return (total - idle) / CLK_TCK
+    ticks = [int(v) for v in first[1:]] + [0] * 8
+    return {"tasks": (ticks[0] + ticks[1] + ticks[2]) / CLK_TCK,
+            "irq": (ticks[5] + ticks[6]) / CLK_TCK,
+            "steal": ticks[7] / CLK_TCK}
+
+
+def machine_busy_s(stat_text: str) -> float:
+    """All busy CPU seconds since boot (tasks + irq + steal)."""
+    return sum(machine_cpu_s(stat_text).values())
+
+
+def cpu_now() -> dict[str, float]:
+    return machine_cpu_s(Path("/proc/stat").read_text())
 
 
 def busy_now() -> float:

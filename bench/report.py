@@ -129,22 +129,37 @@ class OpenLoopSummary:
     errors: int
     overhead_p95_ms: float | None
     proxy_cpu_s: float | None
+    discarded: int = 0  # runs left out: the generator itself fell behind
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-def summarize_open_loop(runs: Sequence[Mapping]) -> list[OpenLoopSummary]:
+# A generator that sends its requests this late (p99) was starved of CPU: its figures
+# measure itself, not the path, so the run is left out (and counted as discarded).
+MAX_SEND_LAG_P99_MS = 20.0
+
+
+def generator_kept_up(result: Mapping, max_lag_ms: float = MAX_SEND_LAG_P99_MS) -> bool:
+    lag = result.get("send_lag_ms") or {}
+    return bool(result.get("latency_ms")) and lag.get("p99", float("inf")) <= max_lag_ms
+
+
+def summarize_open_loop(runs: Sequence[Mapping],
+                        max_lag_ms: float = MAX_SEND_LAG_P99_MS) -> list[OpenLoopSummary]:
     """`runs`: dicts {path, repeat, result (bench.openloop's JSON), proxy_cpu_s} -> one
-    summary per path, in first-seen order."""
-    direct = {r["repeat"]: r["result"]["latency_ms"].get("p95") for r in runs
+    summary per path, in first-seen order, over the runs whose generator kept up (send
+    lag p99 ≤ max_lag_ms); the p95 overhead pairs a run with the direct run of the same
+    repeat, when that one is valid too."""
+    valid = [r for r in runs if generator_kept_up(r["result"], max_lag_ms)]
+    direct = {r["repeat"]: r["result"]["latency_ms"]["p95"] for r in valid
               if r["path"] == "direct"}
     groups: dict[str, list[Mapping]] = {}
     for run in runs:
         groups.setdefault(run["path"], []).append(run)
     out = []
     for path, group in groups.items():
-        ok = [r for r in group if r["result"]["latency_ms"]]
+        ok = [r for r in group if generator_kept_up(r["result"], max_lag_ms)]
         if not ok:
             continue
         lat = [r["result"]["latency_ms"] for r in ok]
@@ -160,9 +175,10 @@ def summarize_open_loop(runs: Sequence[Mapping]) -> list[OpenLoopSummary]:
             p50_ms=statistics.median(x["p50"] for x in lat),
             p95_ms=statistics.median(x["p95"] for x in lat),
             p99_ms=statistics.median(x["p99"] for x in lat),
-            errors=sum(sum(r["result"]["errors"].values()) for r in group),
+            errors=sum(sum(r["result"]["errors"].values()) for r in ok),
             overhead_p95_ms=statistics.median(overheads) if overheads else None,
             proxy_cpu_s=statistics.median(cpu) if cpu else None,
+            discarded=len(group) - len(ok),
         ))
     return out
 
@@ -170,12 +186,12 @@ def summarize_open_loop(runs: Sequence[Mapping]) -> list[OpenLoopSummary]:
 def open_loop_table(summaries: Sequence[OpenLoopSummary], unavailable: Mapping[str, str],
                     paths: Sequence[str]) -> str:
     headers = ("path", "rate", "ok/s", "p50 ms", "p95 ms", "p99 ms", "p95 − direct ms",
-               "proxy CPU s", "errors")
+               "proxy CPU s", "errors", "runs (discarded)")
     by_path = {s.path: s for s in summaries}
     rows = []
     for path in paths:
         if path in unavailable:
-            rows.append([LABELS.get(path, path), "", unavailable[path], *[""] * 6])
+            rows.append([LABELS.get(path, path), "", unavailable[path], *[""] * 7])
             continue
         s = by_path.get(path)
         if s is None:
@@ -185,9 +201,10 @@ def open_loop_table(summaries: Sequence[OpenLoopSummary], unavailable: Mapping[s
             fmt_ms(s.p50_ms), fmt_ms(s.p95_ms), fmt_ms(s.p99_ms),
             "-" if s.overhead_p95_ms is None else f"{s.overhead_p95_ms:+.2f}",
             "-" if s.proxy_cpu_s is None else f"{s.proxy_cpu_s:.2f}", str(s.errors),
+            f"{s.n}" + (f" ({s.discarded})" if s.discarded else ""),
         ])
     return markdown_table(headers, rows, (False, True, True, True, True, True, True, True,
-                                          True))
+                                          True, True))
 
 
 @dataclass(frozen=True)

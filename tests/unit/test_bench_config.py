@@ -64,11 +64,15 @@ def test_status_rss_bytes():
         procs.status_rss_bytes("Name:\tkthreadd\n")
 
 
-def test_machine_busy_s():
-    text = "cpu  100 5 50 1000 20 0 10 3 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"
-    assert procs.machine_busy_s(text) == pytest.approx((100 + 5 + 50 + 10 + 3) / procs.CLK_TCK)
+def test_machine_cpu_s():
+    text = "cpu  100 5 50 1000 20 7 10 3 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"
+    tick = procs.CLK_TCK
+    assert procs.machine_cpu_s(text) == pytest.approx(
+        {"tasks": 155 / tick, "irq": 17 / tick, "steal": 3 / tick})
+    assert procs.machine_busy_s(text) == pytest.approx((155 + 17 + 3) / tick)
+    assert procs.machine_cpu_s("cpu  1 2 3 4\n")["steal"] == 0  # old kernels: fewer fields
     with pytest.raises(ValueError):
-        procs.machine_busy_s("intr 1 2 3\n")
+        procs.machine_cpu_s("intr 1 2 3\n")
 
 
 def test_activator_hosts_reads_clusters_text():
@@ -112,3 +116,61 @@ def test_smaps_rollup_kb():
             "Private_Clean:       100 kB\nPrivate_Dirty:     20564 kB\n")
     fields = procs.smaps_rollup_kb(text)
     assert fields == {"Rss": 49176, "Pss": 23876, "Private_Clean": 100, "Private_Dirty": 20564}
+
+
+def test_parse_args_queue_args():
+    assert parse_args([]).queue_args == ()
+    settings = parse_args(["--queue-args", "--no-request-log --log-level warning"])
+    assert settings.queue_args == ("--no-request-log", "--log-level", "warning")
+
+
+def test_stat_task_and_foreign_cpu():
+    def stat(flags, utime, stime, start):
+        fields = ["S"] + ["0"] * 49  # field 3 onwards
+        fields[9 - 3], fields[14 - 3], fields[15 - 3], fields[22 - 3] = (
+            str(flags), str(utime), str(stime), str(start))
+        return "42 (x y) " + " ".join(fields)
+
+    assert procs.stat_task(stat(0, 5, 7, 1000)) == (1000, 12, False)
+    assert procs.stat_task(stat(procs.PF_KTHREAD, 0, 0, 3))[2] is True
+    tick = procs.CLK_TCK
+    before = {(1, 10): 100, (2, 10): 50, (3, 10): 7}
+    after = {(1, 10): 160, (2, 10): 80, (4, 99): 30, (3, 11): 5}  # pid 3 reused, 4 new
+    assert procs.foreign_cpu_s(before, after, exclude={2}) == pytest.approx((60 + 30 + 5) / tick)
+
+
+def test_report_rebuilds_tables_from_recorded_runs(tmp_path, capsys):
+    from bench.main import main
+
+    def wrk(rps, p50):
+        return {"requests": int(rps * 5), "duration_s": 5.0, "rps": rps, "p50_ms": p50,
+                "p90_ms": p50, "p95_ms": p50, "p99_ms": p50 * 2, "mean_ms": p50,
+                "max_ms": p50 * 3, "errors": {"connect": 0, "status": 0}}
+
+    runs = [{"app": "fast", "path": path, "concurrency": 16, "repeat": 0, "wrk": wrk(rps, p50),
+             "proxy_cpu_s": cpu, "other_cpu_s": 0.1}
+            for path, rps, p50, cpu in (("direct", 90_000, 0.1, {}),
+                                        ("envoy", 10_000, 1.0, {"envoy": 4.0}),
+                                        ("queue", 12_000, 0.9, {"queue": 3.0}))]
+    document = {
+        "settings": {**BenchSettings(paths=("direct", "envoy", "queue"), apps=("fast",),
+                                     concurrency=(16,), rate=0).to_dict()},
+        "machine": {"nproc": 2, "cpu_model": "test"},
+        "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:01:00+00:00",
+        "command": ["python", "-m", "bench", "--quick"],
+        "paths": {k: {"available": True, "note": ""} for k in ("direct", "envoy", "queue")},
+        "runs": runs, "open_loop": {"runs": []},
+        "memory_mb": {"queue (fast app)": {"idle_after_start_rss_mb": 30.0}},
+    }
+    source = tmp_path / "in.json"
+    source.write_text(json.dumps(document))
+    out = tmp_path / "out.json"
+    assert main(["--report", str(source), "--out", str(out)]) == 0
+    rebuilt = json.loads(out.read_text())
+    (queue,) = [s for s in rebuilt["summary"] if s["path"] == "queue"]
+    assert queue["vs"]["envoy"]["rps"] == pytest.approx(1.2)
+    verdicts = {t["target"].split(" (")[0]: t["met"] for t in rebuilt["targets"]}
+    assert verdicts["queue → app throughput ≥ 1× Envoy hop"] is True
+    assert verdicts["queue RSS at idle ≤ 40 MB"] is True
+    assert "12,000" in capsys.readouterr().out
+    assert main(["--report", str(tmp_path / "missing.json")]) == 1

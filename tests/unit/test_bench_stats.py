@@ -147,11 +147,12 @@ def test_closed_loop_table_rows_and_unavailable_paths():
     assert envoy.rstrip(" |").endswith("0.20")  # median of the other-CPU gauge
 
 
-def _open(path, repeat, p95, errors=0, rate=1000.0):
+def _open(path, repeat, p95, errors=0, rate=1000.0, lag_p99=1.0):
     return {"path": path, "repeat": repeat, "proxy_cpu_s": {"x": 0.5},
             "result": {"rate": rate, "duration_s": 10, "ok": 10_000 - errors,
                        "errors": {"timeout": errors},
-                       "latency_ms": {"p50": p95 - 1, "p95": p95, "p99": p95 + 1}}}
+                       "latency_ms": {"p50": p95 - 1, "p95": p95, "p99": p95 + 1},
+                       "send_lag_ms": {"p99": lag_p99}}}
 
 
 def test_open_loop_overhead_is_paired_by_repeat():
@@ -194,3 +195,18 @@ def test_open_loop_errors_fail_the_latency_target():
     verdicts = report.evaluate_targets([], report.summarize_open_loop(runs), {}, {})
     assert verdicts[2].met is False
     assert verdicts[0].met is None and verdicts[-1].met is None  # nothing measured
+
+
+def test_open_loop_runs_of_a_starved_generator_are_discarded():
+    late = report.MAX_SEND_LAG_P99_MS + 1
+    runs = [_open("direct", 0, 101.0), _open("gateway", 0, 103.0),
+            _open("direct", 1, 101.0), _open("gateway", 1, 900.0, errors=5, lag_p99=late),
+            _open("direct", 2, 101.0, lag_p99=late), _open("gateway", 2, 150.0)]
+    by_path = {s.path: s for s in report.summarize_open_loop(runs)}
+    gateway = by_path["gateway"]
+    assert (gateway.n, gateway.discarded) == (2, 1)
+    assert gateway.errors == 0  # the discarded run's errors were the generator's
+    assert gateway.overhead_p95_ms == pytest.approx(2.0)  # repeat 2 has no valid direct run
+    assert (by_path["direct"].n, by_path["direct"].discarded) == (2, 1)
+    assert "2 (1)" in report.open_loop_table(list(by_path.values()), {}, ["direct", "gateway"])
+    assert report.generator_kept_up({"latency_ms": {}, "send_lag_ms": {"p99": 1}}) is False

@@ -578,6 +578,7 @@ class Results:
     ingest_clients: list[list[dict]] = field(default_factory=list)
     tick_live: dict = field(default_factory=dict)
     tick_pure: dict = field(default_factory=dict)
+    tick_server: dict = field(default_factory=dict)
     reaction: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -765,25 +766,96 @@ def run_tick_pure(s: Settings, res: Results) -> None:
     now = float(first + window)
     keys = scaler.keys()
     times_ms = []
+    cpu_ms = []  # the thread's CPU time: what the tick costs whatever else the machine runs
     changed_total = 0
     for tick in range(s.pure_ticks + 2):  # the first two warm up, not counted
         for second in range(int(now), int(now) + 2):
             feed_s += feed(second)
         now += 2.0
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         changed = 0
         for key in keys:
             _, did = scaler.decide(key, now)
             changed += did
         elapsed = (time.perf_counter() - started) * 1000
+        elapsed_cpu = (time.thread_time() - started_cpu) * 1000
         if tick >= 2:
             times_ms.append(elapsed)
+            cpu_ms.append(elapsed_cpu)
             changed_total += changed
     res.tick_pure = {"revisions": n, "ticks": len(times_ms), "ms": time_summary(times_ms),
+                     "cpu_ms": time_summary(cpu_ms),
                      "all_ms": [round(v, 2) for v in times_ms],
                      "changed_verdicts_per_tick": changed_total / max(1, len(times_ms)),
                      "collector_record_per_s": stats / feed_s if feed_s else None}
     log(f"tick pure: {res.tick_pure['ms']}; collector.record {stats / feed_s:,.0f}/s")
+
+
+def run_tick_server(s: Settings, res: Results) -> None:
+    """`AutoscalerServer.tick()` in-process with a fake clock: the pure decisions plus what
+    the server adds per decision (counters, timestamps) and per changed verdict (the JSON
+    log line, written to /dev/null here, and the proto offered to one watcher), without
+    gRPC threads. Constant load first (few verdicts change), then ±20 % jitter."""
+    import logging
+
+    from ebb.autoscaler.collector import StatValue
+    from ebb.autoscaler.multiscaler import RevisionSpec
+    from ebb.autoscaler.server import AutoscalerServer, _Watcher
+    from ebb.autoscaler.settings import AutoscalerSettings
+    from ebb.common.logs import JsonFormatter
+
+    logger = logging.getLogger("ebb.autoscaler")
+    saved = (logger.level, logger.propagate, list(logger.handlers))
+    sink = open(os.devnull, "w")  # closed below
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(JsonFormatter("autoscaler"))
+    logger.handlers, logger.propagate = [handler], False
+    logger.setLevel(logging.INFO)
+    try:
+        now = [1000.0]
+        server = AutoscalerServer(AutoscalerSettings(), clock=lambda: now[0])
+        n = s.tick_revisions
+        for i in range(n):
+            server.register(RevisionSpec(NAMESPACE, revision_name(i), ready_instances=1,
+                                         reachable=True))
+        watcher = _Watcher("")
+        server._watchers.add(watcher)  # one watcher, like the controller
+        rng = random.Random(s.seed)
+
+        def feed(second: int, jitter: float) -> None:
+            for i in range(n):
+                value = (i % 40) / 2
+                if jitter:
+                    value *= rng.uniform(1 - jitter, 1 + jitter)
+                server.scaler.record(second + 0.5, StatValue(f"inst-{i}", NAMESPACE,
+                                                            revision_name(i), value))
+
+        for second in range(1000, 1030):
+            feed(second, 0.0)
+        now[0] = 1030.0
+        out = {}
+        ticks = max(4, s.pure_ticks // 2)
+        for phase, jitter in TICK_PHASES:
+            wall, cpu, changed = [], [], []
+            for tick in range(ticks + 2):  # the first two settle, not counted
+                for second in range(int(now[0]), int(now[0]) + 2):
+                    feed(second, jitter)
+                now[0] += 2.0
+                started, started_cpu = time.perf_counter(), time.thread_time()
+                did = server.tick()
+                if tick >= 2:
+                    wall.append((time.perf_counter() - started) * 1000)
+                    cpu.append((time.thread_time() - started_cpu) * 1000)
+                    changed.append(did)
+                watcher.pending.clear()
+            out[phase] = {"ms": time_summary(wall), "cpu_ms": time_summary(cpu),
+                          "changed_verdicts_per_tick": statistics.mean(changed)}
+        res.tick_server = {"revisions": n, "phases": out}
+        log(f"tick server in-process: {out}")
+    finally:
+        logger.handlers, logger.propagate = saved[2], saved[1]
+        logger.setLevel(saved[0])
+        sink.close()
 
 
 async def _reaction_async(s: Settings, target: str, res: Results) -> None:
@@ -940,10 +1012,12 @@ def verdicts(res: Results) -> list[Verdict]:
             None if bound is None else bound <= TICK_TARGET_MS / 1000))
     if res.tick_pure.get("ms"):
         ms = res.tick_pure["ms"]
+        cpu = res.tick_pure.get("cpu_ms") or {}
         out.append(Verdict(
             f"tick over {res.tick_pure['revisions']:,} revisions ≤ {TICK_TARGET_MS:g} ms "
             "(pure MultiScaler, in-process)",
-            f"median {ms['median']:.1f} ms, p95 {ms['p95']:.1f} ms over {ms['n']} ticks",
+            f"median {ms['median']:.1f} ms, p95 {ms['p95']:.1f} ms over {ms['n']} ticks"
+            + (f" (CPU median {cpu['median']:.1f} ms)" if cpu else ""),
             ms["p95"] <= TICK_TARGET_MS))
     if res.reaction:
         for key, label in (("covering_s", "first decision with desired ≥ "
@@ -964,10 +1038,19 @@ def verdicts(res: Results) -> list[Verdict]:
     return out
 
 
+def machine_line(m: Mapping) -> str:
+    """The report's first line: the machine, and how busy it was while the run lasted."""
+    text = (f"{m.get('nproc')} CPU ({m.get('cpu_model')}), {m.get('mem_total_mb')} MiB, "
+            f"Python {m.get('python')}")
+    if m.get("busy_cores") is not None:
+        text += (f"; whole machine busy {m['busy_cores']:.2f} of {m.get('nproc')} cores on "
+                 f"average during the run (this benchmark included), load average "
+                 f"{' '.join(m.get('loadavg_at_start') or [])} at start")
+    return text
+
+
 def render(res: Results) -> str:
-    m = res.machine
-    lines = [f"Ebb autoscaler benchmark — {m.get('nproc')} CPU ({m.get('cpu_model')}), "
-             f"{m.get('mem_total_mb')} MiB, Python {m.get('python')}", ""]
+    lines = [f"Ebb autoscaler benchmark — {machine_line(res.machine)}", ""]
     if res.ingest:
         rows = []
         for fig, clients in zip(res.ingest, res.ingest_clients, strict=True):
@@ -985,7 +1068,7 @@ def render(res: Results) -> str:
                                   "window s", "accepted in window", "dropped", "stats/s",
                                   "autoscaler cores", "stats per CPU-s", "CPU µs/stat",
                                   "client errors"), rows, (True,) * 10 + (False,)), ""]
-    if res.tick_live or res.tick_pure:
+    if res.tick_live or res.tick_pure or res.tick_server:
         rows = []
         for phase, h in res.tick_live.get("phases", {}).items():
             rows.append([f"live, {phase} load", f"{h['ticks']:.0f}",
@@ -999,10 +1082,25 @@ def render(res: Results) -> str:
                          fmt_bound_ms(h["max_bound_s"]), "-"])
         if res.tick_pure.get("ms"):
             ms = res.tick_pure["ms"]
-            rows.append(["pure MultiScaler.decide × revisions", str(ms["n"]), "-",
+            rows.append(["pure MultiScaler.decide × revisions (wall)", str(ms["n"]), "-",
                          f"{ms['median']:.1f}", f"{ms['p95']:.1f}", f"{ms['max']:.1f} ms",
                          fmt_opt(res.tick_pure.get("changed_verdicts_per_tick"), ",.0f")])
-        n = res.tick_live.get("revisions") or res.tick_pure.get("revisions")
+            cpu = res.tick_pure.get("cpu_ms")
+            if cpu:
+                rows.append(["pure, CPU time of the ticking thread", str(cpu["n"]), "-",
+                             f"{cpu['median']:.1f}", f"{cpu['p95']:.1f}",
+                             f"{cpu['max']:.1f} ms", "-"])
+        for phase, h in res.tick_server.get("phases", {}).items():
+            for key, kind in (("ms", "wall"), ("cpu_ms", "CPU")):
+                t = h[key]
+                if t:
+                    rows.append([f"AutoscalerServer.tick() in-process, {phase} load ({kind})",
+                                 str(t["n"]), "-", f"{t['median']:.1f}", f"{t['p95']:.1f}",
+                                 f"{t['max']:.1f} ms",
+                                 fmt_opt(h["changed_verdicts_per_tick"], ",.0f")
+                                 if key == "ms" else "-"])
+        n = (res.tick_live.get("revisions") or res.tick_pure.get("revisions")
+             or res.tick_server.get("revisions"))
         lines += [f"Decision tick over {n:,} revisions (ms)", "",
                   markdown_table(("measure", "ticks", "mean", "median", "p95", "max",
                                   "changed verdicts/tick"), rows,
@@ -1109,7 +1207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ebb-bench-autoscaler-"))
     processes = Processes(work, uuid.uuid4().hex)
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # we fork while a channel is open
     res = Results(machine=machine_info())
+    busy0, wall0 = procs.busy_now(), time.monotonic()
 
     def interrupt(signum: int, _frame: object) -> None:
         raise Interrupted(signum)
@@ -1122,6 +1222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "tick" in s.parts:
             run_tick_live(s, processes, work, res)
             run_tick_pure(s, res)
+            run_tick_server(s, res)
         if "reaction" in s.parts:
             run_reaction(s, processes, work, res)
     except (Interrupted, KeyboardInterrupt):
@@ -1137,6 +1238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    res.machine["busy_cores"] = (procs.busy_now() - busy0) / max(1e-9, time.monotonic() - wall0)
     print(render(res))
     if s.out is not None:
         s.out.parent.mkdir(parents=True, exist_ok=True)

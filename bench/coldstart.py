@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench import procs
-from bench.autoscaler import machine_info, time_summary
+from bench.autoscaler import machine_info, machine_line, time_summary
 from bench.mesh import NAMESPACE, Mesh
 from bench.procs import HOST, Processes, StartError
 from bench.report import Verdict, markdown_table
@@ -257,7 +257,7 @@ class Baselines:
 
     def _popen(self, argv: Sequence[str], env: Mapping[str, str], name: str
                ) -> subprocess.Popen:
-        log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        log = open(self.work / f"{name}.log", "ab")  # the child keeps its own copy
         try:
             return subprocess.Popen(list(argv), env=dict(env), stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT,
@@ -469,10 +469,8 @@ def figures(res: Results) -> dict:
 
 
 def render(res: Results) -> str:
-    m = res.machine
     f = figures(res)
-    lines = [f"Ebb cold-start benchmark — {m.get('nproc')} CPU ({m.get('cpu_model')}), "
-             f"{m.get('mem_total_mb')} MiB, Python {m.get('python')}", ""]
+    lines = [f"Ebb cold-start benchmark — {machine_line(res.machine)}", ""]
 
     def row(label: str, key: str) -> list[str]:
         t = f[key]
@@ -539,6 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ebb-bench-coldstart-"))
     processes = Processes(work, uuid.uuid4().hex)
     res = Results(machine=machine_info())
+    busy0, wall0 = procs.busy_now(), time.monotonic()
 
     def interrupt(signum: int, _frame: object) -> None:
         raise Interrupted(signum)
@@ -560,6 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    res.machine["busy_cores"] = (procs.busy_now() - busy0) / max(1e-9, time.monotonic() - wall0)
     if res.cold or res.app:
         print(render(res))
     if s.out is not None:

@@ -276,6 +276,12 @@ def test_paths_are_valid_json_whatever_they_hold(url, path):
     assert line["path"] == path
 
 
+def test_an_odd_path_in_a_batch_leaves_the_others_as_they_are():
+    urls = [b"/a", b'/b"q', b"/c?x=\"", b"/d\xff", b"/e"]
+    lines = log_lines(*[exchange(url=url) for url in urls])
+    assert [line["path"] for line in lines] == ["/a", '/b"q', "/c", "/d\\xff", "/e"]
+
+
 @pytest.mark.parametrize("bad", [b"garbage", f"00-{'0' * 32}-{SPAN}-01".encode(), GOOD.upper().encode()])
 def test_a_malformed_traceparent_logs_no_trace_id(bad):
     (line,) = log_lines(exchange(traceparent=bad))

@@ -147,7 +147,8 @@ STEPS = (
     ("instance_started", "controller started app + queue", "controller", "instance started", {}),
     ("queue_serving", "queue listening", "queue", "queue serving", {}),
     ("app_ready", "queue sees the app ready (50 ms probe)", "queue", "app ready", {}),
-    ("activator_probe", "activator's probe answered (200 ms probe)", "activator",
+    ("activator_probe", "activator's own probe answered first (200 ms probe; otherwise the "
+     "controller's 50 ms probe and endpoints stream told it)", "activator",
      "instance answered its probe", {}),
 )
 
@@ -465,6 +466,8 @@ def figures(res: Results) -> dict:
         "steps_median_ms": {key: (None if (m := median_or_none(
             c["steps_s"].get(key) for c in ok)) is None else m * 1000)
             for key, *_ in STEPS},
+        "steps_seen": {key: sum(1 for c in ok if c["steps_s"].get(key) is not None)
+                       for key, *_ in STEPS},
     }
 
 
@@ -489,14 +492,16 @@ def render(res: Results) -> str:
     lines += ["Cold start (ms)", "",
               markdown_table(("measure", "n", "median", "p95", "min", "max"), rows,
                              (False, True, True, True, True, True)), ""]
-    steps = f["steps_median_ms"]
-    step_rows = [[label, "-" if steps[key] is None else f"{steps[key]:.0f}"]
-                 for key, label, *_ in STEPS]
+    steps, seen = f["steps_median_ms"], f["steps_seen"]
     cold = f["cold_first_byte_ms"]
-    step_rows.append(["first byte at the client", f"{cold['median']:.0f}" if cold else "-"])
+    trials = cold.get("n", 0) if cold else 0
+    step_rows = [[label, "-" if steps[key] is None else f"{steps[key]:.0f}",
+                  f"{seen[key]}/{trials}"] for key, label, *_ in STEPS]
+    step_rows.append(["first byte at the client", f"{cold['median']:.0f}" if cold else "-",
+                      f"{trials}/{trials}"])
     lines += ["Where a cold request's time goes (median ms after the request was sent, from "
               "the components' logs)", "",
-              markdown_table(("step", "ms"), step_rows, (False, True)), ""]
+              markdown_table(("step", "ms", "seen in"), step_rows, (False, True, True)), ""]
     over = f["overhead_ms"]
     verdict = Verdict(f"cold-start overhead ≤ {OVERHEAD_TARGET_MS:g} ms beyond the app's own "
                       "start-to-ready",

@@ -119,9 +119,10 @@ def test_figures_and_render_met():
     assert f["overhead_ms"] == pytest.approx(25.0)
     assert f["steps_median_ms"]["decision"] == pytest.approx(3.0)
     assert f["steps_median_ms"]["queue_serving"] is None
+    assert f["steps_seen"]["queue_serving"] == 0 and f["steps_seen"]["decision"] == 3
     assert f["queue_healthy_ms"]["median"] == pytest.approx(250.0)
     text = bc.render(res)
-    assert "+25 ms" in text and "| met" in text
+    assert "+25 ms" in text and "| met" in text and "3/3" in text
 
 
 def test_figures_and_render_not_met_and_failures():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ebb.api.serving.v1 import resources_pb2 as r
 from ebb.controller import reconcile as rc
 from ebb.controller.gateway import cluster_name, gateway_spec, route_virtual_hosts
-from ebb.controller.resources import LABEL_CONFIGURATION, condition, key_of
+from ebb.controller.resources import LABEL_CONFIGURATION, key_of
 from ebb.controller.runtime import Address, InstanceSpec, RevisionKey, Runtime
 from ebb.controller.scaling import ScalingSpec
 from ebb.controller.snapshot import VirtualHostSpec, build_snapshot
@@ -363,8 +363,3 @@ class Controller:
 
     def endpoints_of(self, key: RevisionKey) -> list[Address]:
         return self._runtime.ready_addresses(key)
-
-
-def ready_reason(obj) -> str:
-    cond = condition(obj, "Ready")
-    return cond.reason if cond else ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from google.protobuf import json_format, timestamp_pb2
@@ -81,11 +80,6 @@ def to_json(obj: Object) -> str:
 
 def from_json(kind: str, text: str) -> Object:
     return json_format.Parse(text, KINDS[kind]())
-
-
-def content_hash(message) -> str:
-    """Short stable hash of a message's content (deterministic serialization)."""
-    return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
 def timestamp(now_s: float) -> timestamp_pb2.Timestamp:

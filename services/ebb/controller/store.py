@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -212,9 +211,3 @@ def _copy(obj: Object) -> Object:
     out = type(obj)()
     out.CopyFrom(obj)
     return out
-
-
-async def watch_queue(store: Store) -> tuple[asyncio.Queue[Event], Callable[[], None]]:
-    """An asyncio queue fed by the store's events, and its unsubscribe function."""
-    queue: asyncio.Queue[Event] = asyncio.Queue()
-    return queue, store.subscribe(queue.put_nowait)

@@ -793,9 +793,10 @@ def run_tick_pure(s: Settings, res: Results) -> None:
 
 def run_tick_server(s: Settings, res: Results) -> None:
     """`AutoscalerServer.tick()` in-process with a fake clock: the pure decisions plus what
-    the server adds per decision (counters, timestamps) and per changed verdict (the JSON
-    log line, written to /dev/null here, and the proto offered to one watcher), without
-    gRPC threads. Constant load first (few verdicts change), then ±20 % jitter."""
+    the server adds per decision (counters, timestamps) and per changed verdict (the proto
+    offered to one watcher, and a JSON log line, written to /dev/null here, when desired
+    or panic moved), without gRPC threads. Constant load first (few verdicts change), then
+    ±20 % jitter (EBC moves on most ticks)."""
     import logging
 
     from ebb.autoscaler.collector import StatValue

@@ -221,6 +221,34 @@ async def test_many_watchers_and_namespace_filter(quiet_mesh):
         call.cancel()
 
 
+async def test_decisions_carry_bounds_resolved_from_cluster_settings():
+    settings = AutoscalerSettings.from_mapping(
+        {"min-scale": "2", "max-scale": "6", "max-scale-limit": "10", "initial-scale": "3"}
+    )
+    mesh = await start_mesh(tick_interval_s=60.0, settings=settings)
+    try:
+        over = pb.RevisionKey(namespace="default", name="over-00001")
+        await mesh.scaling.RegisterRevision(
+            pb.RegisterRevisionRequest(spec=spec(**{A + "max-scale": "8"}))
+        )
+        response = await mesh.scaling.RegisterRevision(
+            pb.RegisterRevisionRequest(
+                spec=pb.AutoscalingSpec(revision=over, annotations={A + "max-scale": "50"})
+            )
+        )
+        assert response.warnings  # over max-scale-limit: the cluster's max-scale is used
+        watch = mesh.scaling.WatchDecisions(pb.WatchDecisionsRequest())
+        first = await asyncio.wait_for(watch.read(), WAIT_S)
+        bounds = {
+            d.revision.name: (d.bounds.min_scale, d.bounds.max_scale, d.bounds.initial_scale)
+            for d in first.decisions
+        }
+        assert bounds == {REV.name: (2, 8, 3), over.name: (2, 6, 3)}
+        watch.cancel()
+    finally:
+        await stop_mesh(mesh)
+
+
 async def test_close_ends_watch_and_stats_streams_cleanly():
     mesh = await start_mesh(tick_interval_s=0.05)
     try:

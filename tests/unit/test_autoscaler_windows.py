@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from ebb.autoscaler.windows import (
@@ -192,3 +194,75 @@ def test_memory_is_bounded_by_the_window():
 def test_invalid_window():
     with pytest.raises(ValueError):
         BucketWindow(0)
+
+
+class _ReferenceWindow:
+    """The window's definition, computed naively: every write kept, the view rebuilt."""
+
+    def __init__(self, window_s: int) -> None:
+        self.window_s = window_s
+        self.writes: dict[int, float] = {}
+        self.first: int | None = None
+        self.last: int | None = None
+
+    def record(self, second: int, value: float) -> None:
+        if self.last is None or second - self.last >= self.window_s:
+            self.writes, self.first, self.last = {}, second, second
+        elif second <= self.last - self.window_s:
+            return
+        self.first, self.last = min(self.first, second), max(self.last, second)
+        self.writes[second] = self.writes.get(second, 0.0) + value
+
+    def view(self, now: int) -> WindowView:
+        now = max(now, self.last)
+        start = now - self.window_s + 1
+        values = tuple(self.writes.get(s, 0.0) for s in range(start, now + 1))
+        return WindowView(values, self.last - max(self.first, start) + 1)
+
+
+@pytest.mark.parametrize("policy", list(POLICIES.values()))
+@pytest.mark.parametrize("seed", range(5))
+def test_running_averages_match_the_definition(policy, seed):
+    # The ring and running sum must give what the policy gives on the rebuilt window:
+    # gaps, late writes, negative adjustments, restarts after silence, resizes.
+    rng = random.Random(seed)
+    window, reference = BucketWindow(6, policy), _ReferenceWindow(6)
+    second = 1000
+    for step in range(3000):
+        second += rng.choice((0, 0, 1, 1, 1, 2, 4, 9))
+        late = rng.random() < 0.1
+        when = second - rng.randrange(0, 8) if late else second
+        value = rng.choice((0.0, 1.0, 2.5, -1.0, rng.uniform(0, 50)))
+        window.record(when + rng.random(), value)
+        reference.record(when, value)
+        if step % 500 == 499:
+            size = rng.choice((3, 6, 10))
+            window.resize(size)
+            reference = _resized(reference, size)
+        now = second + rng.choice((0, 0, 1, 2, 5))
+        if now - reference.last >= reference.window_s:
+            assert window.average(now) == 0.0
+        else:
+            assert window.average(now + 0.5) == pytest.approx(
+                policy(reference.view(now)), rel=1e-9, abs=1e-6
+            )
+
+
+def _resized(reference: _ReferenceWindow, size: int) -> _ReferenceWindow:
+    """Knative's ResizeWindow on the reference: keep the last min(old, new) seconds."""
+    kept = min(reference.window_s, size)
+    out = _ReferenceWindow(size)
+    out.last = reference.last
+    out.first = max(reference.first, reference.last - kept + 1)
+    out.writes = {s: v for s, v in reference.writes.items() if s > reference.last - kept}
+    return out
+
+
+def test_weighted_average_is_exactly_zero_once_the_load_is_gone():
+    # A running (decayed) weighted sum would keep a float residue, and ceil() one instance.
+    w = BucketWindow(6, weighted_exponential)
+    for t, v in enumerate([3.3, 7.1, 0.7, 1.9]):
+        w.record(100 + t, v)
+    for t in range(104, 110):
+        w.record(t, 0.0)
+    assert w.average(109) == 0.0

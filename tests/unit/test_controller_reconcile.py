@@ -219,6 +219,33 @@ def test_desired_instances(annotations, reachable, latest, decision, zero_ok, ex
     ) == expected
 
 
+def _bounded(desired, min_scale=0, max_scale=0, initial_scale=1):
+    bounds = rc.ScaleBounds(min_scale=min_scale, max_scale=max_scale, initial_scale=initial_scale)
+    return rc.Decision(desired=desired, bounds=bounds)
+
+
+@pytest.mark.parametrize(
+    "annotations,reachable,decision,expected",
+    [
+        # Cluster-wide settings arrive as the autoscaler's resolved bounds.
+        ({}, True, _bounded(1, min_scale=2), 2),  # cluster min-scale 2
+        ({}, False, _bounded(1, min_scale=2), 1),  # ...only while routed
+        ({}, True, _bounded(9, max_scale=5), 5),  # cluster max-scale (or max-scale-limit) 5
+        ({}, True, _bounded(-1, initial_scale=3), 3),  # cluster initial-scale 3
+        ({}, True, _bounded(-1, initial_scale=0), 0),  # allow-zero-initial-scale
+        ({}, True, _bounded(-1, min_scale=2, initial_scale=1), 2),  # min above initial wins
+        # The autoscaler has already let a valid annotation override the cluster default,
+        # so its bounds win over the raw annotations.
+        ({A + "max-scale": "4"}, True, _bounded(9, max_scale=4), 4),
+        ({A + "max-scale": "50"}, True, _bounded(30, max_scale=10), 10),  # 50 over the limit
+    ],
+)
+def test_desired_instances_uses_the_autoscalers_bounds(annotations, reachable, decision, expected):
+    assert rc.desired_instances(
+        annotations, reachable=reachable, latest=True, decision=decision, can_scale_to_zero=True
+    ) == expected
+
+
 @pytest.mark.parametrize(
     "decision,desired,ready,has_activator,mode",
     [

@@ -344,6 +344,19 @@ ANNOTATION_PREFIX = "autoscaling.knative.dev/"
 
 
 @dataclass(frozen=True)
+class ScaleBounds:
+    """A revision's min/max/initial scale (mirrors autoscaler.v1.ScaleBounds).
+
+    The autoscaler resolves them, because it holds the cluster-wide config-autoscaler
+    settings: each annotation when valid, else the cluster's setting of the same name.
+    """
+
+    min_scale: int = 0
+    max_scale: int = 0  # 0 = unbounded
+    initial_scale: int = 1
+
+
+@dataclass(frozen=True)
 class Decision:
     """The autoscaler's latest verdict for a revision (mirrors autoscaler.v1.ScaleDecision)."""
 
@@ -353,6 +366,7 @@ class Decision:
     stable_value: float = 0.0
     panic_value: float = 0.0
     requests_per_second: float = 0.0
+    bounds: ScaleBounds | None = None  # None: not sent; the annotations alone apply
 
 
 def _int_annotation(annotations, name: str, default: int) -> int:
@@ -372,6 +386,9 @@ def desired_instances(
 ) -> int:
     """Instances to run, applying a decision as Knative's KPA reconciler does.
 
+    - the bounds are the decision's (annotation, else the cluster-wide setting; a
+      max-scale-limit has already ruled out larger maxima), or the annotations alone over
+      Knative's defaults until the autoscaler has sent them;
     - min-scale applies only while the revision is reachable (routed);
     - before the first decision, initial-scale (default 1) is the floor;
     - then clamp to [min, max] (max 0 = unbounded);
@@ -382,14 +399,20 @@ def desired_instances(
     """
     if not reachable and not latest:
         return 0
-    min_scale = _int_annotation(annotations, "min-scale", 0) if reachable else 0
-    max_scale = _int_annotation(annotations, "max-scale", 0)
+    bounds = decision.bounds if decision is not None else None
+    if bounds is None:
+        bounds = ScaleBounds(
+            min_scale=_int_annotation(annotations, "min-scale", 0),
+            max_scale=_int_annotation(annotations, "max-scale", 0),
+            initial_scale=_int_annotation(annotations, "initial-scale", 1),
+        )
+    min_scale = bounds.min_scale if reachable else 0
     if decision is None or decision.desired < 0:
-        desired = max(_int_annotation(annotations, "initial-scale", 1), min_scale)
+        desired = max(bounds.initial_scale, min_scale)
     else:
         desired = max(decision.desired, min_scale)
-    if max_scale > 0:
-        desired = min(desired, max_scale)
+    if bounds.max_scale > 0:
+        desired = min(desired, bounds.max_scale)
     if reachable and not can_scale_to_zero:
         desired = max(desired, 1)
     return desired

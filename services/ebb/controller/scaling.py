@@ -16,7 +16,7 @@ import grpc
 
 from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
 from ebb.api.autoscaler.v1 import autoscaler_pb2_grpc as pb_grpc
-from ebb.controller.reconcile import Decision
+from ebb.controller.reconcile import Decision, ScaleBounds
 from ebb.controller.runtime import RevisionKey
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,26 @@ class ScalingSpec:
     container_concurrency: int
     reachable: bool
     ready_instances: int
+
+
+def decision_from_proto(d: pb.ScaleDecision) -> Decision:
+    """The controller's copy of a decision; bounds only when the autoscaler sent them."""
+    bounds = None
+    if d.HasField("bounds"):
+        bounds = ScaleBounds(
+            min_scale=d.bounds.min_scale,
+            max_scale=d.bounds.max_scale,
+            initial_scale=d.bounds.initial_scale,
+        )
+    return Decision(
+        desired=d.desired_scale,
+        excess_burst_capacity=d.excess_burst_capacity,
+        panic=d.panic,
+        stable_value=d.stable_value,
+        panic_value=d.panic_value,
+        requests_per_second=d.requests_per_second,
+        bounds=bounds,
+    )
 
 
 class ScalingClient:
@@ -130,14 +150,7 @@ class ScalingClient:
                         key = RevisionKey(d.revision.namespace, d.revision.name)
                         if key not in self._specs:
                             continue
-                        self.decisions[key] = Decision(
-                            desired=d.desired_scale,
-                            excess_burst_capacity=d.excess_burst_capacity,
-                            panic=d.panic,
-                            stable_value=d.stable_value,
-                            panic_value=d.panic_value,
-                            requests_per_second=d.requests_per_second,
-                        )
+                        self.decisions[key] = decision_from_proto(d)
                     self._on_change()
             except asyncio.CancelledError:
                 raise

@@ -113,7 +113,7 @@ class WatchDecisionsRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ...) -> None: ...
 
 class ScaleDecision(_message.Message):
-    __slots__ = ("revision", "desired_scale", "excess_burst_capacity", "panic", "stable_value", "panic_value", "metric", "requests_per_second", "decided_at")
+    __slots__ = ("revision", "desired_scale", "excess_burst_capacity", "panic", "stable_value", "panic_value", "metric", "requests_per_second", "decided_at", "bounds")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     DESIRED_SCALE_FIELD_NUMBER: _ClassVar[int]
     EXCESS_BURST_CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +123,7 @@ class ScaleDecision(_message.Message):
     METRIC_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    BOUNDS_FIELD_NUMBER: _ClassVar[int]
     revision: RevisionKey
     desired_scale: int
     excess_burst_capacity: int
@@ -132,7 +133,18 @@ class ScaleDecision(_message.Message):
     metric: Metric
     requests_per_second: float
     decided_at: _timestamp_pb2.Timestamp
-    def __init__(self, revision: _Optional[_Union[RevisionKey, _Mapping]] = ..., desired_scale: _Optional[int] = ..., excess_burst_capacity: _Optional[int] = ..., panic: _Optional[bool] = ..., stable_value: _Optional[float] = ..., panic_value: _Optional[float] = ..., metric: _Optional[_Union[Metric, str]] = ..., requests_per_second: _Optional[float] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    bounds: ScaleBounds
+    def __init__(self, revision: _Optional[_Union[RevisionKey, _Mapping]] = ..., desired_scale: _Optional[int] = ..., excess_burst_capacity: _Optional[int] = ..., panic: _Optional[bool] = ..., stable_value: _Optional[float] = ..., panic_value: _Optional[float] = ..., metric: _Optional[_Union[Metric, str]] = ..., requests_per_second: _Optional[float] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., bounds: _Optional[_Union[ScaleBounds, _Mapping]] = ...) -> None: ...
+
+class ScaleBounds(_message.Message):
+    __slots__ = ("min_scale", "max_scale", "initial_scale")
+    MIN_SCALE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SCALE_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_SCALE_FIELD_NUMBER: _ClassVar[int]
+    min_scale: int
+    max_scale: int
+    initial_scale: int
+    def __init__(self, min_scale: _Optional[int] = ..., max_scale: _Optional[int] = ..., initial_scale: _Optional[int] = ...) -> None: ...
 
 class WatchDecisionsResponse(_message.Message):
     __slots__ = ("decisions",)

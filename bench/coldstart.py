@@ -12,13 +12,15 @@ One run:
          every millisecond until it answers (the app's own start-to-ready; also the first
          byte of a GET sent right then);
        - queue alone: an app already up, start `python -m ebb.queue` and poll its
-         `K-Network-Probe: queue` health answer (the queue's own start-to-ready);
+         `K-Network-Probe: queue` health answer (the queue's own start-to-ready); then the
+         same with a standby queue (`--standby`, given 1 s for its imports) handed its
+         flags on stdin, as the local runtime starts instances;
        - cold request: GET / through the gateway (Envoy) with the service's Host, timing
          the first response byte; the request is held by the activator, which pokes the
          autoscaler, whose decision makes the controller start app + queue.
      The components' JSON logs (ms wall-clock stamps) then split the cold request into
-     steps: decision, instance started, queue listening, app ready (queue's probe), the
-     activator's probe answered, first byte.
+     steps: decision, instance started, queue's proxy listening, app ready (queue's
+     probe), queue's gRPC side up, the activator's probe answered, first byte.
   3. Prints the medians, overhead = median(cold first byte) - median(app start-to-ready),
      and the verdict against the target (<= 30 ms).
 
@@ -144,10 +146,13 @@ def first_event(events: Iterable[LogEvent], since: float, msg: str,
 # The steps of a cold request, in order: (key, label, component log, message, match).
 STEPS = (
     ("decision", "autoscaler decides desired ≥ 1 (poke)", "autoscaler", "scale decision", {}),
-    ("instance_started", "controller started app + queue", "controller", "instance started", {}),
-    ("queue_serving", "queue listening", "queue", "queue serving", {}),
-    ("app_ready", "queue sees the app ready (50 ms probe)", "queue", "app ready", {}),
-    ("activator_probe", "activator's own probe answered first (200 ms probe; otherwise the "
+    ("instance_started", "controller started app + queue (the standby queue when one waits)",
+     "controller", "instance started", {}),
+    ("proxy_listening", "queue's proxy listening", "queue", "proxy listening", {}),
+    ("app_ready", "queue sees the app ready (5 ms probes at first)", "queue", "app ready", {}),
+    ("queue_serving", "queue's gRPC admin and metrics up (off the request path)", "queue",
+     "queue serving", {}),
+    ("activator_probe", "activator's probe answered (5 ms probes at first; or the "
      "controller's 50 ms probe and endpoints stream told it)", "activator",
      "instance answered its probe", {}),
 )
@@ -252,15 +257,16 @@ class Baselines:
     def __init__(self, processes: Processes, work: Path) -> None:
         self.processes = processes
         self.work = work
+        self.standby_warmup_s = 1.0
         self.env = {**processes.base_env, procs.MARK_VAR: processes.mark,
                     "K_SERVICE": SERVICE, "K_CONFIGURATION": SERVICE,
                     "K_REVISION": "hello-baseline"}
 
-    def _popen(self, argv: Sequence[str], env: Mapping[str, str], name: str
-               ) -> subprocess.Popen:
+    def _popen(self, argv: Sequence[str], env: Mapping[str, str], name: str,
+               stdin: int = subprocess.DEVNULL) -> subprocess.Popen:
         log = open(self.work / f"{name}.log", "ab")  # the child keeps its own copy
         try:
-            return subprocess.Popen(list(argv), env=dict(env), stdin=subprocess.DEVNULL,
+            return subprocess.Popen(list(argv), env=dict(env), stdin=stdin,
                                     stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, cwd=str(REPO))
         finally:
@@ -281,20 +287,33 @@ class Baselines:
             stop_popen(proc)
         return {"ready_s": ready, "first_byte_s": first_byte}
 
-    def queue(self) -> dict[str, float]:
+    def queue(self, *, standby: bool = False) -> dict[str, float]:
         """With an app already up: start the queue; seconds until it listens, and until its
-        `K-Network-Probe: queue` answer is 200 `queue` (it has seen the app)."""
+        `K-Network-Probe: queue` answer is 200 `queue` (it has seen the app).
+
+        standby: the queue is first started with `--standby` and left to do its imports
+        (one settle period), then handed its flags on stdin, as the local runtime does;
+        the clock starts at the hand-over."""
         app_port = procs.free_port()
         app = self._popen([sys.executable, str(HELLO_APP)], {**self.env, "PORT": str(app_port)},
                           "baseline-queue-app")
         try:
             wait_connect(app_port, time.perf_counter(), app, START_TIMEOUT_S)
             port = procs.free_port()
-            argv = [sys.executable, "-m", "ebb.queue", "--http-port", str(port), "--app-port",
-                    str(app_port), "--revision", f"{NAMESPACE}/hello-baseline",
-                    "--instance", "baseline", "--no-request-log", "--log-level", "warning"]
-            started = time.perf_counter()
-            queue = self._popen(argv, self.env, "baseline-queue")
+            flags = ["--http-port", str(port), "--app-port", str(app_port), "--revision",
+                     f"{NAMESPACE}/hello-baseline", "--instance", "baseline",
+                     "--no-request-log", "--log-level", "warning"]
+            queue_cmd = [sys.executable, "-m", "ebb.queue"]
+            if standby:
+                queue = self._popen([*queue_cmd, "--standby"], self.env, "baseline-standby",
+                                    stdin=subprocess.PIPE)
+                time.sleep(self.standby_warmup_s)
+                started = time.perf_counter()
+                queue.stdin.write((json.dumps({"argv": flags}) + "\n").encode())
+                queue.stdin.close()
+            else:
+                started = time.perf_counter()
+                queue = self._popen([*queue_cmd, *flags], self.env, "baseline-queue")
             try:
                 listening = wait_connect(port, started, queue, START_TIMEOUT_S)
                 deadline = started + START_TIMEOUT_S
@@ -407,6 +426,7 @@ class Results:
     queue_import_s: list[float] = field(default_factory=list)
     app: list[dict] = field(default_factory=list)
     queue: list[dict] = field(default_factory=list)
+    standby_queue: list[dict] = field(default_factory=list)
     cold: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -433,6 +453,7 @@ def run(s: Settings, processes: Processes, work: Path, res: Results) -> None:
             time.sleep(s.settle_s)
             res.app.append(base.app())
             res.queue.append(base.queue())
+            res.standby_queue.append(base.queue(standby=True))
             time.sleep(s.settle_s)
             sent_at = time.time()
             first_byte, status, data = timed_get(mesh.ports["http"], host)
@@ -443,7 +464,8 @@ def run(s: Settings, processes: Processes, work: Path, res: Results) -> None:
                              "steps_s": steps})
             log(f"trial {trial + 1}: cold {first_byte * 1000:.0f} ms (HTTP {status}); "
                 f"app {res.app[-1]['ready_s'] * 1000:.0f} ms; queue "
-                f"{res.queue[-1]['healthy_s'] * 1000:.0f} ms; steps "
+                f"{res.queue[-1]['healthy_s'] * 1000:.0f} ms; standby queue "
+                f"{res.standby_queue[-1]['healthy_s'] * 1000:.0f} ms; steps "
                 + ", ".join(f"{k} {v * 1000:.0f}" for k, v in steps.items() if v is not None))
     finally:
         mesh.stop()
@@ -459,6 +481,9 @@ def figures(res: Results) -> dict:
         "app_first_byte_ms": time_summary([a["first_byte_s"] * 1000 for a in res.app]),
         "queue_listening_ms": time_summary([q["listening_s"] * 1000 for q in res.queue]),
         "queue_healthy_ms": time_summary([q["healthy_s"] * 1000 for q in res.queue]),
+        "standby_listening_ms": time_summary(
+            [q["listening_s"] * 1000 for q in res.standby_queue]),
+        "standby_healthy_ms": time_summary([q["healthy_s"] * 1000 for q in res.standby_queue]),
         "python_start_ms": time_summary([v * 1000 for v in res.python_start_s]),
         "queue_import_ms": time_summary([v * 1000 for v in res.queue_import_s]),
         "overhead_ms": overhead_ms(cold_ms, app_ms),
@@ -487,6 +512,9 @@ def render(res: Results) -> str:
             row("sample app alone: start → first byte of a GET", "app_first_byte_ms"),
             row("queue alone: start → listening", "queue_listening_ms"),
             row("queue alone: start → probe answers `queue`", "queue_healthy_ms"),
+            row("standby queue alone: flags handed → listening", "standby_listening_ms"),
+            row("standby queue alone: flags handed → probe answers `queue`",
+                "standby_healthy_ms"),
             row("`python -c pass`", "python_start_ms"),
             row("`python -c 'import ebb.queue.main'`", "queue_import_ms")]
     lines += ["Cold start (ms)", "",

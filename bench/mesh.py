@@ -132,15 +132,18 @@ class Mesh:
         return procs.marked_pids(self.processes.mark)
 
     def queue_pid(self, revision: str, timeout_s: float = 10.0) -> int | None:
-        """The queue serving `revision`: a marked `python -m ebb.queue` whose --revision
-        is NAMESPACE/revision."""
-        want = f"{NAMESPACE}/{revision}"
+        """The queue serving `revision`, from its ready file (run/queues/INSTANCE.json,
+        INSTANCE = REVISION-xxxxxx). Not from its command line: a queue the local runtime
+        made of its standby was started as `python -m ebb.queue --standby`."""
+        ready_files = self.data_dir / "run" / "queues"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for pid in self._marked():
-                argv = procs.cmdline(pid)
-                if "ebb.queue" in argv and (want in argv or f"--revision={want}" in argv):
-                    return pid
+            marked = set(self._marked())
+            for path in sorted(ready_files.glob(f"{revision}-??????.json")):
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    pid = int(json.loads(path.read_text())["pid"])
+                    if pid in marked:
+                        return pid
             time.sleep(0.2)
         return None
 

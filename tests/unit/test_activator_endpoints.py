@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ebb.activator.endpoints import DEFAULT_TIMEOUT_S, RevisionSpec, from_proto
-from ebb.activator.probe import healthy_answer
+from ebb.activator.probe import EAGER_FOR_S, EAGER_PERIOD_S, PERIOD_S, healthy_answer, probe_delay
 from ebb.activator.proxy import split_address
 from ebb.api.networking.v1 import endpoints_pb2 as pb
 
@@ -53,6 +53,20 @@ def test_a_snapshot_with_figures_and_removals():
 )
 def test_probe_answer(answer, healthy):
     assert healthy_answer(answer) is healthy
+
+
+@pytest.mark.parametrize(
+    ("probing_for_s", "period_s", "delay_s"),
+    [
+        (0.0, PERIOD_S, EAGER_PERIOD_S),  # a new instance: every few ms
+        (EAGER_FOR_S - 0.001, PERIOD_S, EAGER_PERIOD_S),
+        (EAGER_FOR_S, PERIOD_S, PERIOD_S),  # then Knative's 200 ms
+        (5.0, 0.5, 0.5),
+        (0.0, 0.001, 0.001),  # a period shorter than the eager one stays
+    ],
+)
+def test_probe_delay(probing_for_s, period_s, delay_s):
+    assert probe_delay(probing_for_s, period_s) == delay_s
 
 
 @pytest.mark.parametrize(

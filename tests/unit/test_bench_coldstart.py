@@ -3,14 +3,10 @@ timestamps and events, the steps of a cold request, the overhead and the report.
 
 import calendar
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `bench` lives at the repo root
-
-from bench import coldstart as bc  # noqa: E402
+from bench import coldstart as bc
 
 T0 = calendar.timegm((2026, 11, 26, 19, 14, 21, 0, 0, 0))
 
@@ -71,13 +67,13 @@ def test_step_times():
             line(12, "scale decision", revision="default/other-00001", desired=3),
             line(14, "scale decision", revision="default/hello-00001", desired=1)]),
         "controller": bc.log_events([line(20, "instance started", instance="i")]),
-        "queue": bc.log_events([line(2, "queue serving"), line(230, "queue serving"),
-                                line(300, "app ready")]),
+        "queue": bc.log_events([line(2, "queue serving"), line(30, "proxy listening"),
+                                line(230, "queue serving"), line(300, "app ready")]),
         "activator": bc.log_events([line(410, "instance answered its probe")]),
     }
     steps = bc.step_times(events, sent, "hello-00001")
     assert steps == pytest.approx({"decision": 0.004, "instance_started": 0.010,
-                                   "queue_serving": 0.220, "app_ready": 0.290,
+                                   "proxy_listening": 0.020, "queue_serving": 0.220, "app_ready": 0.290,
                                    "activator_probe": 0.400}, abs=1e-6)
     assert bc.step_times({}, sent, "hello-00001") == dict.fromkeys(steps)
 
@@ -103,7 +99,7 @@ def results(cold_ms, app_ms, status=200):
         res.cold.append({"first_byte_s": c / 1000, "status": status, "body_ok": True,
                          "waited_for_zero_s": 9.0,
                          "steps_s": {"decision": 0.003, "instance_started": 0.008,
-                                     "queue_serving": None, "app_ready": 0.3,
+                                     "proxy_listening": 0.01, "queue_serving": None, "app_ready": 0.3,
                                      "activator_probe": 0.4}})
     for a in app_ms:
         res.app.append({"ready_s": a / 1000, "first_byte_s": (a + 2) / 1000})

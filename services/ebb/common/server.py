@@ -9,14 +9,16 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger(__name__)
 
-Adder = Callable[[grpc.aio.Server], None]
+# gRPC is imported by ServiceCore itself, not by this module: the queue imports `run` and
+# `write_ready_file` at start-up and gRPC only once its proxy listens.
+Adder = Callable[["grpc.aio.Server"], None]
 
 
 class ServiceCore:
@@ -43,6 +45,9 @@ class ServiceCore:
         self._port = port
         self._drain_s = drain_s
         self._grace_s = grace_s
+        import grpc
+        from grpc_health.v1 import health
+
         self._server = grpc.aio.server(
             interceptors=list(interceptors) or None, options=[("grpc.so_reuseport", 0)]
         )
@@ -69,6 +74,8 @@ class ServiceCore:
 
     def set_serving(self, serving: bool) -> None:
         """Set health of the overall server ("") and of every registered service."""
+        from grpc_health.v1 import health_pb2
+
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
@@ -78,6 +85,9 @@ class ServiceCore:
 
     async def start(self) -> int:
         """Bind, enable health and reflection, start serving; returns the bound port."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from grpc_reflection.v1alpha import reflection
+
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [
             *self._service_names,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 from ebb.api.serving.v1 import resources_pb2 as r
 from ebb.controller import reconcile as rc
@@ -37,6 +37,17 @@ class EndpointsView:
     timeout_s: int
     response_start_timeout_s: int
     idle_timeout_s: int
+
+
+@dataclass(frozen=True)
+class ScaleInputs:
+    """What the last pass knew of a revision besides its decision: enough to start the
+    instances a new decision asks for without a whole pass (`Controller.scale_up_now`)."""
+
+    spec: InstanceSpec
+    annotations: Mapping[str, str]
+    reachable: bool
+    latest: bool
 
 
 def instance_spec(rev: r.Revision) -> InstanceSpec:
@@ -93,15 +104,21 @@ class Controller:
         self._ack_task: asyncio.Task | None = None
         self._endpoints: dict[RevisionKey, EndpointsView] = {}
         self._endpoint_watchers: list[asyncio.Queue] = []
+        self._scale_inputs: dict[RevisionKey, ScaleInputs] = {}
+        self._store_changed = True  # since the last pass began; no fast path before a pass
         self.passes = 0
         self.errors = 0
-        store.subscribe(lambda _event: self.trigger())
+        store.subscribe(self._on_store_event)
         runtime.set_listener(self.trigger)
 
     # ------------------------------------------------------------ loop
 
     def trigger(self) -> None:
         self._dirty.set()
+
+    def _on_store_event(self, _event) -> None:
+        self._store_changed = True
+        self.trigger()
 
     async def run(self) -> None:
         while not self._stopped:
@@ -113,6 +130,9 @@ class Controller:
             if self._stopped:
                 break
             try:
+                if not self._store_changed:
+                    await self.scale_up_now()
+                self._store_changed = False
                 if self._metrics is None:
                     await self.reconcile_once()
                 else:
@@ -128,6 +148,35 @@ class Controller:
         self._dirty.set()
         if self._ack_task:
             self._ack_task.cancel()
+
+    async def scale_up_now(self) -> None:
+        """Start the instances that scaling decisions ask for beyond what runs, ahead of
+        the pass that follows.
+
+        A request held at zero waits for exactly this, and a whole pass reads, parses and
+        writes every resource first (milliseconds each). Only used when no resource has
+        changed since the last pass began, so that pass's view of each revision still
+        holds; scaling down and everything else is left to the pass.
+        """
+        if self._scaling is None:
+            return
+        now = self._wall()
+        for key, inputs in list(self._scale_inputs.items()):
+            decision = self._scaling.decisions.get(key)
+            if decision is None:
+                continue
+            desired = rc.desired_instances(
+                inputs.annotations,
+                reachable=inputs.reachable,
+                latest=inputs.latest,
+                decision=decision,
+                can_scale_to_zero=self._activator is not None,
+            )
+            actual = self._runtime.view(key).actual
+            running = rc.hold_instances_for_switch(desired, actual, self._activator_acked(key))
+            if running > actual:
+                await self._runtime.ensure(key, inputs.spec, running, now_s=now)
+                self._publish_instances(key)
 
     # ------------------------------------------------------------ one pass
 
@@ -203,6 +252,9 @@ class Controller:
                 decision=decision,
                 can_scale_to_zero=self._activator is not None,
             )
+            self._scale_inputs[key] = ScaleInputs(
+                spec, dict(rev.metadata.annotations), key in routed, key in latest_created
+            )
             view = self._runtime.view(key)
             modes[key] = rc.serving_mode(decision, desired, view.ready, has_activator=self._activator is not None)
             running = rc.hold_instances_for_switch(desired, view.actual, self._activator_acked(key))
@@ -217,6 +269,8 @@ class Controller:
                 status.status.requests_per_second = decision.requests_per_second
             revisions[(ns, name)] = self._put_status(status)
         live_keys = {RevisionKey(ns, n) for ns, n in revisions}
+        for key in self._scale_inputs.keys() - live_keys:
+            del self._scale_inputs[key]
         for key in self._runtime.revisions() - live_keys:
             await self._runtime.remove(key)
         if self._scaling is not None:
@@ -349,6 +403,22 @@ class Controller:
         if changed or removed:
             for queue in self._endpoint_watchers:
                 queue.put_nowait((changed, removed, False))
+
+    def _publish_instances(self, key: RevisionKey) -> None:
+        """Tell activators of the revision's instances now (a new one listed not-ready, so
+        they start probing it), outside a pass."""
+        view = self._endpoints.get(key)
+        if view is None:
+            return
+        updated = replace(
+            view,
+            addresses=tuple(str(a) for a in self._runtime.ready_addresses(key)),
+            not_ready_addresses=tuple(str(a) for a in self._runtime.not_ready_addresses(key)),
+        )
+        if updated != view:
+            self._endpoints[key] = updated
+            for queue in self._endpoint_watchers:
+                queue.put_nowait(({key: updated}, [], False))
 
     def watch_endpoints(self) -> asyncio.Queue:
         """A queue of (changed, removed, snapshot) updates, starting with the full state."""

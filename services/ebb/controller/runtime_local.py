@@ -2,6 +2,13 @@
 
 Instances run in their own sessions, so they outlive a controller crash; their pids and ports
 are kept in DATA_DIR/instances.json and a restarted controller adopts the ones still alive.
+
+Cold starts: the runtime keeps one *standby* queue (`python -m ebb.queue --standby`) that has
+already paid Python's start-up and imports and waits on its stdin for an instance's flags. A
+new instance takes it (the app is spawned in the same breath) and a replacement starts a
+little later, off the critical path; with no standby at hand the queue is started cold.
+Processes are spawned with `subprocess.Popen` (vfork + exec, no copy of the controller's
+page tables) and their exits are learned through a pidfd on the event loop.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -33,6 +41,10 @@ START_DEADLINE_S = 120.0  # an instance not ready by then is failed and replaced
 BACKOFF_MAX_S = 30.0
 QUEUE_DRAIN_MAX_S = 30.0
 APP_STOP_GRACE_S = 5.0
+# A replacement standby waits this long after one is taken, so its imports (CPU) do not
+# compete with the instance that is starting.
+STANDBY_RESPAWN_DELAY_S = 1.0
+STANDBY_FLAG = "--standby"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -44,6 +56,45 @@ def free_port(host: str = "127.0.0.1") -> int:
 def kill_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
         os.killpg(pid, sig)
+
+
+class Child:
+    """A process we started and must reap: `pid`, `returncode` (None while it runs), `wait()`.
+
+    The exit is learned through a pidfd the event loop watches, so no child watcher thread
+    and no SIGCHLD handling are involved.
+    """
+
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self.stdin = popen.stdin
+        self._loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._pidfd = os.pidfd_open(popen.pid)
+        self._loop.add_reader(self._pidfd, self._on_readable)
+
+    @classmethod
+    def spawn(cls, args, **popen_args) -> Child:
+        """Start `args` in a new session (a group we can signal as a whole)."""
+        return cls(subprocess.Popen(args, start_new_session=True, **popen_args))
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    def _on_readable(self) -> None:
+        code = self._popen.poll()
+        if code is None:
+            return
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        if not self._exited.done():
+            self._exited.set_result(code)
+
+    async def wait(self) -> int:
+        """The exit code, once it has exited (cancelling the wait leaves the watch in place)."""
+        return await asyncio.shield(self._exited)
 
 
 async def probe_queue(address: Address, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
@@ -94,8 +145,8 @@ class Instance:
     failed: str = field(default="", compare=False)
     failed_message: str = field(default="", compare=False)
     task: asyncio.Task | None = field(default=None, compare=False, repr=False)
-    app_proc: asyncio.subprocess.Process | None = field(default=None, compare=False, repr=False)
-    queue_proc: asyncio.subprocess.Process | None = field(default=None, compare=False, repr=False)
+    app_proc: Child | None = field(default=None, compare=False, repr=False)
+    queue_proc: Child | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> RevisionKey:
@@ -146,6 +197,9 @@ class LocalRuntime:
         self._listener: Callable[[], None] = lambda: None
         self._closing = False
         self._stop_tasks: set[asyncio.Task] = set()
+        self._standby: Child | None = None
+        self._standby_due_s = 0.0  # monotonic time before which no standby is started
+        self._standby_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ interface
 
@@ -180,6 +234,7 @@ class LocalRuntime:
     async def ensure(self, key: RevisionKey, spec: InstanceSpec, count: int, *, now_s: float) -> None:
         st = self._revs.setdefault(key, _RevisionState())
         st.desired = count
+        self._keep_standby()
         live = [i for i in st.instances if not i.stopping]
         if len(live) < count and now_s >= st.next_start_s and not self._closing:
             for _ in range(count - len(live)):
@@ -210,6 +265,7 @@ class LocalRuntime:
             if self._stop_tasks:
                 await asyncio.gather(*self._stop_tasks, return_exceptions=True)
             self._save()
+        await self._drop_standby()
 
     # ------------------------------------------------------------ adoption
 
@@ -254,7 +310,45 @@ class LocalRuntime:
         inst = Instance(inst_id, key.namespace, key.name, app_port, queue_port, started_at_s=now_s)
         log_dir = self._logs / key.namespace / key.name
         log_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
+        queue_log = log_dir / f"{inst_id}.queue.log"
+        # The queue first: a standby takes its flags in microseconds and starts listening
+        # while the app is still being spawned.
+        queue_args = self._queue_args(key, spec, inst)
+        queue_proc = self._hand_to_standby(queue_args, queue_log)
+        queue_from = "standby" if queue_proc is not None else "cold"
+        inst.queue_proc = queue_proc or self._spawn_queue(queue_args, queue_log)
+        inst.queue_pid = inst.queue_proc.pid
+        try:
+            with open(log_dir / f"{inst_id}.app.log", "ab") as out:  # noqa: ASYNC230 - local file, opened once
+                inst.app_proc = Child.spawn(
+                    spec.command,
+                    env=self._app_env(spec, app_port),
+                    cwd=spec.working_dir or str(self._data_dir),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            kill_group(inst.queue_pid, signal.SIGKILL)
+            self._fail_start(st, now_s, "ExitCode127", f"cannot start {spec.command[0] if spec.command else '<none>'}: {exc}")
+            return
+        inst.app_pid = inst.app_proc.pid
+        st.instances.append(inst)
+        inst.task = asyncio.ensure_future(self._watch(inst, st))
+        self._save()
+        log.info(
+            "instance started",
+            extra={"instance": inst_id, "app_port": app_port, "queue_port": queue_port, "queue": queue_from},
+        )
+        if self._metrics is not None:
+            self._metrics.instance_started()
+        self._listener()
+
+    @staticmethod
+    def _app_env(spec: InstanceSpec, app_port: int) -> dict[str, str]:
+        """The controller's environment (minus its tracing service name, which is not the
+        app's), the revision's env, and Knative's PORT and K_* variables."""
+        env = {k: v for k, v in os.environ.items() if k != "OTEL_SERVICE_NAME"}
         env.update(dict(spec.env))
         env.update(
             PORT=str(app_port),
@@ -262,64 +356,119 @@ class LocalRuntime:
             K_CONFIGURATION=spec.configuration,
             K_REVISION=spec.revision,
         )
-        cwd = spec.working_dir or str(self._data_dir)
-        try:
-            with open(log_dir / f"{inst_id}.app.log", "ab") as out:  # noqa: ASYNC230 - local file, opened once
-                inst.app_proc = await asyncio.create_subprocess_exec(
-                    *spec.command,
-                    env=env,
-                    cwd=cwd,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
-                )
-        except (OSError, ValueError) as exc:
-            self._fail_start(st, now_s, "ExitCode127", f"cannot start {spec.command[0] if spec.command else '<none>'}: {exc}")
-            return
-        inst.app_pid = inst.app_proc.pid
+        return env
+
+    @staticmethod
+    def _queue_env() -> dict[str, str]:
+        """Tracing settings (EBB_TRACING, OTEL_*) pass through from the controller's
+        environment; the spans are the queue's own."""
+        return {**os.environ, "OTEL_SERVICE_NAME": "ebb-queue"}
+
+    def _queue_args(self, key: RevisionKey, spec: InstanceSpec, inst: Instance) -> list[str]:
+        """The queue's flags for this instance (without the command that runs it)."""
         # The queue writes its addresses (http, grpc, metrics) to a ready file under the
         # data dir, where `ebb` and the tests find its metrics port; it removes it at exit.
         ready_dir = self._data_dir / "run" / "queues"
         ready_dir.mkdir(parents=True, exist_ok=True)
-        queue_args = [
-            *self._queue_command,
-            "--http-port", str(queue_port),
+        args = [
+            "--http-port", str(inst.queue_port),
             "--admin-port", "0",
             "--metrics-port", "0",
-            "--ready-file", str(ready_dir / f"{inst_id}.json"),
-            "--app-port", str(app_port),
+            "--ready-file", str(ready_dir / f"{inst.id}.json"),
+            "--app-port", str(inst.app_port),
             "--revision", f"{key.namespace}/{key.name}",
-            "--instance", inst_id,
+            "--instance", inst.id,
             "--container-concurrency", str(spec.container_concurrency),
             "--timeout-seconds", str(spec.timeout_s),
             *self._extra_queue_args,
         ]
         if spec.response_start_timeout_s:
-            queue_args += ["--response-start-timeout-seconds", str(spec.response_start_timeout_s)]
+            args += ["--response-start-timeout-seconds", str(spec.response_start_timeout_s)]
         if spec.idle_timeout_s:
-            queue_args += ["--idle-timeout-seconds", str(spec.idle_timeout_s)]
+            args += ["--idle-timeout-seconds", str(spec.idle_timeout_s)]
         if self._autoscaler:
-            queue_args += ["--autoscaler", self._autoscaler]
-        with open(log_dir / f"{inst_id}.queue.log", "ab") as out:  # noqa: ASYNC230 - local file, opened once
-            inst.queue_proc = await asyncio.create_subprocess_exec(
-                *queue_args,
-                # Tracing settings (EBB_TRACING, OTEL_*) pass through from the controller's
-                # environment; the spans are the queue's own.
-                env={**os.environ, "OTEL_SERVICE_NAME": "ebb-queue"},
-                stdin=asyncio.subprocess.DEVNULL,
+            args += ["--autoscaler", self._autoscaler]
+        return args
+
+    def _spawn_queue(self, queue_args: list[str], log_path: Path) -> Child:
+        """A cold queue: a fresh interpreter that imports everything before it listens."""
+        with open(log_path, "ab") as out:  # noqa: ASYNC230 - local file, opened once
+            return Child.spawn(
+                [*self._queue_command, *queue_args],
+                env=self._queue_env(),
+                stdin=subprocess.DEVNULL,
                 stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
+                stderr=subprocess.STDOUT,
             )
-        inst.queue_pid = inst.queue_proc.pid
-        st.instances.append(inst)
-        inst.task = asyncio.ensure_future(self._watch(inst, st))
-        self._save()
-        log.info("instance started", extra={"instance": inst_id, "app_port": app_port, "queue_port": queue_port})
-        if self._metrics is not None:
-            self._metrics.instance_started()
-        self._listener()
+
+    # ------------------------------------------------------------ standby queue
+
+    def _keep_standby(self) -> None:
+        """Start a standby queue unless one is waiting, one was taken a moment ago, or we
+        are closing."""
+        if self._closing or (self._standby is not None and self._standby.returncode is None):
+            return
+        if self._standby is not None:  # it died waiting
+            self._standby.stdin.close()
+            self._standby = None
+        now = time.monotonic()
+        if now < self._standby_due_s:
+            if self._standby_timer is None:
+                self._standby_timer = asyncio.get_running_loop().call_later(
+                    self._standby_due_s - now, self._standby_timer_fired
+                )
+            return
+        self._standby_due_s = now + STANDBY_RESPAWN_DELAY_S  # a crashing standby: once a delay
+        log_dir = self._data_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(log_dir / "queue-standby.log", "ab") as out:
+                self._standby = Child.spawn(
+                    [*self._queue_command, STANDBY_FLAG],
+                    env=self._queue_env(),
+                    stdin=subprocess.PIPE,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._standby = None
+            log.warning("cannot start a standby queue", extra={"error": str(exc)})
+
+    def _standby_timer_fired(self) -> None:
+        self._standby_timer = None
+        self._keep_standby()
+
+    def _hand_to_standby(self, queue_args: list[str], log_path: Path) -> Child | None:
+        """Give the waiting standby this instance's flags; None when there is none alive."""
+        standby, self._standby = self._standby, None
+        if standby is None:
+            return None
+        self._standby_due_s = time.monotonic() + STANDBY_RESPAWN_DELAY_S
+        self._keep_standby()  # arms the timer for the replacement
+        order = json.dumps({"argv": queue_args, "log": str(log_path)}) + "\n"
+        try:
+            if standby.returncode is not None:
+                raise BrokenPipeError("the standby queue has exited")
+            standby.stdin.write(order.encode())
+            standby.stdin.close()
+        except OSError as exc:
+            log.warning("standby queue unusable, starting one cold", extra={"error": str(exc)})
+            kill_group(standby.pid, signal.SIGKILL)
+            return None
+        return standby
+
+    async def _drop_standby(self) -> None:
+        """Stop the waiting standby (it would also exit by itself at the end of its stdin)."""
+        if self._standby_timer is not None:
+            self._standby_timer.cancel()
+            self._standby_timer = None
+        standby, self._standby = self._standby, None
+        if standby is None:
+            return
+        kill_group(standby.pid, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(standby.wait(), 5.0)
+        standby.stdin.close()
 
     def _fail_start(self, st: _RevisionState, now_s: float, reason: str, message: str) -> None:
         st.failure_reason, st.failure_message = reason, message
@@ -412,7 +561,7 @@ class LocalRuntime:
         self._listener()
 
     @staticmethod
-    async def _wait_exit(proc: asyncio.subprocess.Process | None, pid: int, timeout_s: float) -> None:
+    async def _wait_exit(proc: Child | None, pid: int, timeout_s: float) -> None:
         if proc is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), timeout_s)

@@ -1,5 +1,11 @@
 """Wires the queue together: settings, proxy, readiness, stats reporter, gRPC admin, drain,
-and observability (metrics port, request log, tracing)."""
+and observability (metrics port, request log, tracing).
+
+Start-up order is for cold starts: the proxy listens and the app probe runs before gRPC
+(admin server, stats stream) is even imported, so an instance is reachable as soon as
+possible. `--standby` is the other half: a queue process that has done every import and
+waits on stdin for the instance it is to become (see `standby`).
+"""
 
 from __future__ import annotations
 
@@ -8,26 +14,29 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from ebb.common import tracing as tracing_mod
 from ebb.common.logs import setup_logging
 from ebb.common.metrics import MetricsServer, new_registry
-from ebb.common.server import ServiceCore, run, write_ready_file
+from ebb.common.server import run, write_ready_file
 from ebb.common.settings import SettingsError, env_view
 from ebb.queue import settings as queue_settings
 from ebb.queue.metrics import QueueCollector
 from ebb.queue.proxy import Proxy
-from ebb.queue.readiness import probe_loop
-from ebb.queue.reporter import Reporter
+from ebb.queue.readiness import probe_loop, tcp_probe
 from ebb.queue.requestlog import RequestLog
 from ebb.queue.settings import QueueSettings
 from ebb.queue.stats import ConcurrencyStats
 
 log = logging.getLogger("ebb.queue")
+
+STANDBY_FLAG = "--standby"
 
 
 def _span_attributes(settings: QueueSettings) -> dict[str, str]:
@@ -50,6 +59,9 @@ def _remove_ready_file(path: str | None) -> None:
 async def serve(settings: QueueSettings, tracing: tracing_mod.Tracing = tracing_mod.DISABLED) -> int:
     """Run until SIGTERM/SIGINT, drain, stop; returns the exit code."""
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     clock = time.monotonic  # stats need better than uvloop's millisecond loop.time()
     started_at = clock()
     stats = ConcurrencyStats(started_at)
@@ -76,59 +88,50 @@ async def serve(settings: QueueSettings, tracing: tracing_mod.Tracing = tracing_
     )
     if tracing.enabled:
         proxy.tracing = tracing
-    registry = new_registry()
-    registry.register(QueueCollector(proxy, settings.namespace, settings.revision, request_log))
-    metrics = MetricsServer(registry, host=settings.host, port=settings.metrics_port)
-    # The proxy drains itself (it knows when requests stop arriving); the gRPC side only
-    # has to stop.
-    core = ServiceCore(
-        "queue",
-        settings.host,
-        settings.admin_port,
-        drain_s=0.0,
-        interceptors=tracing.server_interceptors(),
-    )
-    core.install_signal_handlers()
     try:
-        metrics.start()
-        await core.start()
-        core.set_serving(False)  # not until the app answers
         http_port = await proxy.listen(settings.host, settings.http_port)
     except OSError as exc:
         log.error("cannot start", extra={"error": str(exc)})
-        await core.shutdown()
-        await metrics.aclose()
         return 1
+    log.info("proxy listening", extra={"port": http_port})
+    admin = _Admin()
+    probed = asyncio.Event()
+
+    async def probe_app(host: str, port: int) -> bool:
+        try:
+            return await tcp_probe(host, port)
+        finally:
+            probed.set()
+
+    prober = loop.create_task(
+        probe_loop(
+            settings.app_host,
+            settings.app_port,
+            lambda ready: admin.on_ready(proxy, ready),
+            probe=probe_app,
+        )
+    )
     if request_log is not None:
         request_log.start(loop)
-
-    def on_ready(ready: bool) -> None:
-        proxy.ready = ready
-        core.set_serving(proxy.healthy)
-
-    prober = loop.create_task(probe_loop(settings.app_host, settings.app_port, on_ready))
-    reporter = None
-    if settings.autoscaler:
-        reporter = Reporter(
-            settings.autoscaler,
-            instance=settings.instance,
-            namespace=settings.namespace,
-            revision=settings.revision,
-            snapshot=stats.report,
-            started_at=started_at,
-            clock=clock,
-        )
-        reporter.start()
+    # The admin side's start holds the loop for a while (a cold queue imports gRPC then):
+    # not before the app's first probe. (Importing on another thread would keep the loop
+    # free but costs ~2 MB of resident memory for that thread's malloc arena.)
+    await probed.wait()
+    _import_admin()
+    try:
+        await admin.start(settings, tracing, proxy)
+    except OSError as exc:
+        log.error("cannot start", extra={"error": str(exc)})
+        await _stop(proxy, prober, request_log, admin)
+        return 1
+    reporter = _reporter(settings, stats, started_at, clock)
     address = f"{'127.0.0.1' if settings.host in ('0.0.0.0', '') else settings.host}:{http_port}"
-    write_ready_file(
-        settings.ready_file, {"http": address, "grpc": core.address, "metrics": metrics.address}
-    )
+    write_ready_file(settings.ready_file, {"http": address, **admin.addresses()})
     log.info(
         "queue serving",
         extra={
             "http": address,
-            "grpc": core.address,
-            "metrics": metrics.address,
+            **admin.addresses(),
             "request_log": settings.request_log,
             "tracing": tracing.enabled,
             "app": f"{settings.app_host}:{settings.app_port}",
@@ -137,28 +140,99 @@ async def serve(settings: QueueSettings, tracing: tracing_mod.Tracing = tracing_
         },
     )
 
-    await core.wait_for_signal()
+    await stop.wait()
     log.info("draining", extra={"quiet_s": settings.drain_quiet_s, "max_s": settings.drain_max_s})
     proxy.draining = True
-    core.set_serving(False)
+    admin.set_serving(False)
     await proxy.drain(settings.drain_quiet_s, settings.drain_max_s)
+    if reporter is not None:
+        await reporter.stop()
+    await _stop(proxy, prober, request_log, admin)
+    await tracing.aclose()
+    _remove_ready_file(settings.ready_file)
+    return 0
+
+
+class _Admin:
+    """The gRPC admin server (health, reflection) and the metrics port, started once the
+    proxy already listens: importing gRPC is the slowest part of a queue's start."""
+
+    def __init__(self) -> None:
+        self.core = None  # ebb.common.server.ServiceCore, once started
+        self.metrics: MetricsServer | None = None
+
+    async def start(self, settings: QueueSettings, tracing: tracing_mod.Tracing, proxy: Proxy) -> None:
+        from ebb.common.server import ServiceCore  # imported by _import_admin
+
+        registry = new_registry()
+        registry.register(QueueCollector(proxy, settings.namespace, settings.revision, proxy.request_log))
+        self.metrics = MetricsServer(registry, host=settings.host, port=settings.metrics_port)
+        self.metrics.start()
+        # The proxy drains itself (it knows when requests stop arriving); the gRPC side
+        # only has to stop.
+        core = ServiceCore(
+            "queue",
+            settings.host,
+            settings.admin_port,
+            drain_s=0.0,
+            interceptors=tracing.server_interceptors(),
+        )
+        await core.start()
+        self.core = core
+        core.set_serving(proxy.healthy)  # health follows the app, which may be up already
+
+    def on_ready(self, proxy: Proxy, ready: bool) -> None:
+        proxy.ready = ready
+        self.set_serving(proxy.healthy)
+
+    def set_serving(self, serving: bool) -> None:
+        if self.core is not None:
+            self.core.set_serving(serving)
+
+    def addresses(self) -> dict[str, str]:
+        return {"grpc": self.core.address, "metrics": self.metrics.address}
+
+    async def aclose(self) -> None:
+        if self.core is not None:
+            await self.core.shutdown()
+        if self.metrics is not None:
+            await self.metrics.aclose()
+
+
+def _reporter(settings: QueueSettings, stats: ConcurrencyStats, started_at: float, clock):
+    """The stats stream to the autoscaler, started; None when no autoscaler is set."""
+    if not settings.autoscaler:
+        return None
+    from ebb.queue.reporter import Reporter  # imported by _import_admin
+
+    reporter = Reporter(
+        settings.autoscaler,
+        instance=settings.instance,
+        namespace=settings.namespace,
+        revision=settings.revision,
+        snapshot=stats.report,
+        started_at=started_at,
+        clock=clock,
+    )
+    reporter.start()
+    return reporter
+
+
+async def _stop(proxy: Proxy, prober: asyncio.Task, request_log: RequestLog | None, admin: _Admin) -> None:
     prober.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await prober
     await proxy.close()
     if request_log is not None:
         await request_log.aclose()
-    if reporter is not None:
-        await reporter.stop()
-    await core.shutdown()
-    await metrics.aclose()
-    await tracing.aclose()
-    _remove_ready_file(settings.ready_file)
-    return 0
+    await admin.aclose()
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point of `python -m ebb.queue`; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if list(argv) == [STANDBY_FLAG]:
+        return standby(sys.stdin, environ)
     try:
         settings = queue_settings.load(argv, env_view(environ))
         setup_logging("queue", settings.log_level)
@@ -167,3 +241,51 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"queue: {exc}", file=sys.stderr)
         return 2
     return run(lambda: serve(settings, tracing))
+
+
+def standby(orders: TextIO, environ: Mapping[str, str] | None = None) -> int:
+    """`--standby`: do every import now, then wait for one JSON line on `orders` and run as
+    the queue it describes: `{"argv": [...flags...], "log": "path/to/queue.log"}`.
+
+    The local runtime keeps one standby so a new instance's queue skips Python's start-up
+    and imports (most of a cold start). End of input (the runtime went away) exits quietly.
+    """
+    _warm_imports()
+    line = orders.readline()
+    if not line.strip():
+        return 0
+    try:
+        order = json.loads(line)
+        argv = [str(arg) for arg in order["argv"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"queue: bad standby order: {exc}", file=sys.stderr)
+        return 2
+    if order.get("log"):
+        _redirect_output(str(order["log"]))
+    return main(argv, environ)
+
+
+def _warm_imports() -> None:
+    """What `serve` imports late, imported ahead (a standby has the time)."""
+    import uvloop  # noqa: F401
+
+    _import_admin()
+
+
+def _import_admin() -> None:
+    """gRPC and what the admin server and the stats stream use of it (~60 ms, ~17 MB)."""
+    import grpc_health.v1.health  # noqa: F401
+    import grpc_reflection.v1alpha.reflection  # noqa: F401
+
+    import ebb.common.server  # noqa: F401
+    import ebb.queue.reporter  # noqa: F401
+
+
+def _redirect_output(path: str) -> None:
+    """Point stdout and stderr (fds 1 and 2) at the instance's log, appending."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)

@@ -7,23 +7,30 @@ import pytest
 from ebb.activator.traffic import POKE, RevisionLoad, Traffic
 
 
+def arrive(traffic: Traffic, load: RevisionLoad, now: float) -> None:
+    """A request arrives, counted as the activator counts it."""
+    if not load.active:
+        traffic.activate(load, now)
+    load.request_in(now)
+
+
 def test_poke_once_per_spell_of_activity():
     traffic = Traffic()
     load = RevisionLoad("default", "r", 0.0)
-    traffic.arrive(load, 10.0)
+    arrive(traffic, load, 10.0)
     assert traffic.held(load) is True  # first held request: poke
-    traffic.arrive(load, 10.1)
+    arrive(traffic, load, 10.1)
     assert traffic.held(load) is False  # the next ones do not
-    traffic.leave(load, 10.5)
-    traffic.leave(load, 10.5)
+    load.request_out(10.5)
+    load.request_out(10.5)
     traffic.collect(11.0)  # load in this period: still active, no new poke
-    traffic.arrive(load, 11.2)
+    arrive(traffic, load, 11.2)
     assert traffic.held(load) is False
-    traffic.leave(load, 11.3)
+    load.request_out(11.3)
     traffic.collect(12.0)
     assert traffic.collect(13.0)[0][2].request_count == 0  # a silent period: reported once
     assert traffic.active == 0
-    traffic.arrive(load, 20.0)
+    arrive(traffic, load, 20.0)
     assert traffic.held(load) is True  # a new spell pokes again
 
 
@@ -37,10 +44,10 @@ def test_reports_time_weighted_concurrency_per_revision():
     a = RevisionLoad("default", "a", 0.0)
     b = RevisionLoad("prod", "b", 0.0)
     # a: one request held for the first half of the second, b: two for the whole second
-    traffic.arrive(a, 100.0)
-    traffic.arrive(b, 100.0)
-    traffic.arrive(b, 100.0)
-    traffic.leave(a, 100.5)
+    arrive(traffic, a, 100.0)
+    arrive(traffic, b, 100.0)
+    arrive(traffic, b, 100.0)
+    a.request_out(100.5)
     reports = {(ns, name): r for ns, name, r in traffic.collect(101.0)}
     assert reports[("default", "a")].average_concurrency == pytest.approx(0.5)
     assert reports[("default", "a")].request_count == 1
@@ -57,8 +64,8 @@ def test_reports_time_weighted_concurrency_per_revision():
 def test_a_revision_idle_for_long_starts_a_fresh_period():
     traffic = Traffic()
     load = RevisionLoad("default", "r", 0.0)  # created long ago
-    traffic.arrive(load, 500.0)
-    traffic.leave(load, 500.25)
+    arrive(traffic, load, 500.0)
+    load.request_out(500.25)
     (_, _, report), = traffic.collect(500.5)
     assert report.period_s == pytest.approx(0.5)
     assert report.average_concurrency == pytest.approx(0.5)

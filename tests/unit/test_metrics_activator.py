@@ -142,7 +142,7 @@ async def test_a_hold_that_outlasts_timeout_seconds_is_a_waiting_timeout():
     conn.data_received(request())
     ex = conn.active
     ex.t_start -= 1.0  # a second has passed (the test does not wait for the loop's timer)
-    ex._on_timer()
+    conn._on_timer()  # the connection's timer checks its active exchange
     assert down.out.startswith(b"HTTP/1.1 504")
     families = scrape(ActivatorCollector(act))
     assert value(families, "ebb_activator_timeouts", "ebb_activator_timeouts_total", kind="waiting", **R1) == 1

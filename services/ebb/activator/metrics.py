@@ -77,7 +77,7 @@ class ActivatorCollector:
         for rev in revisions:
             labels = [rev.namespace, rev.name]
             waiting = rev.throttler.waiting
-            inflight.add_metric(labels, max(rev.load.stats.concurrency - waiting, 0))
+            inflight.add_metric(labels, max(rev.load.concurrency - waiting, 0))
             depth.add_metric(labels, waiting)
             holds = rev.holds
             held.add_metric(labels, holds.held)

@@ -38,7 +38,7 @@ from ebb.activator.metrics import (
 )
 from ebb.activator.probe import PERIOD_S as PROBE_PERIOD_S
 from ebb.activator.probe import TIMEOUT_S as PROBE_TIMEOUT_S
-from ebb.activator.probe import probe_queue
+from ebb.activator.probe import probe_delay, probe_queue
 from ebb.activator.throttler import Instance, QueueFull, Throttler
 from ebb.activator.traffic import RevisionLoad, Traffic
 from ebb.common import http1
@@ -246,7 +246,10 @@ class Activator(http1.Handler):
             return
         ex.limits = rev.limits  # from here on the request counts (see `release`)
         now = ex.t_begin = self.clock()
-        self.traffic.arrive(rev.load, now)
+        load = rev.load
+        if not load.active:
+            self.traffic.activate(load, now)
+        load.request_in(now)
         ex.arm_timer()
         try:
             instance = rev.throttler.acquire(ex)
@@ -257,7 +260,7 @@ class Activator(http1.Handler):
         if instance is None:
             ex.waiting = True
             rev.holds.held += 1
-            if self.traffic.held(rev.load) and self.on_poke is not None:
+            if self.traffic.held(load) and self.on_poke is not None:
                 self.on_poke(rev.namespace, rev.name)
             return
         ex.slot = instance
@@ -280,7 +283,7 @@ class Activator(http1.Handler):
                 if handed is not None:
                     self._hand(handed[0], handed[1])
         now = self.clock()
-        self.traffic.leave(rev.load, now)
+        rev.load.request_out(now)
         rev.tally.record(ex.status or CLIENT_CLOSED, ex.tag or b"", now - ex.t_begin)
 
     def timed_out(self, ex: Exchange, kind: str) -> None:
@@ -417,13 +420,15 @@ class Activator(http1.Handler):
             self._hand(ex, instance)
 
     async def _probe_loop(self, rev: Revision, address: str) -> None:
-        """Probe `address` every 200 ms until it answers (or is no longer listed)."""
+        """Probe `address` until it answers (or is no longer listed): every few ms at
+        first, then every 200 ms (`probe_delay`)."""
         loop = self.loop
         try:
             host, port = split_address(address)
         except ValueError:
             rev.probes.pop(address, None)
             return
+        first = loop.time()
         try:
             while not rev.removed and rev.addresses.needs_probe(address):
                 started = loop.time()
@@ -434,7 +439,8 @@ class Activator(http1.Handler):
                     rev.probes.pop(address, None)
                     self._sync(rev)
                     return
-                await asyncio.sleep(max(0.0, started + self._probe_period_s - loop.time()))
+                delay = probe_delay(started - first, self._probe_period_s)
+                await asyncio.sleep(max(0.0, started + delay - loop.time()))
         finally:
             if rev.probes.get(address) is asyncio.current_task():
                 del rev.probes[address]

@@ -100,11 +100,18 @@ class Throttler(Generic[W]):
     def acquire(self, waiter: W) -> Instance | None:
         """The instance whose slot `waiter` now holds, or None: it waits (FIFO) and a later
         `release`/`dispatch` hands it one. Raises QueueFull when the line is full."""
-        if not self._waiting and self._open():
-            instance = self._policy(self.instances)
-            if instance is not None:
-                self._take(instance)
-                return instance
+        if not self._waiting:
+            instances = self.instances
+            if self.container_concurrency == 0:  # unlimited: any instance takes it
+                if instances:
+                    instance = instances[0] if len(instances) == 1 else self._policy(instances)
+                    instance.in_flight += 1
+                    return instance
+            elif self._free > 0:
+                instance = self._policy(instances)
+                if instance is not None:
+                    self._take(instance)
+                    return instance
         if len(self._waiting) >= self.queue_depth:
             raise QueueFull
         self._line.append(waiter)

@@ -21,15 +21,20 @@ from ebb.common.stats import ConcurrencyStats, Report
 POKE = Report(1.0, 0.0, 1, 0, 0.0)
 
 
-class RevisionLoad:
-    """One revision's requests in the activator (held or being forwarded)."""
+class RevisionLoad(ConcurrencyStats):
+    """One revision's requests in the activator (held or being forwarded).
 
-    __slots__ = ("namespace", "name", "stats", "active", "poked")
+    It is its own `ConcurrencyStats`, so a request costs the activator two calls of
+    bookkeeping: `request_in` on arrival (after `Traffic.activate` when the revision was
+    idle) and `request_out` when it ends; the per-period figures come from `report`.
+    """
+
+    __slots__ = ("namespace", "name", "active", "poked")
 
     def __init__(self, namespace: str, name: str, now: float) -> None:
+        super().__init__(now)
         self.namespace = namespace
         self.name = name
-        self.stats = ConcurrencyStats(now)
         self.active = False  # reported each period
         self.poked = False  # a poke was sent in this spell of activity
 
@@ -42,17 +47,12 @@ class Traffic:
     def __init__(self) -> None:
         self._active: list[RevisionLoad] = []
 
-    def arrive(self, load: RevisionLoad, now: float) -> None:
-        """A request for the revision arrived (it is counted until `leave`)."""
-        if not load.active:
-            load.active = True
-            load.stats = ConcurrencyStats(now)  # periods start with the spell of activity
-            self._active.append(load)
-        load.stats.request_in(now)
-
-    def leave(self, load: RevisionLoad, now: float) -> None:
-        """A request answered, refused, timed out or abandoned."""
-        load.stats.request_out(now)
+    def activate(self, load: RevisionLoad, now: float) -> None:
+        """A request arrives for a revision that is not `active`: its spell of activity,
+        and its first period, start now (the caller then counts it with `request_in`)."""
+        load.restart(now)  # idle means nothing in flight: nothing is lost
+        load.active = True
+        self._active.append(load)
 
     def held(self, load: RevisionLoad) -> bool:
         """A request of the revision has to wait; True when that calls for a poke now."""
@@ -70,9 +70,9 @@ class Traffic:
         reports = []
         still: list[RevisionLoad] = []
         for load in self._active:
-            report = load.stats.report(now)
+            report = load.report(now)
             reports.append((load.namespace, load.name, report))
-            if report.request_count == 0 and load.stats.concurrency == 0:
+            if report.request_count == 0 and load.concurrency == 0:
                 load.active = False
                 load.poked = False
             else:

@@ -42,6 +42,10 @@ class ConcurrencyStats:
     )
 
     def __init__(self, now: float) -> None:
+        self.restart(now)
+
+    def restart(self, now: float) -> None:
+        """Nothing in flight, nothing counted: the first period starts at `now`."""
         self.concurrency = 0
         self.proxied_concurrency = 0
         self._last = now
@@ -58,9 +62,16 @@ class ConcurrencyStats:
             self._proxied_area += self.proxied_concurrency * dt
             self._last = now
 
+    # request_in and request_out run for every request of both proxies: they advance the
+    # areas inline rather than through `_advance` (one Python call less each).
+
     def request_in(self, now: float, proxied: bool = False) -> None:
         """A request arrived and is now in flight."""
-        self._advance(now)
+        dt = now - self._last
+        if dt > 0:
+            self._area += self.concurrency * dt
+            self._proxied_area += self.proxied_concurrency * dt
+            self._last = now
         self.concurrency += 1
         self._requests += 1
         if proxied:
@@ -69,7 +80,11 @@ class ConcurrencyStats:
 
     def request_out(self, now: float, proxied: bool = False) -> None:
         """A request finished (answered, failed or abandoned)."""
-        self._advance(now)
+        dt = now - self._last
+        if dt > 0:
+            self._area += self.concurrency * dt
+            self._proxied_area += self.proxied_concurrency * dt
+            self._last = now
         self.concurrency -= 1
         if proxied:
             self.proxied_concurrency -= 1

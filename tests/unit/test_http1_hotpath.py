@@ -1,0 +1,109 @@
+"""The shared proxy core's per-request shortcuts keep their meaning, driven through the real
+activator with fake transports: one timer per connection instead of one per exchange, the
+memo of `Forwarded` values, response headers sorted as they arrive, the throttler's
+unlimited-capacity fast path."""
+
+from __future__ import annotations
+
+from test_metrics_activator import ADDRESS, activator_with, instance_app, request
+from test_metrics_queue import client, head_of
+
+from ebb.activator.endpoints import RevisionSpec
+from ebb.activator.throttler import Throttler
+from ebb.common import http1
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def test_forwarded_header_memo_gives_what_building_gives():
+    http1._FORWARDED_MEMO.clear()
+    built = http1._build_forwarded(b"203.0.113.9, ::1", b"h.example", b"https")
+    assert built == b"for=203.0.113.9;host=h.example;proto=https, for=\"[::1]\""
+    first = http1.forwarded_header(b"203.0.113.9, ::1", b"h.example", b"https")
+    assert first == built
+    assert http1.forwarded_header(b"203.0.113.9, ::1", b"h.example", b"https") is first  # memo
+
+
+def test_forwarded_header_memo_is_bounded():
+    http1._FORWARDED_MEMO.clear()
+    for i in range(http1._FORWARDED_MEMO_MAX + 10):
+        http1.forwarded_header(b"10.0.%d.%d" % (i // 256, i % 256), None, b"http")
+    assert len(http1._FORWARDED_MEMO) <= http1._FORWARDED_MEMO_MAX
+    long_chain = b", ".join([b"10.0.0.1"] * 100)
+    assert http1.forwarded_header(long_chain, None, b"http").count(b"for=") == 100
+    assert (long_chain, None, b"http") not in http1._FORWARDED_MEMO  # long ones are not kept
+
+
+async def test_keep_alive_requests_share_one_connection_timer():
+    act = activator_with(RevisionSpec("default", "r1", addresses=(ADDRESS,), timeout_s=60))
+    app = instance_app(act)
+    conn, down = client(act)
+    conn.data_received(request())
+    timer, armed_at = conn._timer, conn._timer_at
+    assert timer is not None and armed_at == conn.active.t_start + 60
+    app.data_received(OK)
+    conn.data_received(request())  # the next request on the connection: no new timer
+    assert conn._timer is timer and conn._timer_at == armed_at
+    app.data_received(OK)
+    assert down.out.count(b"HTTP/1.1 200 OK") == 2
+    conn.connection_lost(None)
+    assert conn._timer is None and timer.cancelled()
+
+
+async def test_a_shorter_timeout_moves_the_connection_timer_forward():
+    act = activator_with(
+        RevisionSpec("default", "r1", addresses=(ADDRESS,), timeout_s=60),
+        RevisionSpec("default", "r2", timeout_s=5),  # at zero: its request is held
+    )
+    app = instance_app(act)
+    conn, down = client(act)
+    conn.data_received(request("r1"))
+    app.data_received(OK)
+    conn.data_received(request("r2"))
+    assert conn._timer_at == conn.active.t_start + 5
+
+
+async def test_the_timer_fired_for_an_earlier_request_rearms_for_the_active_one():
+    act = activator_with(RevisionSpec("default", "r1", timeout_s=1))  # at zero: held
+    conn, down = client(act)
+    conn.data_received(request())
+    ex = conn.active
+    conn._timer.cancel()
+    conn._on_timer()  # as if armed for an earlier exchange: this one has time left
+    assert not ex.finished and conn._timer is not None
+    assert conn._timer_at == ex.t_start + 1
+    ex.t_start -= 1.0  # its second has passed
+    conn._timer.cancel()
+    conn._on_timer()
+    assert ex.finished and down.out.startswith(b"HTTP/1.1 504")
+
+
+async def test_response_headers_are_sorted_as_they_arrive():
+    act = activator_with(RevisionSpec("default", "r1", addresses=(ADDRESS,)))
+    app = instance_app(act)
+    conn, down = client(act)
+    conn.data_received(request())
+    app.data_received(
+        b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
+        b"X-App: yes\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    )
+    head = head_of(bytes(down.out))
+    assert head["x-app"] == "yes" and head["transfer-encoding"] == "chunked"
+    assert not {"connection", "x-hop", "keep-alive"} & set(head)
+    assert bytes(down.out).endswith(b"2\r\nok\r\n0\r\n\r\n")
+
+
+def test_unlimited_capacity_takes_the_only_instance_at_once():
+    throttler: Throttler[str] = Throttler(0, 10)
+    assert throttler.acquire("early") is None  # no instance yet: it waits
+    only = throttler.add("a:1")
+    assert throttler.dispatch() == [("early", only)]
+    assert throttler.acquire("w1") is only and throttler.acquire("w2") is only
+    assert only.in_flight == 3
+    assert throttler.release(only) is None and only.in_flight == 2
+
+
+def test_a_fresh_exchange_is_first_due_at_its_shortest_timeout():
+    assert http1.Limits(10).first_s == 10
+    assert http1.Limits(10, 3).first_s == 3  # responseStartTimeoutSeconds
+    assert http1.Limits(10, 3, 2).first_s == 2  # idleTimeoutSeconds, counted from the start

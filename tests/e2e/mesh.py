@@ -38,8 +38,9 @@ def marked_pids(mark: str) -> list[int]:
 class Mesh:
     """One `ebb up` in a temp data dir; every process it starts carries a marker env var."""
 
-    def __init__(self, data_dir: Path, config: Path | None = None) -> None:
+    def __init__(self, data_dir: Path, config: Path | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
+        self.extra_args = extra_args  # more `ebb up` flags, e.g. ("--tracing",)
         self.mark = uuid.uuid4().hex
         self.ports = {
             "http": free_port(),
@@ -68,6 +69,7 @@ class Mesh:
         ]
         if self.config:
             args += ["--config", str(self.config)]
+        args += self.extra_args
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -118,6 +120,22 @@ class Mesh:
         elif self.proc:
             code = self.proc.returncode
         return code
+
+    @contextlib.contextmanager
+    def running(self, timeout_s: float = 60.0):
+        """`ebb up` for the length of a `with` block (a fixture's body); stopped, and every
+        marked process killed, however the block ends."""
+        try:
+            self.start(timeout_s)
+            yield self
+        finally:
+            self.stop()
+            self.kill_leftovers()
+
+    def revision(self, name: str) -> dict:
+        """The revision `name` as `ebb revision list -o json` shows it."""
+        revisions = json.loads(self.ebb("revision", "list", "-o", "json").stdout)
+        return next(r for r in revisions if r["metadata"]["name"] == name)
 
     def kill_leftovers(self) -> list[int]:
         left = marked_pids(self.mark)

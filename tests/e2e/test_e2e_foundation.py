@@ -18,12 +18,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def mesh(tmp_path):
     m = Mesh(tmp_path / "ebb")
-    try:
-        m.start()
+    with m.running():
         yield m
-    finally:
-        m.stop()
-        m.kill_leftovers()
 
 
 def _create_hello(mesh: Mesh, name: str = "hello") -> str:

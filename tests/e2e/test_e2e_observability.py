@@ -62,12 +62,8 @@ NAMES = {
 @pytest.fixture
 def mesh(tmp_path):
     m = Mesh(tmp_path / "ebb")
-    try:
-        m.start()
+    with m.running():
         yield m
-    finally:
-        m.stop()
-        m.kill_leftovers()
 
 
 def scrape(address: str) -> dict:

@@ -30,12 +30,8 @@ def mesh(tmp_path_factory):
     m = Mesh(tmp_path_factory.mktemp("revisions") / "ebb")
     # The tour's manifests say `command: [python, app.py]`: resolve `python` to this interpreter.
     m.env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), m.env.get("PATH", "")])
-    try:
-        m.start()
+    with m.running():
         yield m
-    finally:
-        m.stop()
-        m.kill_leftovers()
 
 
 def request(mesh: Mesh, host: str, path: str = "/", *, method: str = "GET", body=None,

@@ -8,7 +8,6 @@ allows; grace 2 s) so a full cycle takes seconds, not minutes.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import sys
 import threading
 import time
@@ -34,17 +33,8 @@ def mesh(tmp_path_factory):
     config = root / "config.yaml"
     config.write_text(CONFIG)
     m = Mesh(root / "ebb", config=config)
-    try:
-        m.start()
+    with m.running():
         yield m
-    finally:
-        m.stop()
-        m.kill_leftovers()
-
-
-def _revision(mesh: Mesh, name: str) -> dict:
-    revs = json.loads(mesh.ebb("revision", "list", "-o", "json").stdout)
-    return next(r for r in revs if r["metadata"]["name"] == name)
 
 
 def _create(mesh: Mesh, name: str, *extra: str) -> None:
@@ -86,7 +76,7 @@ def test_scale_up_under_load_then_to_zero_then_back_with_no_request_lost(mesh):
 
     def watch():
         for _ in range(60):
-            rev = _revision(mesh, "burst-00001")
+            rev = mesh.revision("burst-00001")
             seen_desired.append(rev["status"].get("desiredReplicas", 0))
             time.sleep(0.25)
             if max(seen_desired) >= 2 and rev["status"].get("readyReplicas", 0) >= 2:
@@ -101,7 +91,7 @@ def test_scale_up_under_load_then_to_zero_then_back_with_no_request_lost(mesh):
 
     # Idle: after the stable window and the grace period it goes to zero, activator in path.
     wait_until(
-        lambda: (s := _revision(mesh, "burst-00001")["status"]).get("actualReplicas", 0) == 0
+        lambda: (s := mesh.revision("burst-00001")["status"]).get("actualReplicas", 0) == 0
         and s.get("servingMode") == "proxy",
         60,
         message="scale to zero",
@@ -113,7 +103,7 @@ def test_scale_up_under_load_then_to_zero_then_back_with_no_request_lost(mesh):
     with concurrent.futures.ThreadPoolExecutor(max_workers=100) as pool:
         codes = list(pool.map(lambda _: mesh.get(host, "/", timeout_s=60)[0], range(100)))
     assert codes.count(200) == 100, codes
-    assert _revision(mesh, "burst-00001")["status"].get("actualReplicas", 0) >= 1
+    assert mesh.revision("burst-00001")["status"].get("actualReplicas", 0) >= 1
 
 
 def test_container_concurrency_one_never_overlaps(mesh):
@@ -127,14 +117,14 @@ def test_container_concurrency_one_never_overlaps(mesh):
 def test_steady_low_load_across_the_mode_switch_loses_nothing(mesh):
     _create(mesh, "steady")
     host = "steady.default.localhost"
-    wait_until(lambda: _revision(mesh, "steady-00001")["status"].get("actualReplicas", 0) == 0, 60, message="zero")
+    wait_until(lambda: mesh.revision("steady-00001")["status"].get("actualReplicas", 0) == 0, 60, message="zero")
     # From zero (activator in path) a steady trickle wakes it and moves it to serve mode.
-    modes = [_revision(mesh, "steady-00001")["status"].get("servingMode")]
+    modes = [mesh.revision("steady-00001")["status"].get("servingMode")]
     results = []
     stop = time.monotonic() + 15
     while time.monotonic() < stop:
         results.append(mesh.get(host, "/?sleep=20", timeout_s=30))
-        modes.append(_revision(mesh, "steady-00001")["status"].get("servingMode"))
+        modes.append(mesh.revision("steady-00001")["status"].get("servingMode"))
         time.sleep(0.2)
     assert all(code == 200 for code, _ in results), [r for r in results if r[0] != 200][:5]
     assert modes[0] == "proxy" and modes[-1] == "serve", modes
@@ -149,13 +139,13 @@ def test_scale_down_finishes_in_flight_slow_requests(mesh):
         "--annotation", "autoscaling.knative.dev/target=10",
     )
     host = "slow.default.localhost"
-    wait_until(lambda: _revision(mesh, "slow-00001")["status"].get("readyReplicas", 0) == 3, 60, message="3 ready")
+    wait_until(lambda: mesh.revision("slow-00001")["status"].get("readyReplicas", 0) == 3, 60, message="3 ready")
     with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
         futures = [pool.submit(mesh.get, host, "/?sleep=6000", 60) for _ in range(6)]
         time.sleep(1.0)  # let every request reach an instance
         mesh.ebb("service", "update", "slow", "--env", "V=2", "--wait", "--wait-timeout", "60")
         wait_until(
-            lambda: _revision(mesh, "slow-00001")["status"].get("actualReplicas", 0) < 3, 60,
+            lambda: mesh.revision("slow-00001")["status"].get("actualReplicas", 0) < 3, 60,
             message="old instances stopping",
         )
         assert not all(f.done() for f in futures), "the slow requests ended before any instance stopped"
@@ -171,13 +161,13 @@ def test_scales_to_the_formula_count_under_load_and_back_down_never_below_min_sc
         "--annotation", "autoscaling.knative.dev/min-scale=2",
     )
     host = "formula.default.localhost"
-    wait_until(lambda: _revision(mesh, "formula-00001")["status"].get("readyReplicas", 0) >= 2, 60, message="min 2")
+    wait_until(lambda: mesh.revision("formula-00001")["status"].get("readyReplicas", 0) >= 2, 60, message="min 2")
     desired_seen: list[int] = []
     stop = threading.Event()
 
     def watch():
         while not stop.is_set():
-            desired_seen.append(_revision(mesh, "formula-00001")["status"].get("desiredReplicas", 0))
+            desired_seen.append(mesh.revision("formula-00001")["status"].get("desiredReplicas", 0))
             time.sleep(0.5)
 
     watcher = threading.Thread(target=watch)
@@ -194,7 +184,7 @@ def test_scales_to_the_formula_count_under_load_and_back_down_never_below_min_sc
     after = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        status = _revision(mesh, "formula-00001")["status"]
+        status = mesh.revision("formula-00001")["status"]
         after.append(status.get("desiredReplicas", 0))
         if after[-1] == 2 and status.get("actualReplicas", 0) == 2:
             break

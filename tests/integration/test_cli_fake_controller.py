@@ -147,7 +147,7 @@ class FakeServing(serving_pb2_grpc.ServingServiceServicer):
                 spec=inner.spec.template.spec,
                 status=resources_pb2.RevisionStatus(
                     desired_replicas=1, actual_replicas=1, ready_replicas=1, serving_mode="serve",
-                    stable_value=0.5, panic_value=1.0,
+                    stable_value=0.5, panic_value=1.0, requests_per_second=7.5,
                     conditions=[resources_pb2.Condition(type="Ready", status="Unknown", reason="Deploying")]),
             ))
         self.store[config_key] = resources_pb2.Resource(configuration=resources_pb2.Configuration(
@@ -450,6 +450,10 @@ async def test_service_list_describe_delete(controller, capsys):
     text = capsys.readouterr().out
     assert "Name:            hello" in text and "URL:             http://hello.default.localhost:8080" in text
     assert "Command:         python app.py" in text and "Conditions:" in text and "hello-00001" in text
+    # The revisions table carries the live load and instance counts the controller stores.
+    revisions = text.splitlines()[text.splitlines().index("Revisions:") + 1:]
+    assert revisions[0].split()[4:9] == ["ACTUAL", "READY-INSTANCES", "MODE", "CONCURRENCY", "RPS"]
+    assert revisions[1].split()[-5:] == ["1", "1", "serve", "0.50", "7.5"]
 
     assert await ebb(address, "service", "describe", "hello", "-o", "json") == 0
     data = json.loads(capsys.readouterr().out)
@@ -480,9 +484,9 @@ async def _revision_and_route_lists(address, capsys):
     assert await ebb(address, "revision", "list", "--service", "hello") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["NAME", "SERVICE", "GENERATION", "READY", "DESIRED", "ACTUAL", "READY-INSTANCES",
-                                "MODE", "CONCURRENCY(stable/panic)", "PANIC", "REASON"]
-    assert lines[1].split() == ["hello-00001", "hello", "1", "Unknown", "1", "1", "1", "serve", "0.50/1.00", "no",
-                                "Deploying"]
+                                "MODE", "CONCURRENCY(stable/panic)", "RPS", "PANIC", "REASON"]
+    assert lines[1].split() == ["hello-00001", "hello", "1", "Unknown", "1", "1", "1", "serve", "0.50/1.00", "7.5",
+                                "no", "Deploying"]
     assert len(lines) == 2
     assert await ebb(address, "revision", "list", "-o", "json") == 0
     revisions = json.loads(capsys.readouterr().out)

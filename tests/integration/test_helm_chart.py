@@ -28,6 +28,8 @@ import yaml
 from ebb.autoscaler.main import read_config_file
 from ebb.common import envoy as envoy_support
 from ebb.common.settings import read_flags
+from ebb.controller import k8s_objects, resources
+from ebb.controller.manager import instance_spec
 from ebb.webhook import jsonpatch
 from ebb.webhook.main import load_settings as load_webhook_settings
 from ebb.webhook.server import AdmissionReviewServer, make_tls_context
@@ -95,6 +97,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "gateway": {"port": 8081, "adminPort": 19901, "image": {"tag": "v1.40.0"}},
         "queue": {
             "port": 8113,
+            "metricsPort": 9191,
             "resources": {
                 "requests": {"cpu": "50m", "memory": "64Mi"},
                 "limits": {"cpu": "500m", "memory": "128Mi"},
@@ -385,6 +388,49 @@ def test_images_and_pull_settings(set_name):
     assert json.loads(env["EBB_QUEUE_SIDECAR_RESOURCES"]) == vals["queue"]["resources"]
     assert json.loads(env["EBB_QUEUE_SIDECAR_SECURITY_CONTEXT"]) == vals["containerSecurityContext"]
     assert env["EBB_SYSTEM_NAMESPACE"] == NAMESPACE
+
+
+@pytest.mark.parametrize("set_name", SETS)
+def test_queue_sidecars_serve_metrics_on_the_charts_fixed_port(set_name):
+    """The controller's environment, as the chart renders it, gives every revision pod a
+    queue with `--metrics-port`, a named container port and the scrape annotations."""
+    vals = values(set_name)
+    env = {e["name"]: e.get("value") for e in container(set_name, "controller")["env"]}
+    sidecar = k8s_objects.queue_sidecar_from_env(env)
+    port = vals["queue"]["metricsPort"]
+    assert sidecar.metrics_port == port
+    rev = resources.new("Revision")
+    rev.metadata.name, rev.metadata.namespace = "hello-00001", "default"
+    rev.spec.containers.add(image="app")
+    template = k8s_objects.pod_template(rev, instance_spec(rev), sidecar, "")
+    queue = template["spec"]["containers"][1]
+    assert flag(queue["args"], "metrics-port") == str(port)
+    assert {"name": "http-usermetric", "containerPort": port, "protocol": "TCP"} in queue["ports"]
+    annotations = template["metadata"]["annotations"]
+    assert (annotations["prometheus.io/scrape"], annotations["prometheus.io/port"]) == ("true", str(port))
+
+
+@pytest.mark.parametrize("set_name", SETS)
+def test_every_component_serves_metrics_on_a_fixed_port_that_prometheus_is_told_of(set_name):
+    vals = values(set_name)
+    for component in EBB_COMPONENTS:
+        port = vals[component]["metricsPort"]
+        c = container(set_name, component)
+        assert flag(c["args"], "metrics-port") == str(port), component
+        assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in c["ports"], component
+        annotations = deployment(set_name, component)["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true", component
+        assert annotations["prometheus.io/port"] == str(port), component
+        assert annotations["prometheus.io/path"] == "/metrics", component
+    autoscaler = deployment(set_name, "autoscaler")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/config" in autoscaler  # the chart's own annotations stay
+
+
+def test_users_pod_annotations_win_over_the_scrape_annotations():
+    out = render_raw({"activator": {"podAnnotations": {"prometheus.io/scrape": "false", "team": "a"}}})
+    pod = yaml.safe_load(out["ebb/templates/activator.yaml"].split("\n---")[0])["spec"]["template"]["metadata"]
+    assert pod["annotations"]["prometheus.io/scrape"] == "false"
+    assert pod["annotations"]["team"] == "a" and pod["annotations"]["prometheus.io/port"] == "9090"
 
 
 def test_custom_resources_reach_the_containers():

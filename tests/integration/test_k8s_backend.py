@@ -310,7 +310,8 @@ async def test_new_service_creates_its_resources_deployment_and_service(cluster)
         {"name": "K_SERVICE", "value": "hello"},
     ]
     assert queue["args"] == [
-        "ebb.queue", "--http-port", "8013", "--admin-port", "8022", "--app-port", "8080",
+        "ebb.queue", "--host", "0.0.0.0", "--http-port", "8013", "--admin-port", "8022",
+        "--metrics-port", "9091", "--app-port", "8080",
         "--revision", "default/hello-00001", "--instance", "$(POD_NAME)",
         "--container-concurrency", "0", "--timeout-seconds", "300", "--autoscaler", AUTOSCALER,
     ]  # fmt: skip

@@ -2,14 +2,10 @@
 queue's time-weighted report, reaction milestones, summaries and verdicts."""
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `bench` lives at the repo root
-
-from bench import autoscaler as ba  # noqa: E402
+from bench import autoscaler as ba
 
 METRICS = """\
 # HELP ebb_autoscaler_stats_received_total Stats received on StatsService.StreamStats.

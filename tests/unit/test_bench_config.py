@@ -2,17 +2,14 @@
 bench.main's settings (pure)."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `bench` lives at the repo root
-
-from bench import procs  # noqa: E402
-from bench.envoy_config import static_bootstrap  # noqa: E402
-from bench.main import QUICK, BenchSettings, parse_args  # noqa: E402
-from bench.mesh import activator_hosts  # noqa: E402
+from bench import procs
+from bench.envoy_config import static_bootstrap
+from bench.main import QUICK, BenchSettings, parse_args
+from bench.mesh import activator_hosts
 
 
 def test_static_bootstrap_routes_everything_to_one_endpoint():

@@ -1,15 +1,10 @@
 """bench.stats and bench.report: percentiles, median and spread, paired ratios, tables and
 verdicts (pure)."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `bench` lives at the repo root
-
-from bench import report  # noqa: E402
-from bench.stats import (  # noqa: E402
+from bench import report
+from bench.stats import (
     Run,
     latency_summary,
     percentile,

@@ -1,13 +1,8 @@
 """bench.wrk: wrk's command line and both forms of its output (pure)."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `bench` lives at the repo root
-
-from bench.wrk import (  # noqa: E402
+from bench.wrk import (
     DONE_LUA,
     WrkParseError,
     parse_time_ms,

@@ -405,9 +405,10 @@ def test_revision_row_shows_autoscaler_state():
     rev.status.stable_value = 3.5
     rev.status.panic_value = 7.25
     rev.status.panic = True
+    rev.status.requests_per_second = 41.26
     rev.status.conditions.add(type="Ready", status="Unknown", reason="Deploying")
     assert resources.revision_row(rev) == (
-        "hello-00002", "hello", "2", "Unknown", "?", 2, 1, "proxy", "3.50/7.25", "yes", "Deploying")
+        "hello-00002", "hello", "2", "Unknown", "?", 2, 1, "proxy", "3.50/7.25", "41.3", "yes", "Deploying")
 
 
 def _revision(status: str | None, reason: str = "", message: str = "") -> resources_pb2.Revision:

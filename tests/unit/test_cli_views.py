@@ -51,6 +51,8 @@ def revision(name: str, generation: int, ready: str, reason: str = "") -> resour
                                               "serving.knative.dev/service": "hello",
                                               "serving.knative.dev/configuration": "hello"}},
         "status": {"readyReplicas": 1 if ready == "True" else 0, "servingMode": "serve",
+                   "actualReplicas": 2 if ready == "True" else 0,
+                   "stableValue": 3.5 if ready == "True" else 0, "requestsPerSecond": 12.25 if ready == "True" else 0,
                    "conditions": [{"type": "Ready", "status": ready, "reason": reason}]},
     }, resources_pb2.Revision())
 
@@ -84,10 +86,11 @@ def test_describe_service_shows_traffic_tags_urls_latest_and_reasons():
     ]
     revisions = lines[lines.index("Revisions:") + 1: lines.index("Conditions:")]
     assert [line.split() for line in revisions] == [
-        ["NAME", "GENERATION", "TRAFFIC", "READY", "READY-INSTANCES", "MODE", "REASON"],
-        ["hello-00003", "3", "False", "0", "serve", "ExitCode3"],
-        ["hello-00002", "2", "50%", "True", "1", "serve"],
-        ["hello-00001", "1", "50%", "(old)", "True", "1", "serve"],
+        ["NAME", "GENERATION", "TRAFFIC", "READY", "ACTUAL", "READY-INSTANCES", "MODE", "CONCURRENCY", "RPS",
+         "REASON"],
+        ["hello-00003", "3", "False", "0", "0", "serve", "0.00", "0.0", "ExitCode3"],  # live load and instances
+        ["hello-00002", "2", "50%", "True", "2", "1", "serve", "3.50", "12.2"],
+        ["hello-00001", "1", "50%", "(old)", "True", "2", "1", "serve", "3.50", "12.2"],
     ]
     conditions = lines[lines.index("Conditions:") + 1:]
     assert conditions[0].split() == ["TYPE", "STATUS", "REASON", "MESSAGE", "SINCE"]

@@ -182,6 +182,9 @@ def test_queue_sidecar_from_the_charts_environment():
     )
     assert sidecar == SIDECAR
     assert ko.queue_sidecar_from_env({"EBB_QUEUE_SIDECAR_IMAGE": "ebb:1"}) == ko.QueueSidecar(image="ebb:1")
+    assert ko.QueueSidecar(image="ebb:1").metrics_port == 9091  # Knative's queue metrics port
+    env = {"EBB_QUEUE_SIDECAR_IMAGE": "ebb:1", "EBB_QUEUE_SIDECAR_METRICS_PORT": "9100"}
+    assert ko.queue_sidecar_from_env(env).metrics_port == 9100
 
 
 @pytest.mark.parametrize(
@@ -191,6 +194,8 @@ def test_queue_sidecar_from_the_charts_environment():
         ({"EBB_QUEUE_SIDECAR_IMAGE_PULL_POLICY": "Sometimes"}, "must be one of Always, IfNotPresent, Never"),
         ({"EBB_QUEUE_SIDECAR_HTTP_PORT": "70000"}, "EBB_QUEUE_SIDECAR_HTTP_PORT = 70000, must be in 0..65535"),
         ({"EBB_QUEUE_SIDECAR_ADMIN_PORT": "8013"}, "must differ"),
+        ({"EBB_QUEUE_SIDECAR_METRICS_PORT": "8022"}, "EBB_QUEUE_SIDECAR_METRICS_PORT must differ from EBB_QUEUE_SIDECAR_ADMIN_PORT"),
+        ({"EBB_QUEUE_SIDECAR_METRICS_PORT": "0"}, "EBB_QUEUE_SIDECAR_METRICS_PORT = 0, must be in 1..65535"),
         ({"EBB_QUEUE_SIDECAR_RESOURCES": "[1]"}, "EBB_QUEUE_SIDECAR_RESOURCES = '[1]', must be a JSON object"),
         ({"EBB_QUEUE_SIDECAR_SECURITY_CONTEXT": "{"}, "EBB_QUEUE_SIDECAR_SECURITY_CONTEXT = '{', must be a JSON object"),
     ],
@@ -208,7 +213,15 @@ def test_revision_deployment_exactly():
     rev = _revision()
     dep = ko.revision_deployment(rev, instance_spec(rev), SIDECAR, replicas=2, autoscaler="as.ebb.svc:8091")
     template = {
-        "metadata": {"labels": LABELS, "annotations": {"autoscaling.knative.dev/min-scale": "1"}},
+        "metadata": {
+            "labels": LABELS,
+            "annotations": {
+                "autoscaling.knative.dev/min-scale": "1",
+                "prometheus.io/path": "/metrics",
+                "prometheus.io/port": "9091",
+                "prometheus.io/scrape": "true",
+            },
+        },
         "spec": {
             "containers": [
                 {
@@ -235,8 +248,10 @@ def test_revision_deployment_exactly():
                     "imagePullPolicy": "Always",
                     "args": [
                         "ebb.queue",
+                        "--host", "0.0.0.0",
                         "--http-port", "8013",
                         "--admin-port", "8022",
+                        "--metrics-port", "9091",
                         "--app-port", "9000",
                         "--revision", "team/hello-00002",
                         "--instance", "$(POD_NAME)",
@@ -252,6 +267,7 @@ def test_revision_deployment_exactly():
                     "ports": [
                         {"name": "queue-port", "containerPort": 8013, "protocol": "TCP"},
                         {"name": "http-queueadm", "containerPort": 8022, "protocol": "TCP"},
+                        {"name": "http-usermetric", "containerPort": 9091, "protocol": "TCP"},
                     ],
                     "readinessProbe": {
                         "httpGet": {
@@ -315,7 +331,30 @@ def test_defaults_of_a_minimal_revision():
     assert queue["args"][-4:] == ["--container-concurrency", "0", "--timeout-seconds", "300"]
     assert "resources" not in queue and "securityContext" not in queue
     assert "serviceAccountName" not in dep["spec"]["template"]["spec"]
-    assert "annotations" not in dep["spec"]["template"]["metadata"]
+    assert dep["spec"]["template"]["metadata"]["annotations"] == {  # only Prometheus's
+        "prometheus.io/path": "/metrics",
+        "prometheus.io/port": "9091",
+        "prometheus.io/scrape": "true",
+    }
+
+
+def test_the_queue_serves_metrics_on_a_fixed_port_that_prometheus_is_told_of():
+    rev = _revision()
+    sidecar = ko.QueueSidecar(image="q", metrics_port=9100)
+    template = ko.pod_template(rev, instance_spec(rev), sidecar, "")
+    queue = template["spec"]["containers"][1]
+    args = queue["args"]
+    assert args[args.index("--metrics-port") + 1] == "9100"
+    assert args[args.index("--host") + 1] == "0.0.0.0"  # scraped on the pod's IP
+    assert {"name": "http-usermetric", "containerPort": 9100, "protocol": "TCP"} in queue["ports"]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == "9100"
+
+
+def test_a_revision_can_opt_out_of_scraping():
+    rev = _revision()
+    rev.metadata.annotations["prometheus.io/scrape"] = "false"
+    template = ko.pod_template(rev, instance_spec(rev), ko.QueueSidecar(image="q"), "")
+    assert template["metadata"]["annotations"]["prometheus.io/scrape"] == "false"
 
 
 def test_tcp_liveness_probe_defaults_to_the_user_port():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.fakes import MemoryTransport
 from ebb.common import tracing as tr
 from ebb.common.http1 import Limits, UpstreamConnection, UpstreamPool
 from ebb.common.metrics import (
@@ -48,41 +50,10 @@ QUEUE_NAMES = {
 # -- fakes: a transport that records what is written, an app connection in the pool
 
 
-class FakeTransport:
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def writelines(self, items) -> None:
-        for data in items:
-            self.out += data
-
-    def get_extra_info(self, name: str, default=None):
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def set_write_buffer_limits(self, high=None, low=None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-
 def pooled_app(pool: UpstreamPool) -> UpstreamConnection:
     """A keep-alive connection to the app, idle in `pool`: requests go to its transport."""
     up = UpstreamConnection(pool)
-    up.connection_made(FakeTransport())
+    up.connection_made(MemoryTransport())
     pool.idle.append(up)
     return up
 
@@ -95,9 +66,9 @@ class Clock:
         return self.now
 
 
-def client(proxy) -> tuple[QueueConnection, FakeTransport]:
+def client(proxy) -> tuple[QueueConnection, MemoryTransport]:
     conn = proxy.connection_class(proxy)
-    transport = FakeTransport()
+    transport = MemoryTransport()
     conn.connection_made(transport)
     return conn, transport
 
@@ -282,6 +253,26 @@ def test_an_odd_path_in_a_batch_leaves_the_others_as_they_are():
     assert [line["path"] for line in lines] == ["/a", '/b"q', "/c", "/d\\xff", "/e"]
 
 
+def test_queries_are_cut_a_batch_at_a_time_even_next_to_a_path_with_a_space():
+    urls = [b"/a?token=1", b"/b c?d", b"/e?f?g", b"/h?", b"/i"]  # a space: the per-path way
+    assert [line["path"] for line in log_lines(*[exchange(url=url) for url in urls])] == [
+        "/a", "/b c", "/e", "/h", "/i"]  # fmt: skip
+    urls = [b"/a?token=1", b"/e?f?g", b"/i"]
+    assert [line["path"] for line in log_lines(*[exchange(url=url) for url in urls])] == ["/a", "/e", "/i"]
+
+
+def test_requests_in_one_millisecond_share_its_ts_and_the_next_one_gets_its_own():
+    stream = io.BytesIO()
+    log = RequestLog(namespace="n", revision="r", instance="i", stream=stream,
+                     clock=lambda: 100.0, wall_clock=lambda: 1_750_000_000.5)  # fmt: skip
+    for t_end in (100.0001, 100.0009, 100.0011, 101.0):  # wall .5001, .5009, .5011, 1.5
+        log.record(exchange(t_end=t_end, t_begin=t_end - 0.002))
+    log.close()
+    stamps = [json.loads(line)["ts"] for line in stream.getvalue().splitlines()]
+    assert stamps == ["2025-06-15T15:06:40.500Z", "2025-06-15T15:06:40.500Z",
+                      "2025-06-15T15:06:40.501Z", "2025-06-15T15:06:41.500Z"]  # fmt: skip
+
+
 @pytest.mark.parametrize("bad", [b"garbage", f"00-{'0' * 32}-{SPAN}-01".encode(), GOOD.upper().encode()])
 def test_a_malformed_traceparent_logs_no_trace_id(bad):
     (line,) = log_lines(exchange(traceparent=bad))
@@ -419,7 +410,7 @@ async def test_overload_and_timeouts_are_counted_by_reason_and_kind():
     assert down.out.startswith(b"HTTP/1.1 503")
     assert proxy.tally.rejected == {"overload": 1}
     assert proxy.tally.by_tag[b""][3] == 1  # the 503 is a 5xx answer too
-    first.active._on_timer()  # timeoutSeconds passed (the test does not wait for the loop's timer)
+    first.active.check_timeouts()  # timeoutSeconds passed (the test does not wait for the loop's timer)
     assert proxy.tally.timeouts["request"] == 1
     assert proxy.tally.by_tag[b""][3] == 2  # and the 504
 
@@ -549,3 +540,35 @@ def test_sampling_is_opentelemetrys(sampler, ratio, parent, trace_id, sampled):
     sdk = tr.make_sampler(tr.TracingSettings(enabled=True, sampler=sampler, sampler_arg=ratio))
     context = tr.remote_context(parent.header()) if parent is not None else None
     assert sdk.should_sample(context, trace_id, "GET").decision.is_sampled() is sampled
+
+
+# -- rotation of a stdout that is a file (`ebb up`)
+
+
+def test_a_log_file_is_rotated_by_size_and_keeps_its_newest_copies(tmp_path):
+    path = tmp_path / "i.queue.log"
+    with open(path, "ab") as stream:  # as the local runtime opens it for the queue
+        log = RequestLog(namespace="n", revision="r", instance="i", stream=stream, max_batch=10,
+                         rotate_bytes=5_000, rotate_keep=2)  # fmt: skip
+        assert log.rotation is not None and log.rotation.path == str(path)
+        for _ in range(200):
+            log.record(exchange())
+        log.close()
+        stream.write(b"stderr line\n")  # another writer on the same fd goes on after the cut
+    assert log.rotation.rotations >= 2
+    assert path.stat().st_size < 5_000 + 4_000  # at most one batch past the limit
+    assert {p.name for p in tmp_path.iterdir()} == {"i.queue.log", "i.queue.log.1", "i.queue.log.2"}
+    current = path.read_bytes()
+    assert current.endswith(b"stderr line\n") and not current.startswith(b"\0")  # truncated, not sparse
+    for rotated in (path, tmp_path / "i.queue.log.1"):
+        lines = rotated.read_bytes().splitlines()
+        assert all(json.loads(line)["logger"] == "ebb.queue.request" for line in lines if line != b"stderr line")
+
+
+def test_only_a_file_opened_for_appending_is_rotated(tmp_path):
+    assert RequestLog(namespace="n", revision="r", instance="i", stream=io.BytesIO()).rotation is None
+    with open(tmp_path / "w.log", "wb") as stream:  # truncating the file would leave a hole
+        assert RequestLog(namespace="n", revision="r", instance="i", stream=stream).rotation is None
+    read, write = os.pipe()
+    with os.fdopen(write, "wb") as stream, os.fdopen(read, "rb"):
+        assert RequestLog(namespace="n", revision="r", instance="i", stream=stream).rotation is None

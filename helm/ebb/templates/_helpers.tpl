@@ -159,3 +159,13 @@ collide. (dict "ctx" $ "component" "webhook" "suffix" "mutating"); suffix may be
 {{- define "ebb.clusterScopedName" -}}
 {{- list .ctx.Release.Namespace (include "ebb.componentName" .) (.suffix | default "") | compact | join "-" | trunc 253 -}}
 {{- end -}}
+
+{{/*
+A component pod's annotations: Prometheus's scrape annotations for its metrics port
+(`port`), then the chart's own (`own`, e.g. checksums), then the user's podAnnotations
+(`user`), which win.
+*/}}
+{{- define "ebb.podAnnotations" -}}
+{{- $scrape := dict "prometheus.io/scrape" "true" "prometheus.io/port" (toString .port) "prometheus.io/path" "/metrics" -}}
+{{- toYaml (mergeOverwrite $scrape (.own | default dict) (.user | default dict)) -}}
+{{- end }}

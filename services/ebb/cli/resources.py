@@ -348,7 +348,12 @@ def list_services(client: ServingClient, namespace: str, fmt: str, out: TextIO) 
 
 
 REVISION_HEADERS = ["NAME", "SERVICE", "GENERATION", "READY", "DESIRED", "ACTUAL", "READY-INSTANCES",
-                    "MODE", "CONCURRENCY(stable/panic)", "PANIC", "REASON"]
+                    "MODE", "CONCURRENCY(stable/panic)", "RPS", "PANIC", "REASON"]
+
+
+def _rps(status: resources_pb2.RevisionStatus) -> str:
+    """Requests per second across the instances in the autoscaler's last complete second."""
+    return f"{status.requests_per_second:.1f}"
 
 
 def revision_row(rev: resources_pb2.Revision) -> tuple:
@@ -364,6 +369,7 @@ def revision_row(rev: resources_pb2.Revision) -> tuple:
         status.ready_replicas,
         status.serving_mode or "-",
         f"{status.stable_value:.2f}/{status.panic_value:.2f}",
+        _rps(status),
         "yes" if status.panic else "no",
         output.ready_reason(status.conditions),
     )
@@ -466,12 +472,16 @@ def summary(kind: str, resource, revisions: Sequence[resources_pb2.Revision] = (
     if revisions:
         served = _traffic_by_revision(status.traffic)
         lines.append("Revisions:")
+        # Live load next to each revision: what the autoscaler last saw (stable concurrency,
+        # requests per second) and the instances running and ready.
         rows = [(r.metadata.name, output.revision_generation(r), served.get(r.metadata.name, ""),
-                 output.ready_status(r.status.conditions), r.status.ready_replicas,
-                 r.status.serving_mode or "-", output.ready_reason(r.status.conditions))
+                 output.ready_status(r.status.conditions), r.status.actual_replicas, r.status.ready_replicas,
+                 r.status.serving_mode or "-", f"{r.status.stable_value:.2f}", _rps(r.status),
+                 output.ready_reason(r.status.conditions))
                 for r in sorted(revisions, key=_generation_key, reverse=True)]
         lines.append(output.indent(output.table(
-            ["NAME", "GENERATION", "TRAFFIC", "READY", "READY-INSTANCES", "MODE", "REASON"], rows)))
+            ["NAME", "GENERATION", "TRAFFIC", "READY", "ACTUAL", "READY-INSTANCES", "MODE", "CONCURRENCY", "RPS",
+             "REASON"], rows)))
     if status.conditions:
         lines.append("Conditions:")
         lines.append(output.indent(output.conditions_table(status.conditions)))

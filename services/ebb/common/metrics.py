@@ -188,10 +188,19 @@ OTHER_TAG = b"_other"  # not a DNS label, so never a real tag
 _TAG = re.compile(rb"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 
 
+def _class_index(status: int) -> int:
+    index = status // 100 - 2
+    return index if 0 <= index <= 3 else 3
+
+
+# The index in RESPONSE_CLASSES of every three-digit status, looked up rather than worked
+# out on each request.
+_CLASS_INDEX = [_class_index(status) for status in range(1000)]
+
+
 def response_class(status: int) -> str:
     """`2xx`, `3xx`, `4xx` or `5xx`; anything else an app might send (600) counts as 5xx."""
-    index = status // 100 - 2
-    return RESPONSE_CLASSES[index if 0 <= index <= 3 else 3]
+    return RESPONSE_CLASSES[_class_index(status)]
 
 
 class RequestTally:
@@ -215,8 +224,9 @@ class RequestTally:
 
     def record(self, status: int, tag: bytes, seconds: float) -> None:
         """One answered request: its final status, route tag (b"" for none) and latency."""
-        index = status // 100 - 2
-        if not 0 <= index <= 3:
+        try:
+            index = _CLASS_INDEX[status]
+        except IndexError:  # not three digits
             index = 3
         counts = self.by_tag.get(tag)
         if counts is None:

@@ -40,6 +40,12 @@ QUEUE_CONTAINER = "queue-proxy"
 USER_PORT_NAME = "user-port"
 QUEUE_PORT_NAME = "queue-port"
 QUEUE_ADMIN_PORT_NAME = "http-queueadm"
+# Knative's queue-proxy serves its request metrics on 9091 under this port name.
+QUEUE_METRICS_PORT_NAME = "http-usermetric"
+DEFAULT_QUEUE_METRICS_PORT = 9091
+# Read by Prometheus's common `kubernetes-pods` scrape config (and kube-prometheus-stack's
+# PodMonitor examples): the queue's /metrics on a fixed, known port of every revision pod.
+PROMETHEUS_ANNOTATIONS = ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path")
 SERVICE_PORT_NAME = "http"
 DEFAULT_USER_PORT = 8080  # Knative's default when the container names no port
 PROGRESS_DEADLINE_S = 600  # Knative's default progress-deadline
@@ -166,6 +172,7 @@ class QueueSidecar:
     image_pull_policy: str = "IfNotPresent"
     http_port: int = 8013
     admin_port: int = 8022
+    metrics_port: int = DEFAULT_QUEUE_METRICS_PORT
     resources: dict = field(default_factory=dict, hash=False)
     security_context: dict = field(default_factory=dict, hash=False)
     # The user container's preStop wait: the queue drains for at most 30 s after SIGTERM
@@ -199,18 +206,24 @@ def queue_sidecar_from_env(environ: Mapping[str, str]) -> QueueSidecar:
         raise SettingsError(
             f"EBB_QUEUE_SIDECAR_IMAGE_PULL_POLICY = {policy!r}, must be one of {', '.join(PULL_POLICIES)}"
         )
-    ports = {}
-    for key, default in (("EBB_QUEUE_SIDECAR_HTTP_PORT", "8013"), ("EBB_QUEUE_SIDECAR_ADMIN_PORT", "8022")):
+    ports: dict[str, int] = {}
+    for key, default in (
+        ("EBB_QUEUE_SIDECAR_HTTP_PORT", "8013"),
+        ("EBB_QUEUE_SIDECAR_ADMIN_PORT", "8022"),
+        ("EBB_QUEUE_SIDECAR_METRICS_PORT", str(DEFAULT_QUEUE_METRICS_PORT)),
+    ):
         ports[key] = parse_port(key, environ.get(key, default) or default)
         if ports[key] == 0:
             raise SettingsError(f"{key} = 0, must be in 1..65535")
-    if ports["EBB_QUEUE_SIDECAR_HTTP_PORT"] == ports["EBB_QUEUE_SIDECAR_ADMIN_PORT"]:
-        raise SettingsError("EBB_QUEUE_SIDECAR_ADMIN_PORT must differ from EBB_QUEUE_SIDECAR_HTTP_PORT")
+        for other, port in ports.items():
+            if other != key and port == ports[key]:
+                raise SettingsError(f"{key} must differ from {other}")
     return QueueSidecar(
         image=image,
         image_pull_policy=policy,
         http_port=ports["EBB_QUEUE_SIDECAR_HTTP_PORT"],
         admin_port=ports["EBB_QUEUE_SIDECAR_ADMIN_PORT"],
+        metrics_port=ports["EBB_QUEUE_SIDECAR_METRICS_PORT"],
         resources=_json_object("EBB_QUEUE_SIDECAR_RESOURCES", environ.get("EBB_QUEUE_SIDECAR_RESOURCES", "")),
         security_context=_json_object(
             "EBB_QUEUE_SIDECAR_SECURITY_CONTEXT", environ.get("EBB_QUEUE_SIDECAR_SECURITY_CONTEXT", "")
@@ -325,8 +338,10 @@ def user_container(rev: r.Revision, spec: InstanceSpec, sidecar: QueueSidecar) -
 def queue_args(spec: InstanceSpec, sidecar: QueueSidecar, autoscaler: str) -> list[str]:
     args = [
         "ebb.queue",
+        "--host", "0.0.0.0",  # the kubelet's probe and the traffic come to the pod's IP
         "--http-port", str(sidecar.http_port),
         "--admin-port", str(sidecar.admin_port),
+        "--metrics-port", str(sidecar.metrics_port),
         "--app-port", str(user_port(spec)),
         "--revision", f"{spec.namespace}/{spec.revision}",
         "--instance", "$(POD_NAME)",
@@ -352,6 +367,7 @@ def queue_container(spec: InstanceSpec, sidecar: QueueSidecar, autoscaler: str) 
         "ports": [
             {"name": QUEUE_PORT_NAME, "containerPort": sidecar.http_port, "protocol": "TCP"},
             {"name": QUEUE_ADMIN_PORT_NAME, "containerPort": sidecar.admin_port, "protocol": "TCP"},
+            {"name": QUEUE_METRICS_PORT_NAME, "containerPort": sidecar.metrics_port, "protocol": "TCP"},
         ],
         # Knative's network probe: 200 `queue` while the app answers and the queue is not
         # draining; the kubelet's verdict is what marks the pod's endpoint ready.
@@ -382,10 +398,10 @@ def pod_template(rev: r.Revision, spec: InstanceSpec, sidecar: QueueSidecar, aut
     }
     if rev.spec.service_account_name:
         pod["serviceAccountName"] = rev.spec.service_account_name
-    template: dict = {"metadata": {"labels": revision_labels(rev)}, "spec": pod}
-    if rev.metadata.annotations:
-        template["metadata"]["annotations"] = dict(sorted(rev.metadata.annotations.items()))
-    return template
+    # The revision's own annotations win: `prometheus.io/scrape: "false"` there opts out.
+    scrape = dict(zip(PROMETHEUS_ANNOTATIONS, ("true", str(sidecar.metrics_port), "/metrics"), strict=True))
+    annotations = {**scrape, **rev.metadata.annotations}
+    return {"metadata": {"labels": revision_labels(rev), "annotations": dict(sorted(annotations.items()))}, "spec": pod}
 
 
 def template_hash(template: Mapping) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy_helpers import HOST, EnvoyProcess, eventually, http_get, start_upstream
 from helpers import free_port
 
@@ -202,13 +202,12 @@ async def test_delta_xds_is_unimplemented() -> None:
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
-            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources(
-                iter([discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER_TYPE)])
-            )
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                async for _ in call:
-                    pass
-            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            # Envoy would send a DeltaDiscoveryRequest first; the server answers the opened
+            # stream with its status, so the test only opens it and reads that status.
+            # (Writing a request races the server's close: the client's send then fails
+            # with INTERNAL before the status is read.)
+            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
+            assert await call.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         await server.stop(None)
 

@@ -28,10 +28,20 @@ from ebb.activator.proxy import Activator
 from ebb.common import http1
 from ebb.queue.proxy import Proxy
 
-# What the gateway sends the activator, and what the activator sends the queue.
+# A request straight to the activator (as wrk sends it in the suite's activator path), and
+# what the activator sends the queue.
 TO_ACTIVATOR = (
     b"GET / HTTP/1.1\r\nHost: bench.default.localhost\r\nKnative-Serving-Namespace: default\r\n"
     b"Knative-Serving-Revision: bench\r\nUser-Agent: wrk\r\n\r\n"
+)
+# What Ebb's gateway Envoy sends the activator (lowercase names, its forwarding headers and
+# request id, the route's headers): more headers, and forwarding values to pass on.
+VIA_GATEWAY = (
+    b"GET / HTTP/1.1\r\nhost: bench.default.localhost\r\nuser-agent: wrk\r\n"
+    b"x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\n"
+    b"x-request-id: 8f3c2a4e-5b1d-4e6f-9a7b-0c1d2e3f4a5b\r\n"
+    b"k-original-host: bench.default.localhost\r\nknative-serving-namespace: default\r\n"
+    b"knative-serving-revision: bench\r\nx-envoy-expected-rq-timeout-ms: 300000\r\n\r\n"
 )
 TO_QUEUE = (
     b"GET / HTTP/1.1\r\nHost: bench.default.localhost\r\nKnative-Serving-Namespace: default\r\n"
@@ -81,6 +91,9 @@ async def measure(requests: int, batches: int = 1) -> dict[str, tuple[float, flo
     queue = Proxy(app_port=9)
     return {
         "activator": _per_request_us(_wire(activator, instance.handle, TO_ACTIVATOR), requests, batches),
+        "activator via gateway": _per_request_us(
+            _wire(activator, instance.handle, VIA_GATEWAY), requests, batches
+        ),
         "queue": _per_request_us(_wire(queue, queue.pool, TO_QUEUE), requests, batches),
     }
 

@@ -1,16 +1,18 @@
 """The shared proxy core's per-request shortcuts keep their meaning, driven through the real
 activator with fake transports: one timer per connection instead of one per exchange, the
-memo of `Forwarded` values, response headers sorted as they arrive, the throttler's
-unlimited-capacity fast path."""
+memo of `Forwarded` values, each connection's cached forwarding lines, response headers
+sorted as they arrive, small answers in one write, the throttler's unlimited-capacity
+fast path."""
 
 from __future__ import annotations
 
 from test_metrics_activator import ADDRESS, activator_with, instance_app, request
-from test_metrics_queue import client, head_of
+from test_metrics_queue import client, head_of, pooled_app
 
 from ebb.activator.endpoints import RevisionSpec
 from ebb.activator.throttler import Throttler
 from ebb.common import http1
+from ebb.queue.proxy import Proxy
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -107,3 +109,76 @@ def test_a_fresh_exchange_is_first_due_at_its_shortest_timeout():
     assert http1.Limits(10).first_s == 10
     assert http1.Limits(10, 3).first_s == 3  # responseStartTimeoutSeconds
     assert http1.Limits(10, 3, 2).first_s == 2  # idleTimeoutSeconds, counted from the start
+
+
+def _heads(raw: bytes) -> list[dict[str, str]]:
+    """Every request head in `raw` (bodiless requests), as header dicts."""
+    return [head_of(b"GET x\r\n" + part) for part in raw.split(b"GET ")[1:]]
+
+
+async def test_the_queues_forwarding_lines_follow_each_requests_values_on_one_connection():
+    queue = Proxy(app_port=9)
+    app = pooled_app(queue.pool)
+    conn, _ = client(queue)
+    sent = [
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",  # as cached
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.2\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.2\r\nX-Forwarded-Proto: https\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.2\r\nForwarded: for=x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: other\r\n\r\n",
+    ]
+    for raw in sent:
+        conn.data_received(raw)
+        app.data_received(OK)
+    got = [(h["x-forwarded-for"], h["x-forwarded-proto"], h["forwarded"]) for h in _heads(bytes(app.transport.out))]
+    assert got == [
+        ("10.0.0.1, 127.0.0.1", "http", "for=10.0.0.1;host=h;proto=http, for=127.0.0.1"),
+        ("10.0.0.1, 127.0.0.1", "http", "for=10.0.0.1;host=h;proto=http, for=127.0.0.1"),
+        ("10.0.0.2, 127.0.0.1", "http", "for=10.0.0.2;host=h;proto=http, for=127.0.0.1"),
+        ("10.0.0.2, 127.0.0.1", "https", "for=10.0.0.2;host=h;proto=https, for=127.0.0.1"),
+        ("10.0.0.2, 127.0.0.1", "http", "for=x, for=127.0.0.1"),
+        ("127.0.0.1", "http", "for=127.0.0.1;host=other;proto=http"),
+    ]
+
+
+async def test_the_activators_forwarding_lines_follow_each_requests_values_on_one_connection():
+    act = activator_with(RevisionSpec("default", "r1", addresses=(ADDRESS,), timeout_s=60))
+    app = instance_app(act)
+    conn, _ = client(act)
+    extras = [
+        b"",
+        b"X-Forwarded-For: 10.0.0.1\r\n",
+        b"X-Forwarded-For: 10.0.0.1\r\n",  # as cached
+        b"X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nK-Original-Host: o.example\r\n",
+        b"Forwarded: for=x\r\nK-Proxy-Request: someone\r\n",
+        b"",
+    ]
+    for extra in extras:
+        conn.data_received(request(extra=extra))
+        app.data_received(OK)
+    heads = _heads(bytes(app.transport.out))
+    assert [h["x-forwarded-for"] for h in heads] == [
+        "127.0.0.1", "10.0.0.1, 127.0.0.1", "10.0.0.1, 127.0.0.1", "10.0.0.1, 127.0.0.1",
+        "127.0.0.1", "127.0.0.1",
+    ]
+    assert [h.get("x-forwarded-proto") for h in heads] == [None, None, None, "https", None, None]
+    assert [h.get("k-original-host") for h in heads] == [None, None, None, "o.example", None, None]
+    assert [h.get("forwarded") for h in heads] == [None, None, None, None, "for=x", None]
+    assert all(h["k-proxy-request"] == "activator" for h in heads)
+
+
+async def test_a_head_and_a_small_body_leave_in_one_write_a_large_body_apart():
+    queue = Proxy(app_port=9)
+    app = pooled_app(queue.pool)
+    conn, down = client(queue)
+    writes: list[bytes] = []
+    down.writelines = lambda items: writes.append(b"<writev>")  # type: ignore[method-assign]
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    app.data_received(OK)
+    assert down.last.startswith(b"HTTP/1.1 200 OK\r\n") and down.last.endswith(b"\r\n\r\nok")
+    assert writes == []
+    big = b"x" * http1.SMALL_JOIN
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    app.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(big), big))
+    assert writes == [b"<writev>"]  # not copied into one buffer

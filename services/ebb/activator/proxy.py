@@ -131,11 +131,15 @@ class Revision:
 class ActivatorConnection(http1.ClientConnection):
     """A client of the activator: its requests are resolved to a revision as parsed."""
 
-    __slots__ = ("_fwd_tail",)
+    __slots__ = ("_fwd_key", "_fwd_tail")
 
     def __init__(self, proxy: Activator) -> None:
         super().__init__(proxy)
-        self._fwd_tail: bytes | None = None
+        # The forwarding lines last built and what they were built from: a connection's
+        # requests (a gateway's keep-alive connection, a client's) nearly always carry the
+        # same values, so the lines are built once per connection, not per request.
+        self._fwd_key: tuple | None = None
+        self._fwd_tail = b""
 
     def request_head(self, method: bytes, req_kind: int) -> bytes:
         namespace, name = self._route_ns, self._route_rev
@@ -154,14 +158,13 @@ class ActivatorConnection(http1.ClientConnection):
             drop = _DROP_PROXY_REQUEST if drop is None else drop | _DROP_PROXY_REQUEST
         if drop:
             parts = drop_headers(parts, drop, 0)
-        if self._xff is None:
+        key = (self._xff, self._orig_host, self._xfp, self._fwd)
+        if key == self._fwd_key:
             tail = self._fwd_tail
-            if tail is None:
-                tail = self._fwd_tail = b"X-Forwarded-For: " + self.peer + CRLF + _PROXY_REQUEST
         else:
-            tail = b"X-Forwarded-For: " + self._xff + b", " + self.peer + CRLF + _PROXY_REQUEST
-        if self._orig_host is not None or self._xfp is not None or self._fwd is not None:
-            tail = self._kept_forwarding() + tail
+            tail = self._forwarding()
+            self._fwd_key = key
+            self._fwd_tail = tail
         return b"".join(
             (
                 method, b" ", self._url, b" HTTP/1.1\r\nHost: ", self._host or rev.default_host, CRLF,
@@ -170,9 +173,10 @@ class ActivatorConnection(http1.ClientConnection):
             )
         )  # fmt: skip
 
-    def _kept_forwarding(self) -> bytes:
-        """Headers the parser set aside that the activator passes on unchanged (the queue
-        reads them: K-Original-Host, X-Forwarded-Proto, Forwarded)."""
+    def _forwarding(self) -> bytes:
+        """The forwarding lines sent on: the headers the parser set aside that the queue
+        reads (K-Original-Host, X-Forwarded-Proto, Forwarded) unchanged, X-Forwarded-For
+        extended with the client's address, and our K-Proxy-Request."""
         kept = b""
         if self._orig_host is not None:
             kept += b"K-Original-Host: " + self._orig_host + CRLF
@@ -180,7 +184,8 @@ class ActivatorConnection(http1.ClientConnection):
             kept += b"X-Forwarded-Proto: " + self._xfp + CRLF
         if self._fwd is not None:
             kept += b"Forwarded: " + self._fwd + CRLF
-        return kept
+        xff = self.peer if self._xff is None else self._xff + b", " + self.peer
+        return kept + b"X-Forwarded-For: " + xff + CRLF + _PROXY_REQUEST
 
 
 def _unknown(namespace: bytes | None, name: bytes | None) -> bytes:

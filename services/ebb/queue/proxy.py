@@ -42,11 +42,16 @@ PROBE_HEADER_VALUE = b"queue"
 class QueueConnection(ClientConnection):
     """A client of the queue: requests go to the app with Host and forwarding set."""
 
-    __slots__ = ("_fwd_cache",)
+    __slots__ = ("_fwd_key", "_fwd_lines")
 
     def __init__(self, proxy: Proxy) -> None:
         super().__init__(proxy)
-        self._fwd_cache: tuple[bytes, bytes, bytes] | None = None
+        # The forwarding lines last built and what they were built from: a connection's
+        # requests nearly always carry the same values (behind the activator or a
+        # gateway: the same X-Forwarded-For chain and Host), so they are built once per
+        # connection rather than per request.
+        self._fwd_key: tuple | None = None
+        self._fwd_lines = b""
 
     def request_head(self, method: bytes, req_kind: int) -> bytes:
         parts = self._parts
@@ -54,36 +59,13 @@ class QueueConnection(ClientConnection):
             parts = drop_headers(parts, self._drop, 0)
         authority = self._orig_host or self._host or self.proxy.app_authority
         proto = self._xfp or b"http"
-        if self._xff is None and self._fwd is None and self._xfh is None:
-            cache = self._fwd_cache
-            if cache is not None and cache[0] == authority and cache[1] == proto:
-                forwarding = cache[2]
-            else:
-                forwarding = (
-                    b"X-Forwarded-For: "
-                    + self.peer
-                    + b"\r\nX-Forwarded-Proto: "
-                    + proto
-                    + b"\r\nForwarded: "
-                    + forwarded_header(self.peer, authority, proto)
-                    + CRLF
-                )
-                self._fwd_cache = (authority, proto, forwarding)
+        key = (authority, proto, self._xff, self._fwd, self._xfh)
+        if key == self._fwd_key:
+            forwarding = self._fwd_lines
         else:
-            xff = self.peer if self._xff is None else self._xff + b", " + self.peer
-            if self._fwd is not None:  # keep what earlier hops said; add this hop
-                fwd = self._fwd + b", for=" + self.peer_node
-            else:
-                fwd = forwarded_header(xff, self._xfh or authority, proto)
-            forwarding = (
-                b"X-Forwarded-For: "
-                + xff
-                + b"\r\nX-Forwarded-Proto: "
-                + proto
-                + b"\r\nForwarded: "
-                + fwd
-                + CRLF
-            )
+            forwarding = self._forwarding(authority, proto)
+            self._fwd_key = key
+            self._fwd_lines = forwarding
         return b"".join(
             (
                 method, b" ", self._url, b" HTTP/1.1\r\nHost: ", authority, CRLF,
@@ -91,6 +73,16 @@ class QueueConnection(ClientConnection):
                 forwarding, self.framing(req_kind), CRLF,
             )
         )  # fmt: skip
+
+    def _forwarding(self, authority: bytes, proto: bytes) -> bytes:
+        """X-Forwarded-For, X-Forwarded-Proto and Forwarded for this hop: the incoming
+        chains extended with the client's address, or started with it."""
+        xff = self.peer if self._xff is None else self._xff + b", " + self.peer
+        if self._fwd is not None:  # keep what earlier hops said; add this hop
+            fwd = self._fwd + b", for=" + self.peer_node
+        else:
+            fwd = forwarded_header(xff, self._xfh or authority, proto)
+        return b"X-Forwarded-For: " + xff + b"\r\nX-Forwarded-Proto: " + proto + b"\r\nForwarded: " + fwd + CRLF
 
 
 class Proxy(Handler):

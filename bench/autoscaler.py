@@ -9,9 +9,10 @@ Three figures, each printed beside its target:
             stats come from `ebb_autoscaler_stats_received_total` minus drops, CPU from
             /proc/PID/stat, both sampled over a window after a warm-up.
   tick      one decision tick over 5,000 revisions: the live process's
-            `ebb_autoscaler_tick_duration_seconds` histogram while every revision gets one
-            stat a second, and the pure path timed in-process (`MultiScaler.decide` for
-            every revision, what `AutoscalerServer.tick` loops over).
+            `ebb_autoscaler_tick_duration_seconds` histogram (and `..._tick_cpu_seconds`,
+            the loop thread's CPU in the tick) while every revision gets one stat a
+            second, and the pure path timed in-process (`MultiScaler.decide` for every
+            revision, what `AutoscalerServer.tick` loops over).
   reaction  from a load step (a simulated queue's concurrency going 0 -> 50 for a revision
             with target 10, reported time-weighted once a second like the real queue) to
             the decisions on `WatchDecisions`: the first one that scales up, and the first
@@ -62,6 +63,7 @@ REACTION_TARGET_S = 2.5
 RECEIVED = "ebb_autoscaler_stats_received_total"
 DROPPED = "ebb_autoscaler_stats_dropped_total"
 TICK_HISTOGRAM = "ebb_autoscaler_tick_duration_seconds"
+TICK_CPU_HISTOGRAM = "ebb_autoscaler_tick_cpu_seconds"  # absent before 2026-11-26 22:30
 
 MAX_DURATION_S = 300.0
 MAX_REVISIONS = 20_000
@@ -702,11 +704,13 @@ def run_tick_live(s: Settings, processes: Processes, work: Path, res: Results) -
             cpu1, t_b, watched1 = procs.cpu_seconds(scaler.pid), time.monotonic(), watcher.count
             clients = collect_streamers(processes, streamers, timeout_s=total_s + 60)
             h = histogram(after, TICK_HISTOGRAM).minus(histogram(before, TICK_HISTOGRAM))
+            h_cpu = tick_cpu(before, after)
             accepted = (metric_total(after, RECEIVED) - metric_total(after, DROPPED)
                         - metric_total(before, RECEIVED) + metric_total(before, DROPPED))
             res.tick_live["phases"][phase] = {
                 "jitter": jitter, "ticks": h.count, "mean_ms": fmt_ms_value(h.mean),
                 "max_bound_s": h.max_bound(), "buckets": h.buckets,
+                "cpu_mean_ms": fmt_ms_value(h_cpu.mean) if h_cpu else None,
                 "stats_per_s": accepted / (t_b - t_a),
                 "autoscaler_cores": (cpu1 - cpu0) / (t_b - t_a),
                 "decisions_per_tick": (watched1 - watched0) / h.count if h.count else None,
@@ -721,6 +725,15 @@ def run_tick_live(s: Settings, processes: Processes, work: Path, res: Results) -
         if watcher is not None:
             watcher.close()
         scaler.close()
+
+
+def tick_cpu(before: Sequence[Sample], after: Sequence[Sample]) -> Histogram | None:
+    """The ticks' CPU-time histogram between two scrapes; None from an autoscaler without
+    it (older code, in a before/after comparison)."""
+    try:
+        return histogram(after, TICK_CPU_HISTOGRAM).minus(histogram(before, TICK_CPU_HISTOGRAM))
+    except ValueError:
+        return None
 
 
 def fmt_ms_value(seconds: float | None) -> float | None:
@@ -1076,6 +1089,9 @@ def render(res: Results) -> str:
                          fmt_opt(h["mean_ms"], ".1f"), "-", "-",
                          fmt_bound_ms(h["max_bound_s"]),
                          fmt_opt(h["decisions_per_tick"], ",.0f")])
+            if h.get("cpu_mean_ms") is not None:
+                rows.append([f"live, {phase} load, CPU of the loop thread", f"{h['ticks']:.0f}",
+                             f"{h['cpu_mean_ms']:.1f}", "-", "-", "-", "-"])
         if res.tick_live.get("whole_run"):
             h = res.tick_live["whole_run"]
             rows.append(["live, whole run (first ticks too)", f"{h['ticks']:.0f}",

@@ -183,3 +183,12 @@ def test_each_server_has_its_own_registry(clock):
     a.register(RevisionSpec(*KEY))
     assert value(a, "ebb_autoscaler_revisions") == 1
     assert value(b, "ebb_autoscaler_revisions") == 0
+
+
+def test_each_tick_records_its_duration_and_cpu_time(server):
+    server.register(RevisionSpec(*KEY, reachable=True, ready_instances=1))
+    server.tick()
+    server.tick()
+    for name in ("ebb_autoscaler_tick_duration_seconds", "ebb_autoscaler_tick_cpu_seconds"):
+        assert value(server, f"{name}_count") == 2
+        assert value(server, f"{name}_sum") >= 0

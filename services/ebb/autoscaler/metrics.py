@@ -3,7 +3,7 @@
 Per-revision gauges come from the MultiScaler's latest verdicts, so a revision's series
 appear when the controller registers it and disappear when it is unregistered; the stat
 counters come from the Collector's own counts. Nothing on the stat path is touched: the
-only value recorded as it happens is the tick duration.
+only values recorded as they happen are the tick's duration and CPU time.
 
 Scrapes run on the metrics HTTP thread, not the event loop, so `collect()` only takes
 snapshots that need no lock: copies of dicts (one C-level call each under the GIL) and
@@ -42,10 +42,18 @@ class AutoscalerMetrics:
             buckets=CONTROL_BUCKETS_S,
             registry=registry,
         )
+        self.tick_cpu = Histogram(
+            "ebb_autoscaler_tick_cpu_seconds",
+            "CPU time the event-loop thread spent in one tick; the rest of its duration it"
+            " waited for the GIL (gRPC threads) or for a CPU.",
+            buckets=CONTROL_BUCKETS_S,
+            registry=registry,
+        )
         registry.register(_StateCollector(server))
 
-    def observe_tick(self, seconds: float) -> None:
+    def observe_tick(self, seconds: float, cpu_seconds: float) -> None:
         self.tick_duration.observe(seconds)
+        self.tick_cpu.observe(cpu_seconds)
 
 
 def _families() -> dict[str, Metric]:

@@ -186,16 +186,17 @@ class MultiScaler:
         )
         reg.activity = result.activity
         ebc = min(decision.ebc, -1) if result.activator_in_path else decision.ebc
+        # Positional, in field order: keyword arguments doubled the cost of this call.
         verdict = Verdict(
-            key=key,
-            desired=result.scale,
-            ebc=ebc,
-            panic=decision.panic,
-            stable_value=decision.stable_value,
-            panic_value=decision.panic_value,
-            rps=decision.rps,
-            metric=config.metric,
-            raw_desired=decision.desired,
+            key,
+            result.scale,  # desired
+            ebc,
+            decision.panic,
+            decision.stable_value,
+            decision.panic_value,
+            decision.rps,
+            config.metric,
+            decision.desired,  # raw_desired
         )
         changed = not verdict.same_verdict(reg.latest)
         reg.latest = verdict

@@ -34,7 +34,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -70,10 +69,6 @@ MAX_REVISIONS = 20_000
 MAX_INSTANCES = 200_000
 MAX_CLIENTS = 16
 MAX_TRIALS = 50
-
-
-class Interrupted(Exception):
-    pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -982,29 +977,6 @@ def run_reaction(s: Settings, processes: Processes, work: Path, res: Results) ->
 # Report
 
 
-def machine_info() -> dict:
-    import platform
-
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    mem_total_mb = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_total_mb = round(int(line.split()[1]) / 1024)
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "cpu_model": cpu_model, "mem_total_mb": mem_total_mb,
-        "kernel": platform.release(), "python": platform.python_version(),
-        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
-    }
-
-
 def verdicts(res: Results) -> list[Verdict]:
     out = []
     for fig in res.ingest:
@@ -1225,15 +1197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ebb-bench-autoscaler-"))
     processes = Processes(work, uuid.uuid4().hex)
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # we fork while a channel is open
-    res = Results(machine=machine_info())
+    res = Results(machine=procs.machine_info())
     busy0, wall0 = procs.busy_now(), time.monotonic()
 
-    def interrupt(signum: int, _frame: object) -> None:
-        raise Interrupted(signum)
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    code = 0
-    try:
+    def body() -> None:
         if "ingest" in s.parts:
             run_ingest(s, processes, work, res)
         if "tick" in s.parts:
@@ -1242,19 +1209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_tick_server(s, res)
         if "reaction" in s.parts:
             run_reaction(s, processes, work, res)
-    except (Interrupted, KeyboardInterrupt):
-        print("bench.autoscaler: interrupted; stopping everything", file=sys.stderr)
-        code = 130
-    except (StartError, OSError, ValueError) as exc:
-        print(f"bench.autoscaler: {exc}", file=sys.stderr)
-        code = 1
-    finally:
-        leftovers = processes.stop_all()
-        if leftovers:
-            print(f"bench.autoscaler: killed {len(leftovers)} leftover process(es)",
-                  file=sys.stderr)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+    code = procs.run_guarded("bench.autoscaler", processes, body, (StartError, OSError, ValueError))
     res.machine["busy_cores"] = (procs.busy_now() - busy0) / max(1e-9, time.monotonic() - wall0)
     print(render(res))
     if s.out is not None:

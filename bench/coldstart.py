@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench import procs
-from bench.autoscaler import machine_info, machine_line, time_summary
+from bench.autoscaler import machine_line, time_summary
 from bench.mesh import NAMESPACE, Mesh
 from bench.procs import HOST, Processes, StartError
 from bench.report import Verdict, markdown_table
@@ -65,10 +65,6 @@ ZERO_TIMEOUT_S = 90.0
 REQUEST_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 20.0
 POLL_S = 0.001
-
-
-class Interrupted(Exception):
-    pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -341,30 +337,7 @@ class ColdMesh(Mesh):
     step timestamps)."""
 
     def __init__(self, processes: Processes, work: Path, config: Path) -> None:
-        super().__init__(processes, work)
-        self.config = config
-
-    def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        p = self.ports
-        argv = [self.python, "-m", "ebb.cli", "up", "--data-dir", str(self.data_dir),
-                "--http-port", str(p["http"]), "--admin-port", str(p["admin"]),
-                "--controller-port", str(p["controller"]),
-                "--autoscaler-port", str(p["autoscaler"]),
-                "--activator-port", str(p["activator"]),
-                "--activator-grpc-port", str(p["activator-grpc"]),
-                "--webhook-port", str(p["webhook"]), "--config", str(self.config),
-                "--log-level", "info"]
-        self.proc = self.processes.start("ebb-up", argv, env={"EBB_HOME": str(self.data_dir)})
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if not self.proc.alive():
-                raise StartError(f"ebb up exited with code {self.proc.popen.returncode}:\n"
-                                 f"{self.proc.log_tail()}")
-            if (self.data_dir / "mesh.json").exists():
-                return
-            time.sleep(0.1)
-        raise StartError(f"ebb up wrote no mesh.json in 90s:\n{self.proc.log_tail()}")
+        super().__init__(processes, work, config=config, log_level="info")
 
     def deploy(self) -> str:
         self._ebb("service", "create", SERVICE, "--cmd",
@@ -569,29 +542,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = parse_args(list(sys.argv[1:] if argv is None else argv))
     work = Path(tempfile.mkdtemp(prefix="ebb-bench-coldstart-"))
     processes = Processes(work, uuid.uuid4().hex)
-    res = Results(machine=machine_info())
+    res = Results(machine=procs.machine_info())
     busy0, wall0 = procs.busy_now(), time.monotonic()
 
-    def interrupt(signum: int, _frame: object) -> None:
-        raise Interrupted(signum)
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    code = 0
-    try:
-        run(s, processes, work, res)
-    except (Interrupted, KeyboardInterrupt):
-        print("bench.coldstart: interrupted; stopping everything", file=sys.stderr)
-        code = 130
-    except (StartError, OSError, ValueError, subprocess.SubprocessError) as exc:
-        print(f"bench.coldstart: {exc}", file=sys.stderr)
-        code = 1
-    finally:
-        leftovers = processes.stop_all()
-        if leftovers:
-            print(f"bench.coldstart: killed {len(leftovers)} leftover process(es)",
-                  file=sys.stderr)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    code = procs.run_guarded(
+        "bench.coldstart", processes, lambda: run(s, processes, work, res),
+        (StartError, OSError, ValueError, subprocess.SubprocessError),
+    )
     res.machine["busy_cores"] = (procs.busy_now() - busy0) / max(1e-9, time.monotonic() - wall0)
     if res.cold or res.app:
         print(render(res))

@@ -1,10 +1,17 @@
-"""Static Envoy bootstraps for the benchmark (pure): one listener -> one static cluster.
+"""Static Envoy bootstraps for the benchmark (one listener -> one static cluster), and
+`start_static_envoy` to run one.
 
 No xDS: the Envoy hop baseline must cost only what proxying costs. Both the "one Envoy
 hop" path (-> app) and the static gateway path (-> queue) use this.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench import procs
+from ebb.common.envoy import envoy_command
 
 _HCM_TYPE = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
@@ -110,3 +117,17 @@ def static_bootstrap(
             ],
         },
     }
+
+
+def start_static_envoy(processes: procs.Processes, binary: str, config_path: Path, upstream_port: int, *,
+                       name: str = "envoy", path: str = "/",
+                       cpus: set[int] | None = None) -> tuple[procs.Proc, int]:
+    """Envoy with one worker and `static_bootstrap` in front of `upstream_port`, started by
+    `processes` (a bench.procs.Processes) and answering on `path`; returns (proc, port)."""
+    listen, admin = procs.free_port(), procs.free_port()
+    config_path.write_text(json.dumps(static_bootstrap(listen, upstream_port, admin), indent=1))
+    argv = envoy_command(binary, str(config_path), admin, None, concurrency=1, log_level="warning")
+    proc = processes.start(name, argv, cpus=cpus)
+    procs.wait_http(proc, admin, "/ready", timeout_s=30)
+    procs.wait_http(proc, listen, path, timeout_s=30)
+    return proc, listen

@@ -35,7 +35,7 @@ from pathlib import Path
 import grpc
 
 from bench import procs
-from bench.envoy_config import static_bootstrap
+from bench.envoy_config import start_static_envoy
 from bench.wrk import DONE_LUA, parse_wrk, wrk_command
 from ebb.api.networking.v1 import endpoints_pb2, endpoints_pb2_grpc
 
@@ -115,18 +115,6 @@ class Stack:
         procs.wait_http(self.activator, self.activator_port, headers=self.headers)
 
 
-def start_envoy(processes: procs.Processes, work: Path, app_port: int) -> tuple[procs.Proc, int]:
-    from ebb.common.envoy import envoy_command, find_envoy
-
-    listen, admin = procs.free_port(), procs.free_port()
-    config = work / "envoy.json"
-    config.write_text(json.dumps(static_bootstrap(listen, app_port, admin)))
-    proc = processes.start("envoy", envoy_command(find_envoy(), str(config), admin, None,
-                                                  concurrency=1, log_level="warning"))
-    procs.wait_http(proc, listen)
-    return proc, listen
-
-
 def measure(wrk: str, lua: Path, url: str, headers: dict[str, str], conc: int,
             duration_s: float, pids: dict[str, int]) -> dict:
     """One wrk run; req/s, p50 and CPU µs per request of each process in `pids`."""
@@ -169,7 +157,9 @@ def run(args: argparse.Namespace) -> dict:
                 points.append((stack.name, "queue", f"http://{HOST}:{stack.queue_port}/",
                                ROUTE_HEADERS, base))
             if args.envoy:
-                envoy, listen = start_envoy(processes, work, app_port)
+                from ebb.common.envoy import find_envoy
+
+                envoy, listen = start_static_envoy(processes, find_envoy(), work / "envoy.json", app_port)
                 points.append(("-", "envoy", f"http://{HOST}:{listen}/", ROUTE_HEADERS,
                                {"envoy": envoy.pid}))
             for point in points:  # warm-up, not recorded

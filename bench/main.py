@@ -22,11 +22,9 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import resource
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench import procs, report
-from bench.envoy_config import static_bootstrap
+from bench.envoy_config import start_static_envoy
 from bench.mesh import Mesh, MeshService
 from bench.procs import HOST, Processes, StartError
 from bench.stats import Run, summarize
@@ -62,10 +60,6 @@ WRK_MISSING = """\
 bench: wrk is not installed (the load generator; Debian package `wrk`).
   install it:  sudo apt-get install -y wrk     (./scripts/bench.sh does this when run as root)
   then again:  python -m bench   (or tox -e bench)"""
-
-
-class Interrupted(Exception):
-    pass
 
 
 class PathFailed(RuntimeError):
@@ -219,31 +213,13 @@ def machine_info(wrk: str, envoy: str | None) -> dict:
             return text.splitlines()[0] if text else ""
         return ""
 
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    mem_total_mb = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_total_mb = round(int(line.split()[1]) / 1024)
     versions = {}
     for module in ("uvloop", "httptools"):
         with contextlib.suppress(Exception):
             from importlib.metadata import version
             versions[module] = version(module)
     return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "cpu_model": cpu_model,
-        "mem_total_mb": mem_total_mb,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3]
-        if Path("/proc/loadavg").exists() else None,
+        **procs.machine_info(),
         "wrk": first_line([wrk, "-v"]),
         "envoy": first_line([envoy, "--version"]) if envoy else None,
         # "+dirty": the work tree had uncommitted changes (what ran is not exactly HEAD).
@@ -299,18 +275,10 @@ class Bench:
     # -- starting things --
 
     def start_envoy(self, name: str, upstream_port: int, path: str) -> tuple[procs.Proc, int]:
-        from ebb.common.envoy import envoy_command
-
         assert self.envoy is not None
-        listen, admin = procs.free_port(), procs.free_port()
-        config = self.work / f"{name}.json"
-        config.write_text(json.dumps(static_bootstrap(listen, upstream_port, admin), indent=1))
-        argv = envoy_command(self.envoy, str(config), admin, None, concurrency=1,
-                             log_level="warning")
-        proc = self.processes.start(name, argv, cpus=self.proxy_cpus)
+        proc, listen = start_static_envoy(self.processes, self.envoy, self.work / f"{name}.json",
+                                          upstream_port, name=name, path=path, cpus=self.proxy_cpus)
         self.stack_procs.append(proc)
-        procs.wait_http(proc, admin, "/ready", timeout_s=30)
-        procs.wait_http(proc, listen, path, timeout_s=30)
         return proc, listen
 
     def start_stack(self, app: str) -> dict[str, Target]:
@@ -699,27 +667,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = machine_info(wrk, envoy)
     work = Path(tempfile.mkdtemp(prefix="ebb-bench-"))
     processes = Processes(work, uuid.uuid4().hex)
-
-    def interrupt(signum: int, _frame: object) -> None:
-        raise Interrupted(signum)
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     bench = Bench(settings, processes, work, wrk, envoy)
-    code = 0
-    try:
-        bench.run()
-    except (Interrupted, KeyboardInterrupt):
-        print("bench: interrupted; stopping everything", file=sys.stderr)
-        code = 130
-    except StartError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        code = 1
-    finally:
-        leftovers = processes.stop_all()
-        if leftovers:
-            print(f"bench: killed {len(leftovers)} leftover process(es)", file=sys.stderr)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    code = procs.run_guarded("bench", processes, bench.run, (StartError,))
     if code == 0 or bench.runs:
         document, text = build_result(bench, settings, machine, started, argv)
         document["exit_code"] = code  # 130: interrupted, 1: failed; the runs are partial

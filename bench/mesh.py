@@ -64,10 +64,13 @@ class MeshService:
 
 
 class Mesh:
-    def __init__(self, processes: Processes, work: Path, python: str = sys.executable) -> None:
+    def __init__(self, processes: Processes, work: Path, python: str = sys.executable, *,
+                 config: Path | None = None, log_level: str = "warning") -> None:
         self.processes = processes
         self.data_dir = work / "mesh"
         self.python = python
+        self.config = config  # `ebb up --config FILE`
+        self.log_level = log_level
         self.ports = {name: procs.free_port() for name in PORT_NAMES}
         self.proc: procs.Proc | None = None
         self.info: dict = {}
@@ -92,7 +95,9 @@ class Mesh:
                 "--autoscaler-port", str(p["autoscaler"]),
                 "--activator-port", str(p["activator"]),
                 "--activator-grpc-port", str(p["activator-grpc"]),
-                "--webhook-port", str(p["webhook"]), "--log-level", "warning"]
+                "--webhook-port", str(p["webhook"]), "--log-level", self.log_level]
+        if self.config is not None:
+            argv += ["--config", str(self.config)]
         self.proc = self.processes.start("ebb-up", argv, env={"EBB_HOME": str(self.data_dir)})
         mesh_file = self.data_dir / "mesh.json"
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -310,3 +311,59 @@ def pin(pid: int, cpus: set[int]) -> None:
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
             os.sched_setaffinity(int(task.name), cpus)
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGHUP arrived during a benchmark run."""
+
+
+def run_guarded(prog: str, processes: Processes, body, errors: tuple[type[BaseException], ...]) -> int:
+    """Run `body()` with SIGTERM/SIGHUP turned into `Interrupted`; whatever happens, stop
+    every process started meanwhile. Returns the exit code: 0, 130 when interrupted, 1 on
+    one of `errors` (printed as one line)."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    code = 0
+    try:
+        body()
+    except (Interrupted, KeyboardInterrupt):
+        print(f"{prog}: interrupted; stopping everything", file=sys.stderr)
+        code = 130
+    except errors as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        leftovers = processes.stop_all()
+        if leftovers:
+            print(f"{prog}: killed {len(leftovers)} leftover process(es)", file=sys.stderr)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code
+
+
+def machine_info() -> dict:
+    """CPUs, CPU model, memory, kernel, Python and load average: the machine a run saw."""
+    import platform
+
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_total_mb = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_total_mb = round(int(line.split()[1]) / 1024)
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "cpu_model": cpu_model, "mem_total_mb": mem_total_mb,
+        "kernel": platform.release(), "python": platform.python_version(),
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3]
+        if Path("/proc/loadavg").exists() else None,
+    }

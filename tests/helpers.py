@@ -10,6 +10,35 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE_APP = REPO / "samples" / "hello" / "app.py"
 
 
+# The data plane's metric families (what a scrape of a queue or the activator must list).
+QUEUE_METRIC_NAMES = frozenset(
+    {
+        "ebb_queue_requests",
+        "ebb_queue_request_duration_seconds",
+        "ebb_queue_inflight_requests",
+        "ebb_queue_queue_depth",
+        "ebb_queue_rejected",
+        "ebb_queue_timeouts",
+        "ebb_queue_ready",
+        "ebb_queue_request_logs_dropped",
+    }
+)
+ACTIVATOR_METRIC_NAMES = frozenset(
+    {
+        "ebb_activator_requests",
+        "ebb_activator_request_duration_seconds",
+        "ebb_activator_inflight_requests",
+        "ebb_activator_queue_depth",
+        "ebb_activator_held_requests",
+        "ebb_activator_hold_duration_seconds",
+        "ebb_activator_rejected",
+        "ebb_activator_timeouts",
+        "ebb_activator_instances",
+        "ebb_activator_revisions",
+    }
+)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

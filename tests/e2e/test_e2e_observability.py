@@ -9,7 +9,7 @@ import sys
 import urllib.request
 
 import pytest
-from helpers import SAMPLE_APP, wait_until
+from helpers import ACTIVATOR_METRIC_NAMES, QUEUE_METRIC_NAMES, SAMPLE_APP, wait_until
 from mesh import Mesh
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -34,28 +34,8 @@ NAMES = {
         "ebb_controller_xds_acks",
         "ebb_controller_instances_started",
     },
-    "activator": {
-        "ebb_activator_requests",
-        "ebb_activator_request_duration_seconds",
-        "ebb_activator_inflight_requests",
-        "ebb_activator_queue_depth",
-        "ebb_activator_held_requests",
-        "ebb_activator_hold_duration_seconds",
-        "ebb_activator_rejected",
-        "ebb_activator_timeouts",
-        "ebb_activator_instances",
-        "ebb_activator_revisions",
-    },
-    "queue": {
-        "ebb_queue_requests",
-        "ebb_queue_request_duration_seconds",
-        "ebb_queue_inflight_requests",
-        "ebb_queue_queue_depth",
-        "ebb_queue_rejected",
-        "ebb_queue_timeouts",
-        "ebb_queue_ready",
-        "ebb_queue_request_logs_dropped",
-    },
+    "activator": ACTIVATOR_METRIC_NAMES,
+    "queue": QUEUE_METRIC_NAMES,
 }
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from helpers import QUEUE_METRIC_NAMES
 from prometheus_client.parser import text_string_to_metric_families
 from queue_helpers import REVISION, request, run_app, run_queue, wait_until
 from test_activator_proxy import FakeController, activator, controller_server, instance, synced
@@ -28,16 +29,6 @@ NS = "default"
 GUARD_S = 20.0  # hang guard, not a performance threshold
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 GATEWAY_SPAN = "00f067aa0ba902b7"
-QUEUE_NAMES = (
-    "ebb_queue_requests",
-    "ebb_queue_request_duration_seconds",
-    "ebb_queue_inflight_requests",
-    "ebb_queue_queue_depth",
-    "ebb_queue_rejected",
-    "ebb_queue_timeouts",
-    "ebb_queue_ready",
-    "ebb_queue_request_logs_dropped",
-)
 REV = {"namespace": NS, "revision": REVISION}
 
 
@@ -76,7 +67,7 @@ def app():
 def test_queue_metrics_parse_and_follow_the_traffic(app, tmp_path):
     with run_queue(tmp_path, app.port, "--container-concurrency", "1") as queue:
         families = scrape(metrics_address(queue))
-        assert set(QUEUE_NAMES) <= set(families)
+        assert QUEUE_METRIC_NAMES <= set(families)
         assert sample(families, "ebb_queue_ready", **REV) == 1
         for _ in range(3):
             assert queue.request("GET", "/")[0] == 200

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from helpers import ACTIVATOR_METRIC_NAMES
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from test_metrics_queue import GOOD, SPAN, TRACE, client, head_of, pooled_app, scrape, value
 
@@ -16,18 +17,6 @@ from ebb.activator.proxy import Activator
 from ebb.activator.settings import load
 from ebb.common import tracing as tr
 
-ACTIVATOR_NAMES = {
-    "ebb_activator_requests",
-    "ebb_activator_request_duration_seconds",
-    "ebb_activator_inflight_requests",
-    "ebb_activator_queue_depth",
-    "ebb_activator_held_requests",
-    "ebb_activator_hold_duration_seconds",
-    "ebb_activator_rejected",
-    "ebb_activator_timeouts",
-    "ebb_activator_instances",
-    "ebb_activator_revisions",
-}
 ADDRESS = "127.0.0.1:41000"
 R1 = {"namespace": "default", "revision": "r1"}
 UNROUTED = {"namespace": "", "revision": ""}
@@ -66,7 +55,7 @@ def test_metrics_port_flag():
 async def test_every_name_is_exported_with_per_revision_gauges():
     act = activator_with(RevisionSpec("default", "r1", addresses=(ADDRESS,)), RevisionSpec("default", "r2"))
     families = scrape(ActivatorCollector(act))
-    assert ACTIVATOR_NAMES <= set(families)
+    assert ACTIVATOR_METRIC_NAMES <= set(families)
     assert value(families, "ebb_activator_revisions") == 2
     assert value(families, "ebb_activator_instances", **R1) == 1
     assert value(families, "ebb_activator_instances", namespace="default", revision="r2") == 0

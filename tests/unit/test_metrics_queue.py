@@ -11,6 +11,7 @@ import threading
 from types import SimpleNamespace
 
 import pytest
+from helpers import QUEUE_METRIC_NAMES
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client import generate_latest
@@ -35,16 +36,6 @@ from ebb.queue.settings import load
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
 GOOD = f"00-{TRACE}-{SPAN}-01"
-QUEUE_NAMES = {
-    "ebb_queue_requests",
-    "ebb_queue_request_duration_seconds",
-    "ebb_queue_inflight_requests",
-    "ebb_queue_queue_depth",
-    "ebb_queue_rejected",
-    "ebb_queue_timeouts",
-    "ebb_queue_ready",
-    "ebb_queue_request_logs_dropped",
-}
 
 
 # -- fakes: a transport that records what is written, an app connection in the pool
@@ -148,7 +139,7 @@ def fake_proxy(**kwargs):
 
 def test_every_name_is_exported_before_any_request():
     families = scrape(QueueCollector(fake_proxy(), "default", "hello-00001"))
-    assert QUEUE_NAMES <= set(families)
+    assert QUEUE_METRIC_NAMES <= set(families)
     assert value(families, "ebb_queue_rejected", "ebb_queue_rejected_total", reason="overload") == 0
     assert value(families, "ebb_queue_timeouts", "ebb_queue_timeouts_total", kind="waiting") == 0
     assert families["ebb_queue_requests"].samples == []  # a class appears with its first request

@@ -77,11 +77,9 @@ async def serve(settings: ActivatorSettings, tracing: tracing_mod.Tracing = trac
         activator.synced = True
 
     address = _bound(settings.host, http_port)
-    write_ready_file(
-        settings.ready_file, {"http": address, "grpc": core.address, "metrics": metrics.address}
-    )
-    peers = {"controller": settings.controller, "autoscaler": settings.autoscaler}
     bound = {"http": address, "grpc": core.address, "metrics": metrics.address}
+    write_ready_file(settings.ready_file, bound)
+    peers = {"controller": settings.controller, "autoscaler": settings.autoscaler}
     log.info(
         "activator serving",
         extra={"instance": settings.instance, **peers, **bound, "tracing": tracing.enabled},

@@ -22,9 +22,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.utils import floatToGoString
 
-from ebb.common.metrics import REQUEST_BUCKETS_S, request_families
+from ebb.common.metrics import REQUEST_BUCKETS_S, cumulative_buckets, request_families
 
 PREFIX = "ebb_activator"
 # Why the activator answered a request itself instead of forwarding it.
@@ -73,7 +72,6 @@ class ActivatorCollector:
         rows.append((UNROUTED, activator.unrouted))
         yield from request_families(PREFIX, "activator", rows)
         inflight, depth, held, hold, instances, count = families = self._gauges()
-        bounds = [floatToGoString(b) for b in REQUEST_BUCKETS_S] + ["+Inf"]
         for rev in revisions:
             labels = [rev.namespace, rev.name]
             waiting = rev.throttler.waiting
@@ -81,11 +79,7 @@ class ActivatorCollector:
             depth.add_metric(labels, waiting)
             holds = rev.holds
             held.add_metric(labels, holds.held)
-            cumulative, running = [], 0
-            for bound, n in zip(bounds, list(holds.buckets), strict=True):
-                running += n
-                cumulative.append((bound, running))
-            hold.add_metric(labels, cumulative, holds.sum_s)
+            hold.add_metric(labels, cumulative_buckets(holds.buckets)[0], holds.sum_s)
             instances.add_metric(labels, len(rev.throttler.instances))
         count.add_metric([], len(revisions))
         yield from families

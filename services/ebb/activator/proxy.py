@@ -91,6 +91,7 @@ class Revision:
         "removed_body",
         "tally",
         "holds",
+        "span_attributes",
     )
 
     def __init__(self, spec: RevisionSpec, queue_depth: int, now: float, rng: random.Random | None):
@@ -112,6 +113,7 @@ class Revision:
         self.removed_body = b"not found: revision %s was removed\n" % label
         self.tally = RequestTally(REVISION_REASONS, TIMEOUT_KINDS)
         self.holds = Holds()
+        self.span_attributes = {"ebb.namespace": spec.namespace, "ebb.revision": spec.name}
         self.configure(spec)
 
     def configure(self, spec: RevisionSpec) -> None:
@@ -299,7 +301,7 @@ class Activator(http1.Handler):
         super().span_started(ex)
         rev = ex.route
         if rev.__class__ is Revision:
-            ex.span.set_attributes({"ebb.namespace": rev.namespace, "ebb.revision": rev.name})
+            ex.span.set_attributes(rev.span_attributes)
 
     def _hand(self, ex: Exchange, instance: Instance) -> None:
         """`ex` waited and now holds a slot on `instance`: forward it (on the next turn of

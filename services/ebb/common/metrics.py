@@ -254,6 +254,20 @@ class RequestTally:
         self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
 
 
+# The `le` labels of REQUEST_BUCKETS_S, built once (not on every scrape).
+_REQUEST_BOUNDS = (*(floatToGoString(b) for b in REQUEST_BUCKETS_S), "+Inf")
+
+
+def cumulative_buckets(live_buckets: list[int]) -> tuple[list[tuple[str, int]], int]:
+    """A REQUEST_BUCKETS_S histogram's per-bucket counts (copied once: the loop may be
+    writing them) as prometheus_client's cumulative (le, count) pairs, and the total."""
+    cumulative, running = [], 0
+    for bound, count in zip(_REQUEST_BOUNDS, list(live_buckets), strict=True):
+        running += count
+        cumulative.append((bound, running))
+    return cumulative, running
+
+
 def request_families(
     prefix: str, component: str, rows: Iterable[tuple[tuple[str, str], RequestTally]]
 ) -> list[Metric]:
@@ -282,7 +296,6 @@ def request_families(
         "the response had started).",
         labels=[*revision_labels, "kind"],
     )
-    bounds = [floatToGoString(b) for b in REQUEST_BUCKETS_S] + ["+Inf"]
     for (namespace, revision), tally in rows:
         for tag, live_counts in list(tally.by_tag.items()):
             label_tag = tag.decode("ascii", "replace")
@@ -291,10 +304,7 @@ def request_families(
                     requests.add_metric([namespace, revision, RESPONSE_CLASSES[index], label_tag], count)
         sums = list(tally.sums)
         for index, live_buckets in enumerate(tally.buckets):
-            cumulative, running = [], 0
-            for bound, count in zip(bounds, list(live_buckets), strict=True):
-                running += count
-                cumulative.append((bound, running))
+            cumulative, running = cumulative_buckets(live_buckets)
             if not running:
                 continue
             duration.add_metric(

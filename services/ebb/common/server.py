@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -149,6 +150,15 @@ def write_ready_file(path: str | None, addresses: dict[str, str]) -> None:
     tmp = target.with_suffix(target.suffix + ".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), **addresses}))
     tmp.replace(target)
+
+
+def remove_ready_file(path: str | None) -> None:
+    """At a clean exit: the ready file says we are up, so it goes (if it is still ours)."""
+    if not path:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(Path(path).read_text()).get("pid") == os.getpid():
+            Path(path).unlink()
 
 
 def run(main: Callable[[], Awaitable[int]]) -> int:

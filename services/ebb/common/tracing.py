@@ -582,11 +582,11 @@ class Tracing:
         """Record the response status (5xx or `error` mark the span failed) and end it."""
         if span is None or span.__class__ is UnsampledSpan:
             return
-        from opentelemetry.trace.status import Status, StatusCode
-
         if status_code is not None:
             span.set_attribute("http.response.status_code", status_code)
         if error or (status_code is not None and status_code >= 500):
+            from opentelemetry.trace.status import Status, StatusCode  # failures only
+
             span.set_status(Status(StatusCode.ERROR, error or f"HTTP {status_code}"))
         span.end()
 

@@ -18,13 +18,12 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TextIO
 
 from ebb.common import tracing as tracing_mod
 from ebb.common.logs import setup_logging
 from ebb.common.metrics import MetricsServer, new_registry
-from ebb.common.server import run, write_ready_file
+from ebb.common.server import remove_ready_file, run, write_ready_file
 from ebb.common.settings import SettingsError, env_view
 from ebb.queue import settings as queue_settings
 from ebb.queue.metrics import QueueCollector
@@ -45,15 +44,6 @@ def _span_attributes(settings: QueueSettings) -> dict[str, str]:
         "ebb.revision": settings.revision,
         "ebb.instance": settings.instance,
     }
-
-
-def _remove_ready_file(path: str | None) -> None:
-    """At a clean exit: the ready file says we are up, so it goes (if it is still ours)."""
-    if not path:
-        return
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(Path(path).read_text()).get("pid") == os.getpid():
-            Path(path).unlink()
 
 
 async def serve(settings: QueueSettings, tracing: tracing_mod.Tracing = tracing_mod.DISABLED) -> int:
@@ -126,12 +116,12 @@ async def serve(settings: QueueSettings, tracing: tracing_mod.Tracing = tracing_
         return 1
     reporter = _reporter(settings, stats, started_at, clock)
     address = f"{'127.0.0.1' if settings.host in ('0.0.0.0', '') else settings.host}:{http_port}"
-    write_ready_file(settings.ready_file, {"http": address, **admin.addresses()})
+    bound = {"http": address, **admin.addresses()}
+    write_ready_file(settings.ready_file, bound)
     log.info(
         "queue serving",
         extra={
-            "http": address,
-            **admin.addresses(),
+            **bound,
             "request_log": settings.request_log,
             "tracing": tracing.enabled,
             "app": f"{settings.app_host}:{settings.app_port}",
@@ -149,7 +139,7 @@ async def serve(settings: QueueSettings, tracing: tracing_mod.Tracing = tracing_
         await reporter.stop()
     await _stop(proxy, prober, request_log, admin)
     await tracing.aclose()
-    _remove_ready_file(settings.ready_file)
+    remove_ready_file(settings.ready_file)
     return 0
 
 

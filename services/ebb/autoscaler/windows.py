@@ -127,11 +127,6 @@ class BucketWindow:
     def window_s(self) -> int:
         return self._window_s
 
-    @property
-    def last_write_s(self) -> int | None:
-        """The second of the latest write (None before any)."""
-        return self._last
-
     def record(self, now_s: float, value: float) -> None:
         """Add `value` to the bucket of second floor(now_s)."""
         second = math.floor(now_s)

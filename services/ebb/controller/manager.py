@@ -49,6 +49,16 @@ class ScaleInputs:
     reachable: bool
     latest: bool
 
+    def desired(self, decision: rc.Decision | None, *, can_scale_to_zero: bool) -> int:
+        """`rc.desired_instances` for this revision under `decision`."""
+        return rc.desired_instances(
+            self.annotations,
+            reachable=self.reachable,
+            latest=self.latest,
+            decision=decision,
+            can_scale_to_zero=can_scale_to_zero,
+        )
+
 
 def instance_spec(rev: r.Revision) -> InstanceSpec:
     """What the runtime needs to start an instance of the revision."""
@@ -165,13 +175,7 @@ class Controller:
             decision = self._scaling.decisions.get(key)
             if decision is None:
                 continue
-            desired = rc.desired_instances(
-                inputs.annotations,
-                reachable=inputs.reachable,
-                latest=inputs.latest,
-                decision=decision,
-                can_scale_to_zero=self._activator is not None,
-            )
+            desired = inputs.desired(decision, can_scale_to_zero=self._activator is not None)
             actual = self._runtime.view(key).actual
             running = rc.hold_instances_for_switch(desired, actual, self._activator_acked(key))
             if running > actual:
@@ -245,16 +249,10 @@ class Controller:
                     ),
                 )
                 decision = self._scaling.decisions.get(key)
-            desired = rc.desired_instances(
-                rev.metadata.annotations,
-                reachable=key in routed,
-                latest=key in latest_created,
-                decision=decision,
-                can_scale_to_zero=self._activator is not None,
-            )
-            self._scale_inputs[key] = ScaleInputs(
+            inputs = self._scale_inputs[key] = ScaleInputs(
                 spec, dict(rev.metadata.annotations), key in routed, key in latest_created
             )
+            desired = inputs.desired(decision, can_scale_to_zero=self._activator is not None)
             view = self._runtime.view(key)
             modes[key] = rc.serving_mode(decision, desired, view.ready, has_activator=self._activator is not None)
             running = rc.hold_instances_for_switch(desired, view.actual, self._activator_acked(key))
@@ -389,9 +387,10 @@ class Controller:
         for (ns, n), rev in revisions.items():
             key = RevisionKey(ns, n)
             spec = instance_spec(rev)
+            addresses, not_ready = self._instance_addresses(key)
             state[key] = EndpointsView(
-                addresses=tuple(str(a) for a in self._runtime.ready_addresses(key)),
-                not_ready_addresses=tuple(str(a) for a in self._runtime.not_ready_addresses(key)),
+                addresses=addresses,
+                not_ready_addresses=not_ready,
                 container_concurrency=spec.container_concurrency,
                 timeout_s=spec.timeout_s,
                 response_start_timeout_s=spec.response_start_timeout_s,
@@ -404,17 +403,21 @@ class Controller:
             for queue in self._endpoint_watchers:
                 queue.put_nowait((changed, removed, False))
 
+    def _instance_addresses(self, key: RevisionKey) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The revision's ready and not-ready instance addresses, as EndpointsView lists them."""
+        return (
+            tuple(str(a) for a in self._runtime.ready_addresses(key)),
+            tuple(str(a) for a in self._runtime.not_ready_addresses(key)),
+        )
+
     def _publish_instances(self, key: RevisionKey) -> None:
         """Tell activators of the revision's instances now (a new one listed not-ready, so
         they start probing it), outside a pass."""
         view = self._endpoints.get(key)
         if view is None:
             return
-        updated = replace(
-            view,
-            addresses=tuple(str(a) for a in self._runtime.ready_addresses(key)),
-            not_ready_addresses=tuple(str(a) for a in self._runtime.not_ready_addresses(key)),
-        )
+        addresses, not_ready = self._instance_addresses(key)
+        updated = replace(view, addresses=addresses, not_ready_addresses=not_ready)
         if updated != view:
             self._endpoints[key] = updated
             for queue in self._endpoint_watchers:

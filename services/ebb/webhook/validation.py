@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ebb.common.goparse import INT32_MAX
 from ebb.webhook import autoscaling
-from ebb.webhook.goparse import INT32_MAX
 from ebb.webhook.model import API_VERSION, DEFAULT_SETTINGS, KINDS, AdmissionSettings, FieldError
 from ebb.webhook.names import dns1035_label_errors, dns1123_label_errors, go_list, is_qualified_name
 from ebb.webhook.values import as_dict, as_int, as_list, as_str

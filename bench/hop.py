@@ -1,7 +1,7 @@
 """A/B of the Python hops' CPU per request: two source trees side by side, same run.
 
     python -m bench.hop --tree before=/tmp/old/services --tree after=services \
-        [--conc 16,64] [--duration 3] [--repeat 2] [--envoy]
+        [--conc 16,64] [--duration 3] [--repeat 2] [--envoy] [--unix after]
 
 For each tree it starts, on loopback: `bench/app.py` (fast), a queue in front of it, an
 activator (with a fake controller, in this process, that lists the queue as the one ready
@@ -94,18 +94,23 @@ class Stack:
     """One tree's queue and activator in front of the shared app."""
 
     def __init__(self, name: str, tree: str, processes: procs.Processes, work: Path,
-                 app_port: int, controller_port: int, endpoints: _Endpoints) -> None:
+                 app_port: int, controller_port: int, endpoints: _Endpoints,
+                 unix: bool = False) -> None:
         env = _env(tree)
         self.name = name
         self.queue_port = procs.free_port()
         ready = work / f"queue-{name}.json"
+        socket_args = ["--unix-socket", str(work / f"queue-{name}.sock")] if unix else []
         self.queue = processes.start(f"queue-{name}", [
             sys.executable, "-m", "ebb.queue", "--http-port", str(self.queue_port),
             "--app-port", str(app_port), "--revision", f"{NAMESPACE}/{REVISION}",
-            "--instance", name, "--ready-file", str(ready), "--log-level", "warning"], env)
+            "--instance", name, "--ready-file", str(ready), "--log-level", "warning",
+            *socket_args], env)
         procs.wait_file(self.queue, ready)
         procs.wait_http(self.queue, self.queue_port)
-        endpoints.add(f"{REVISION}-{name}", f"{HOST}:{self.queue_port}")
+        # As `ebb up` lists a local queue: its unix socket when it has one.
+        address = f"unix:{socket_args[1]}" if unix else f"{HOST}:{self.queue_port}"
+        endpoints.add(f"{REVISION}-{name}", address)
         self.activator_port = procs.free_port()
         self.activator = processes.start(f"activator-{name}", [
             sys.executable, "-m", "ebb.activator", "--http-port", str(self.activator_port),
@@ -147,7 +152,8 @@ def run(args: argparse.Namespace) -> dict:
         app = processes.start("app", [sys.executable, str(APP), "--port", str(app_port)])
         procs.wait_http(app, app_port)
         with fake_controller(list(trees)) as (controller_port, endpoints):
-            stacks = [Stack(name, tree, processes, work, app_port, controller_port, endpoints)
+            stacks = [Stack(name, tree, processes, work, app_port, controller_port, endpoints,
+                            unix=name in args.unix)
                       for name, tree in trees.items()]
             points = []
             for stack in stacks:
@@ -202,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--envoy", action="store_true", help="add the one-Envoy-hop baseline")
+    parser.add_argument("--unix", action="append", default=[], metavar="NAME",
+                        help="tree NAME's activator reaches its queue through the queue's unix "
+                             "socket, as under `ebb up` (repeatable; default: TCP)")
     parser.add_argument("--out", type=Path, help="write every run as JSON here")
     args = parser.parse_args(argv)
     result = run(args)

@@ -245,6 +245,25 @@ async def test_held_until_its_own_probe_finds_a_not_ready_instance_up(tmp_path):
             assert (await m.activator.aget("r1"))[::2] == (200, HELLO)
 
 
+async def test_a_unix_socket_instance_is_probed_and_served_through_its_socket(tmp_path):
+    """The local runtime lists a queue as `unix:PATH`: the activator probes it there and
+    forwards there, with the same headers as over TCP. Only the socket is listed, so a 200
+    can only have come through it."""
+    path = str(tmp_path / "q.sock")
+    async with (
+        instance(tmp_path, "--unix-socket", path),
+        mesh(tmp_path, controller_with(r1={"not_ready": [f"unix:{path}"]})) as m,
+    ):
+        status, _, body = await m.activator.aget("r1", "/headers", headers={"X-Forwarded-For": "203.0.113.9"})
+        assert status == 200, body
+        seen = {k.lower(): v for k, v in json.loads(body).items()}
+        assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1, 127.0.0.1"
+        assert seen["k-proxy-request"] == "activator"
+        for _ in range(3):
+            assert (await m.activator.aget("r1"))[::2] == (200, HELLO)
+        assert f"unix:{path}" in m.activator.log_path.read_text()  # "instance answered its probe"
+
+
 async def test_hold_longer_than_timeout_seconds_is_504(tmp_path):
     async with mesh(tmp_path, controller_with(r1={"timeout_s": 1})) as m:
         status, _, body = await m.activator.aget("r1")

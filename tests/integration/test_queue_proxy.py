@@ -499,3 +499,50 @@ def test_sigterm_drains_in_flight_and_new_requests_then_exits_0(tmp_path, app):
     log = queue.log()
     assert '"msg": "draining"' in log
     assert '"msg": "stopped"' in log
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=10)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(self._path)
+
+
+def test_unix_socket_serves_as_the_tcp_port_does(app, tmp_path):
+    # The local runtime's activator forwards through the queue's unix socket: same
+    # proxy, same headers for the app (the peer is recorded as the loopback hop would be),
+    # keep-alive, and the socket file is gone after the queue stops.
+    path = str(tmp_path / "q.sock")
+    with run_queue(tmp_path, app.port, "--unix-socket", path) as queue:
+        assert json.loads(Path(queue.args[queue.args.index("--ready-file") + 1]).read_text())["unix"] == path
+        assert oct(Path(path).stat().st_mode & 0o777) == oct(0o600)
+        conn = _UnixHTTPConnection(path)
+        try:
+            for _ in range(2):  # the second request reuses the connection
+                conn.request("GET", "/headers", headers={"Host": "hello.localhost", "X-Forwarded-For": "203.0.113.7"})
+                response = conn.getresponse()
+                seen = json.loads(response.read())
+                assert response.status == 200
+                assert seen["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"
+                assert seen["Forwarded"] == "for=203.0.113.7;host=hello.localhost;proto=http, for=127.0.0.1"
+            conn.request("GET", "/", headers={"K-Network-Probe": "queue"})
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"queue")
+        finally:
+            conn.close()
+        assert queue.request("GET", "/")[0] == 200  # and TCP still serves
+    assert not Path(path).exists()
+
+
+@pytest.mark.parametrize("value", ["relative/q.sock", "/" + "x" * 107])
+def test_unix_socket_must_be_a_short_absolute_path(app, tmp_path, value):
+    res = subprocess.run(
+        [sys.executable, "-m", "ebb.queue", "--app-port", str(app.port), "--unix-socket", value],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "unix-socket = " in res.stderr and "must be an absolute path of at most 107 bytes" in res.stderr

@@ -7,6 +7,7 @@ import asyncio
 import http.client
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -48,6 +49,20 @@ def get(port: int, path: str = "/") -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def get_unix(path: str) -> tuple[int, bytes]:
+    """GET / through a queue's unix socket."""
+    conn = http.client.HTTPConnection("localhost", timeout=10)
+    conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.sock.settimeout(10)
+    conn.sock.connect(path)
+    try:
+        conn.request("GET", "/")
         response = conn.getresponse()
         return response.status, response.read()
     finally:
@@ -115,6 +130,10 @@ async def test_instances_take_the_standby_queue_and_a_new_one_replaces_it(rt):
         (inst,) = await start_ready(rt, runtime, 1)
         assert inst.queue_pid == first_standby
         assert get(inst.queue_port) == (200, b"Hello from hello-00001!\n")
+        # The activator is told the queue's unix socket; the queue serves there too.
+        assert inst.queue_unix == str(rt.data_dir / "run" / "queues" / f"{inst.id}.sock")
+        assert runtime.ready_addresses(KEY)[0].dial() == f"unix:{inst.queue_unix}"
+        assert get_unix(inst.queue_unix) == (200, b"Hello from hello-00001!\n")
         assert (rt.data_dir / "run" / "queues" / f"{inst.id}.json").exists()
         queue_log = rt.data_dir / "logs" / "revisions" / "default" / "hello-00001" / f"{inst.id}.queue.log"
         assert b"queue serving" in queue_log.read_bytes()
@@ -138,6 +157,7 @@ async def test_a_dead_standby_means_a_cold_queue(rt):
         (inst,) = await start_ready(rt, runtime, 1)
         assert inst.queue_pid != standby
         assert get(inst.queue_port)[0] == 200
+        assert get_unix(inst.queue_unix)[0] == 200
     finally:
         await runtime.close(stop_instances=True)
     assert [pid for pid in rt.seen if pid_alive(pid)] == []
@@ -177,9 +197,18 @@ async def test_a_restarted_controller_adopts_an_instance_whose_queue_was_a_stand
         assert (adopted.queue_pid, adopted.app_pid) == (inst.queue_pid, inst.app_pid)
         assert adopted.ready
         assert get(adopted.queue_port)[0] == 200
+        assert adopted.address.dial() == f"unix:{inst.queue_unix}"  # persisted with the instance
     finally:
         await second.close(stop_instances=True)
     assert [pid for pid in rt.seen if pid_alive(pid)] == []
+    assert not Path(inst.queue_unix).exists()  # the stopped queue removed its socket
+
+
+async def test_a_data_dir_too_deep_for_a_socket_path_means_tcp_only(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    runtime = LocalRuntime(deep)
+    assert runtime._queue_socket("hello-00001-abcdef") == ""
+    assert LocalRuntime(tmp_path)._queue_socket("hello-00001-abcdef").endswith("/run/queues/hello-00001-abcdef.sock")
 
 
 async def test_a_standby_exits_by_itself_when_its_controller_is_gone(tmp_path):

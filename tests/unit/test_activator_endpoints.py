@@ -71,10 +71,21 @@ def test_probe_delay(probing_for_s, period_s, delay_s):
 
 @pytest.mark.parametrize(
     ("address", "parsed"),
-    [("127.0.0.1:8012", ("127.0.0.1", 8012)), ("[::1]:80", ("::1", 80)), ("pod.ns.svc:1", ("pod.ns.svc", 1))],
+    [
+        ("127.0.0.1:8012", ("127.0.0.1", 8012)),
+        ("[::1]:80", ("::1", 80)),
+        ("pod.ns.svc:1", ("pod.ns.svc", 1)),
+        ("unix:/data/run/queues/a-00001-x.sock", ("/data/run/queues/a-00001-x.sock", 0)),  # port 0: a unix socket
+    ],
 )
 def test_split_address(address, parsed):
     assert split_address(address) == parsed
+
+
+@pytest.mark.parametrize("address", ["unix:", "unix:relative.sock"])
+def test_split_address_rejects_a_relative_unix_path(address):
+    with pytest.raises(ValueError, match="must be unix:/ABSOLUTE/PATH"):
+        split_address(address)
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", ":80", "h:0", "h:99999", "h:port"])

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from ebb.common.http1 import UNIX_PORT
+
 PERIOD_S = 0.2
 TIMEOUT_S = 0.3
 EAGER_PERIOD_S = 0.005
@@ -41,12 +43,18 @@ def probe_delay(probing_for_s: float, period_s: float = PERIOD_S) -> float:
 
 
 async def probe_queue(host: str, port: int, timeout_s: float = TIMEOUT_S) -> bool:
-    """One probe on a fresh connection; False on refusal, timeout or any other answer."""
+    """One probe on a fresh connection; False on refusal, timeout or any other answer.
+    Port `UNIX_PORT` (0) probes the unix socket at path `host`."""
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, port)
+            if port == UNIX_PORT:
+                reader, writer = await asyncio.open_unix_connection(host)
+                authority = b"localhost"
+            else:
+                reader, writer = await asyncio.open_connection(host, port)
+                authority = f"{host}:{port}".encode()
             try:
-                writer.write(_REQUEST % f"{host}:{port}".encode())
+                writer.write(_REQUEST % authority)
                 data = b""
                 while len(data) <= MAX_ANSWER_BYTES:
                     chunk = await reader.read(MAX_ANSWER_BYTES)

@@ -48,6 +48,7 @@ from ebb.common.metrics import RequestTally
 log = logging.getLogger(__name__)
 
 PROBE_HEADER_VALUE = b"activator"
+UNIX_PREFIX = "unix:"
 DEFAULT_QUEUE_DEPTH = 10_000  # Knative's activator: requests waiting per revision
 MAX_TRIES = 2  # instances tried per request when connecting fails (nothing sent yet)
 
@@ -63,7 +64,13 @@ Probe = Callable[[str, int, float], Awaitable[bool]]
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """`host:port` or `[v6]:port` -> (host, port); ValueError when it is neither."""
+    """`host:port` or `[v6]:port` -> (host, port); `unix:/abs/path` (a queue on this
+    machine, listening on a unix socket) -> (path, UNIX_PORT); ValueError otherwise."""
+    if address.startswith(UNIX_PREFIX):
+        path = address[len(UNIX_PREFIX) :]
+        if not path.startswith("/"):
+            raise ValueError(f"address = {address!r}, must be unix:/ABSOLUTE/PATH")
+        return path, http1.UNIX_PORT
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"address = {address!r}, must be HOST:PORT")

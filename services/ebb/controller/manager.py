@@ -406,8 +406,8 @@ class Controller:
     def _instance_addresses(self, key: RevisionKey) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The revision's ready and not-ready instance addresses, as EndpointsView lists them."""
         return (
-            tuple(str(a) for a in self._runtime.ready_addresses(key)),
-            tuple(str(a) for a in self._runtime.not_ready_addresses(key)),
+            tuple(a.dial() for a in self._runtime.ready_addresses(key)),
+            tuple(a.dial() for a in self._runtime.not_ready_addresses(key)),
         )
 
     def _publish_instances(self, key: RevisionKey) -> None:

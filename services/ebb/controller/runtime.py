@@ -42,9 +42,15 @@ class InstanceSpec:
 class Address:
     host: str
     port: int
+    unix: str = ""  # a unix socket the queue also listens on (local runtime), or ""
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def dial(self) -> str:
+        """What a process on the same machine (the local activator) is told to connect
+        to: `unix:PATH` when the queue also listens on a unix socket, else `host:port`."""
+        return f"unix:{self.unix}" if self.unix else str(self)
 
 
 class Runtime(Protocol):

@@ -123,7 +123,11 @@ async def probe_queue(address: Address, timeout_s: float = PROBE_TIMEOUT_S) -> b
             await writer.wait_closed()
 
 
-PERSISTED = ("id", "namespace", "revision", "app_port", "queue_port", "app_pid", "queue_pid", "started_at_s", "spec_hash")
+PERSISTED = (
+    "id", "namespace", "revision", "app_port", "queue_port", "app_pid", "queue_pid", "started_at_s",
+    "spec_hash", "queue_unix",
+)  # fmt: skip
+MAX_UNIX_PATH_BYTES = 107  # sun_path holds 108 bytes, the last one a NUL
 
 
 @dataclass
@@ -139,6 +143,9 @@ class Instance:
     queue_pid: int = 0
     started_at_s: float = 0.0
     spec_hash: str = ""
+    # The queue also listens on this unix socket ("" = TCP only): the activator, on the
+    # same machine, forwards through it (half the kernel's cost of a loopback TCP hop).
+    queue_unix: str = ""
     # runtime-only state
     ready: bool = field(default=False, compare=False)
     stopping: bool = field(default=False, compare=False)
@@ -154,7 +161,7 @@ class Instance:
 
     @property
     def address(self) -> Address:
-        return Address("127.0.0.1", self.queue_port)
+        return Address("127.0.0.1", self.queue_port, self.queue_unix)
 
     def record(self) -> dict:
         return {name: getattr(self, name) for name in PERSISTED}
@@ -307,7 +314,10 @@ class LocalRuntime:
         inst_id = f"{spec.revision}-{uuid.uuid4().hex[:6]}"
         app_port = spec.container_port or free_port()
         queue_port = free_port()
-        inst = Instance(inst_id, key.namespace, key.name, app_port, queue_port, started_at_s=now_s)
+        inst = Instance(
+            inst_id, key.namespace, key.name, app_port, queue_port, started_at_s=now_s,
+            queue_unix=self._queue_socket(inst_id),
+        )  # fmt: skip
         log_dir = self._logs / key.namespace / key.name
         log_dir.mkdir(parents=True, exist_ok=True)
         queue_log = log_dir / f"{inst_id}.queue.log"
@@ -388,7 +398,15 @@ class LocalRuntime:
             args += ["--idle-timeout-seconds", str(spec.idle_timeout_s)]
         if self._autoscaler:
             args += ["--autoscaler", self._autoscaler]
+        if inst.queue_unix:
+            args += ["--unix-socket", inst.queue_unix]
         return args
+
+    def _queue_socket(self, inst_id: str) -> str:
+        """The unix socket path of an instance's queue, beside its ready file; "" (TCP
+        only) when the data dir is too deep for a socket path."""
+        path = str((self._data_dir / "run" / "queues" / f"{inst_id}.sock").absolute())
+        return path if len(path.encode()) <= MAX_UNIX_PATH_BYTES else ""
 
     def _spawn_queue(self, queue_args: list[str], log_path: Path) -> Child:
         """A cold queue: a fresh interpreter that imports everything before it listens."""

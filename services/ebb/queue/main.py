@@ -80,10 +80,12 @@ async def serve(settings: QueueSettings, tracing: tracing_mod.Tracing = tracing_
         proxy.tracing = tracing
     try:
         http_port = await proxy.listen(settings.host, settings.http_port)
+        if settings.unix_socket:
+            await proxy.listen_unix(settings.unix_socket)
     except OSError as exc:
         log.error("cannot start", extra={"error": str(exc)})
         return 1
-    log.info("proxy listening", extra={"port": http_port})
+    log.info("proxy listening", extra={"port": http_port, "unix_socket": settings.unix_socket})
     admin = _Admin()
     probed = asyncio.Event()
 
@@ -117,6 +119,8 @@ async def serve(settings: QueueSettings, tracing: tracing_mod.Tracing = tracing_
     reporter = _reporter(settings, stats, started_at, clock)
     address = f"{'127.0.0.1' if settings.host in ('0.0.0.0', '') else settings.host}:{http_port}"
     bound = {"http": address, **admin.addresses()}
+    if settings.unix_socket:
+        bound["unix"] = settings.unix_socket
     write_ready_file(settings.ready_file, bound)
     log.info(
         "queue serving",

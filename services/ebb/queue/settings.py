@@ -27,6 +27,7 @@ _PREFIX = "EBB_QUEUE_"
 MAX_CONTAINER_CONCURRENCY = 1000
 MAX_TIMEOUT_S = 3600.0
 MAX_DRAIN_S = 3600.0
+MAX_UNIX_PATH_BYTES = 107  # sun_path holds 108 bytes, the last one a NUL
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -40,6 +41,11 @@ def _flag(name: str, default: str | None, help_text: str) -> Flag:
 FLAGS = (
     _flag("host", "127.0.0.1", "address the proxy and admin server bind (0.0.0.0 in a pod)"),
     _flag("http-port", "0", "port the proxy listens on (0 = a free one)"),
+    _flag(
+        "unix-socket",
+        "",
+        "also serve the proxy on a unix socket at this absolute path (same-machine peers)",
+    ),
     _flag("admin-port", "0", "gRPC port for health and reflection (0 = a free one)"),
     _flag("app-port", None, "port the app listens on, on 127.0.0.1 (required)"),
     _flag("revision", "", "NAMESPACE/NAME of the revision this instance serves"),
@@ -74,6 +80,7 @@ class QueueSettings:
 
     app_port: int
     http_port: int = 0
+    unix_socket: str | None = None
     admin_port: int = 0
     app_host: str = "127.0.0.1"
     host: str = "127.0.0.1"
@@ -196,6 +203,15 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> QueueSetting
                 f"autoscaler = {autoscaler!r}, must be HOST:PORT with port in 1..65535"
             )
 
+    unix_socket = raw["unix-socket"] or None
+    if unix_socket is not None and (
+        not unix_socket.startswith("/") or len(unix_socket.encode()) > MAX_UNIX_PATH_BYTES
+    ):
+        raise SettingsError(
+            f"unix-socket = {unix_socket!r}, must be an absolute path of at most "
+            f"{MAX_UNIX_PATH_BYTES} bytes"
+        )
+
     namespace, revision = _revision(raw["revision"] or "")
     if autoscaler is not None and not revision:
         raise SettingsError("revision is required when autoscaler is set, must be NAMESPACE/NAME")
@@ -211,6 +227,7 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> QueueSetting
     return QueueSettings(
         app_port=app_port,
         http_port=parse_port("http-port", raw["http-port"]),
+        unix_socket=unix_socket,
         admin_port=parse_port("admin-port", raw["admin-port"]),
         host=parse_host("host", raw["host"]),
         namespace=namespace,

@@ -69,6 +69,10 @@ def get_unix(path: str) -> tuple[int, bytes]:
         conn.close()
 
 
+def absent(path: str) -> bool:
+    return not Path(path).exists()
+
+
 def environ_of(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
@@ -201,7 +205,7 @@ async def test_a_restarted_controller_adopts_an_instance_whose_queue_was_a_stand
     finally:
         await second.close(stop_instances=True)
     assert [pid for pid in rt.seen if pid_alive(pid)] == []
-    assert not Path(inst.queue_unix).exists()  # the stopped queue removed its socket
+    assert absent(inst.queue_unix)  # the stopped queue removed its socket
 
 
 async def test_a_data_dir_too_deep_for_a_socket_path_means_tcp_only(tmp_path):

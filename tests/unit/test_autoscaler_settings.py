@@ -543,6 +543,12 @@ def test_flags_defaults():
     assert cfg.autoscaler == AutoscalerSettings()
 
 
+def test_tick_slices_default_and_env():
+    assert load([], {}).tick_slices == 1
+    assert load([], {"EBB_AUTOSCALER_TICK_SLICES": "4"}).tick_slices == 4
+    assert load(["--tick-slices", "10"], {}).tick_slices == 10
+
+
 def test_flags_from_env_and_argv(tmp_path):
     env = {"EBB_AUTOSCALER_GRPC_PORT": "9000", "EBB_AUTOSCALER_TICK_INTERVAL_S": "0.5"}
     cfg = load(["--grpc-port", "0", "--log-level", "DEBUG"], env)
@@ -601,6 +607,8 @@ def test_config_file_errors_are_one_line_naming_the_key(tmp_path, text, message)
     [
         (["--tick-interval-s", "0"], "tick-interval-s = 0, must be greater than 0 and at most 60"),
         (["--tick-interval-s", "often"], "tick-interval-s = 'often', must be a number of seconds"),
+        (["--tick-slices", "0"], "tick-slices = 0, must be between 1 and 100"),
+        (["--tick-slices", "2.5"], "tick-slices = '2.5', must be a whole number"),
         (["--grpc-port", "70000"], "grpc-port = 70000, must be in 0..65535"),
         (["--log-level", "loud"], "log-level = 'loud', must be one of debug, info, warning, error"),
     ],

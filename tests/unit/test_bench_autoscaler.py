@@ -178,11 +178,15 @@ def result_with_everything():
     res.ingest_clients = [[{"accepted": 1}], [{"error": "UNAVAILABLE: gone"}]]
     phase = {"ticks": 10.0, "mean_ms": 40.0, "max_bound_s": 0.05, "stats_per_s": 5000.0,
              "autoscaler_cores": 0.3, "decisions_per_tick": 12.0}
+    spread = {**phase, "slices": 4, "ticks": 40.0, "mean_ms": 12.0, "max_bound_s": 0.025,
+              "rounds": 10.0, "round_cpu_mean_ms": 48.0, "round_cpu_max_bound_s": 0.05,
+              "gc": {"0": {"count": 3.0, "total_ms": 9.0, "max_bound_s": 0.005}}}
     res.tick_live = {"revisions": 5000,
-                     "phases": {"constant": phase,
-                                "jitter": {**phase, "max_bound_s": 0.25,
-                                           "decisions_per_tick": None}},
-                     "whole_run": {"ticks": 24.0, "mean_ms": 60.0, "max_bound_s": 0.25}}
+                     "phases": {"constant load": phase,
+                                "jitter load": {**phase, "max_bound_s": 0.25,
+                                                "decisions_per_tick": None},
+                                "jitter load, 4 slices": spread},
+                     "whole_run": {"1": {"ticks": 24.0, "mean_ms": 60.0, "max_bound_s": 0.25}}}
     res.tick_pure = {"revisions": 5000, "ms": ba.time_summary([30.0, 31.0, 35.0]),
                      "collector_record_per_s": 80_000.0}
     res.reaction = {"level": 50.0, "target": 10.0, "covering_scale": 8,
@@ -199,7 +203,7 @@ def test_verdicts():
     assert ingest == [True, False]  # 33,333 and 10,000 per CPU-second
     live = [m for t, m in marks.items() if "live process" in t]
     pure = next(m for t, m in marks.items() if "pure" in t)
-    assert live == [True, False] and pure is True
+    assert live == [True, False, True] and pure is True
     covering = next(m for t, m in marks.items() if "covers the load" in t)
     first = next(m for t, m in marks.items() if "scaling up" in t)
     assert covering is False and first is True
@@ -208,7 +212,8 @@ def test_verdicts():
 def test_render_has_every_section():
     text = ba.render(result_with_everything())
     for part in ("Ingest", "Decision tick over 5,000 revisions", "Reaction", "jitter load",
-                 "target (issue 3)", "UNAVAILABLE: gone", "NOT met"):
+                 "target (issue 3)", "UNAVAILABLE: gone", "NOT met",
+                 "every revision once (round), CPU", "GC gen 0: 3×, 9 ms"):
         assert part in text
 
 
@@ -220,3 +225,53 @@ def test_parse_args_bounds():
                 ["--ingest-duration", "1000"], ["--trials", "0"], ["--batches", "x"]):
         with pytest.raises(SystemExit):
             ba.parse_args(bad)
+
+
+def test_fleet_schedule_spreads_streams_over_the_period():
+    assert ba.fleet_schedule(4, 1.0) == [0.0, 0.25, 0.5, 0.75]
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [
+        (0.0, 1.0, [0, 1, 2, 3]),  # one period: each stream once
+        (0.3, 0.5, []),  # 0.5 is the end: not yet
+        (0.3, 0.51, [2]),
+        (0.9, 1.3, [0, 1]),  # across a period boundary: 1.0 and 1.25
+        (0.3, 2.3, [2, 3, 0, 1, 2, 3, 0, 1]),  # two periods: each stream twice
+    ],
+)
+def test_due_streams_sends_each_stream_once_per_period(start, end, expected):
+    assert ba.due_streams(ba.fleet_schedule(4, 1.0), 1.0, start, end) == expected
+
+
+def test_live_tick_verdict_one_pass_and_spread():
+    one = {"slices": 1, "mean_ms": 52.0, "max_bound_s": 0.1, "ticks": 10.0}
+    assert ba.live_tick_verdict(5000, "constant", one).met
+    spread = {"slices": 4, "mean_ms": 14.0, "max_bound_s": 0.025, "ticks": 40.0,
+              "rounds": 10.0, "round_cpu_mean_ms": 120.0}
+    verdict = ba.live_tick_verdict(5000, "jitter, 4 slices", spread)
+    assert verdict.met is False  # a short pass does not hide a round over the target
+    assert "CPU mean 120.0 ms over 10 rounds" in verdict.measured
+    assert ba.live_tick_verdict(5000, "x", {**spread, "round_cpu_mean_ms": 60.0}).met
+
+
+def test_gc_pause_summary_per_generation():
+    def text(count2: float, sum2: float) -> str:
+        lines = []
+        for g, (count, total) in {"0": (3.0, 0.003), "2": (count2, sum2)}.items():
+            lines += [
+                f'ebb_autoscaler_gc_pause_seconds_bucket{{generation="{g}",le="0.05"}} {count}',
+                f'ebb_autoscaler_gc_pause_seconds_bucket{{generation="{g}",le="+Inf"}} {count}',
+                f'ebb_autoscaler_gc_pause_seconds_count{{generation="{g}"}} {count}',
+                f'ebb_autoscaler_gc_pause_seconds_sum{{generation="{g}"}} {total}',
+            ]
+        return "\n".join(lines)
+
+    before = ba.parse_prometheus(text(1.0, 0.02))
+    after = ba.parse_prometheus(text(2.0, 0.05))
+    summary = ba.gc_pause_summary(before, after)
+    assert summary["2"]["count"] == 1.0
+    assert summary["2"]["total_ms"] == pytest.approx(30.0)
+    assert summary["0"]["count"] == 0.0
+    assert ba.gc_pause_summary([], []) == {}

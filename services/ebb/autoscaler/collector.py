@@ -254,8 +254,10 @@ class Collector:
             stable, panic = revision.rps_stable, revision.rps_panic
         else:
             stable, panic = revision.concurrency_stable, revision.concurrency_panic
-        if stable.is_empty(now_s):
+        second = math.floor(now_s)
+        stable_value = stable.observe_at(second)
+        if stable_value is None:
             return None
-        last_second = revision.rps_totals.get(math.floor(now_s) - 1, 0.0)
+        last_second = revision.rps_totals.get(second - 1, 0.0)
         # Positional (stable, panic, rps): keyword arguments doubled the cost of this call.
-        return Observation(stable.average(now_s), panic.average(now_s), max(0.0, last_second))
+        return Observation(stable_value, panic.average_at(second), max(0.0, last_second))

@@ -3,7 +3,8 @@
 Per-revision gauges come from the MultiScaler's latest verdicts, so a revision's series
 appear when the controller registers it and disappear when it is unregistered; the stat
 counters come from the Collector's own counts. Nothing on the stat path is touched: the
-only values recorded as they happen are the tick's duration and CPU time.
+only values recorded as they happen are the tick's duration and CPU time (per slice and per
+round) and, in the process, garbage-collection pauses.
 
 Scrapes run on the metrics HTTP thread, not the event loop, so `collect()` only takes
 snapshots that need no lock: copies of dicts (one C-level call each under the GIL) and
@@ -12,8 +13,10 @@ immutable values (`Verdict`, `RevisionScalingConfig`).
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -38,14 +41,22 @@ class AutoscalerMetrics:
         self.registry = registry
         self.tick_duration = Histogram(
             "ebb_autoscaler_tick_duration_seconds",
-            "Time one tick took to decide for every registered revision.",
+            "Time one tick took to decide for every registered revision, or for one slice of"
+            " them when ticks are spread (--tick-slices): the longest the loop is held.",
             buckets=CONTROL_BUCKETS_S,
             registry=registry,
         )
         self.tick_cpu = Histogram(
             "ebb_autoscaler_tick_cpu_seconds",
-            "CPU time the event-loop thread spent in one tick; the rest of its duration it"
-            " waited for the GIL (gRPC threads) or for a CPU.",
+            "CPU time the event-loop thread spent in one tick (or slice); the rest of its"
+            " duration it waited for the GIL (gRPC threads) or for a CPU.",
+            buckets=CONTROL_BUCKETS_S,
+            registry=registry,
+        )
+        self.round_cpu = Histogram(
+            "ebb_autoscaler_round_cpu_seconds",
+            "CPU time the event-loop thread spent deciding every registered revision once:"
+            " one tick, or the sum of one round of slices when ticks are spread.",
             buckets=CONTROL_BUCKETS_S,
             registry=registry,
         )
@@ -54,6 +65,48 @@ class AutoscalerMetrics:
     def observe_tick(self, seconds: float, cpu_seconds: float) -> None:
         self.tick_duration.observe(seconds)
         self.tick_cpu.observe(cpu_seconds)
+
+    def observe_round(self, cpu_seconds: float) -> None:
+        self.round_cpu.observe(cpu_seconds)
+
+
+class GcPauses:
+    """`ebb_autoscaler_gc_pause_seconds{generation}`: how long each garbage collection held
+    the GIL, timed by a `gc.callbacks` hook.
+
+    A process-wide hook, so only the process's `main` installs it (`install`/`remove`),
+    never an in-process test server. A full (generation 2) collection walks every
+    tracked object, thousands per revision: it is the longest stall the event loop has
+    after the tick itself, and it lands in whichever tick or stat allocates at the wrong
+    moment, so it is measured rather than guessed.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.pauses = Histogram(
+            "ebb_autoscaler_gc_pause_seconds",
+            "Time one garbage collection took (the event loop waits for it), by generation.",
+            ["generation"],
+            buckets=CONTROL_BUCKETS_S,
+            registry=registry,
+        )
+        self._by_generation = [self.pauses.labels(str(g)) for g in range(3)]
+        self._started = 0.0
+
+    def callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        generation = info.get("generation", 2)
+        if 0 <= generation < len(self._by_generation):
+            self._by_generation[generation].observe(time.perf_counter() - self._started)
+
+    def install(self) -> None:
+        if self.callback not in gc.callbacks:
+            gc.callbacks.append(self.callback)
+
+    def remove(self) -> None:
+        if self.callback in gc.callbacks:
+            gc.callbacks.remove(self.callback)
 
 
 def _families() -> dict[str, Metric]:

@@ -121,12 +121,23 @@ class AutoscalerServer:
         settings: AutoscalerSettings,
         *,
         tick_interval_s: float = 2.0,
+        tick_slices: int = 1,
         clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], float] = time.time,
         registry: CollectorRegistry | None = None,
     ) -> None:
+        if tick_slices < 1:
+            raise ValueError(f"tick_slices = {tick_slices}, must be at least 1")
         self.scaler = MultiScaler(settings)
         self.tick_interval_s = tick_interval_s
+        self.tick_slices = tick_slices
+        # Each revision belongs to one slice (the least full when it was registered); the
+        # loop decides one slice every tick_interval_s / tick_slices, so each revision is
+        # still decided once per tick_interval_s, at its own phase, as Knative's
+        # per-revision tickers do, and no single pass holds the event loop for all of them.
+        self._slices: list[dict[tuple[str, str], None]] = [{} for _ in range(tick_slices)]
+        self._slice_of: dict[tuple[str, str], int] = {}
+        self._round_cpu_s = 0.0
         self._clock = clock
         self._wall_clock = wall_clock
         self._watchers: set[_Watcher] = set()
@@ -187,18 +198,31 @@ class AutoscalerServer:
     # -- decisions ---------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
+        """One slice every tick_interval_s / tick_slices, on a fixed schedule: a slice's
+        revisions are decided every tick_interval_s whatever the passes in between took."""
+        loop = asyncio.get_running_loop()
+        pause_s = self.tick_interval_s / self.tick_slices
+        due = loop.time() + pause_s
+        index = 0
         while not self._closed.is_set():
             try:
-                await asyncio.wait_for(self._closed.wait(), timeout=self.tick_interval_s)
+                await asyncio.wait_for(self._closed.wait(), timeout=max(0.0, due - loop.time()))
             except TimeoutError:
                 pass
             if self._closed.is_set():
                 return
+            due += pause_s
+            if due < loop.time() - self.tick_interval_s:
+                due = loop.time() + pause_s  # far behind (a suspended process): start afresh
             try:
-                self.tick()
+                if self.tick_slices == 1:
+                    self.tick()
+                else:
+                    self.tick_slice(index)
             except Exception:  # the loop never dies of one bad step
                 self.counters["tick_errors"] += 1
                 log.exception("autoscaler tick failed")
+            index = (index + 1) % self.tick_slices
 
     def tick(self) -> int:
         """Decide for every registered revision now; returns how many verdicts changed.
@@ -206,17 +230,36 @@ class AutoscalerServer:
         Every verdict of one tick is stamped with the same `decided_at`: they are decided
         at one instant of the decision clock too.
         """
+        changed, cpu_s = self._tick_keys(self.scaler.keys())
+        self.metrics.observe_round(cpu_s)
+        self._round_cpu_s = 0.0
+        return changed
+
+    def tick_slice(self, index: int) -> int:
+        """Decide for the revisions of slice `index` (0 .. tick_slices - 1) now; returns how
+        many verdicts changed. Slices 0 .. tick_slices - 1 in turn decide every revision
+        once; the CPU of such a round is recorded when its last slice ends."""
+        changed, cpu_s = self._tick_keys(list(self._slices[index]))
+        self._round_cpu_s += cpu_s
+        if index == self.tick_slices - 1:
+            self.metrics.observe_round(self._round_cpu_s)
+            self._round_cpu_s = 0.0
+        return changed
+
+    def _tick_keys(self, keys: list[tuple[str, str]]) -> tuple[int, float]:
+        """Decide for `keys`: (verdicts changed, CPU seconds the pass took)."""
         self.counters["ticks"] += 1
-        # Both measure the tick; decisions see only self.now(). Wall time above the thread's
+        # Both measure the pass; decisions see only self.now(). Wall time above the thread's
         # CPU time is time the loop thread waited for the GIL or a CPU.
         started, started_cpu = time.perf_counter(), time.thread_time()
         now, decided_at = self.now(), self._wall_clock()
         changed = 0
         decide = self._decide
-        for key in self.scaler.keys():
+        for key in keys:
             changed += decide(key, now, decided_at)
-        self.metrics.observe_tick(time.perf_counter() - started, time.thread_time() - started_cpu)
-        return changed
+        cpu_s = time.thread_time() - started_cpu
+        self.metrics.observe_tick(time.perf_counter() - started, cpu_s)
+        return changed, cpu_s
 
     def _decide(self, key: tuple[str, str], now: float, decided_at: float) -> int:
         try:
@@ -296,6 +339,10 @@ class AutoscalerServer:
     def register(self, spec: RevisionSpec) -> tuple[str, ...]:
         warnings, verdict = self.scaler.register(spec, self.now())
         self._ready[spec.key] = spec.ready_instances
+        if spec.key not in self._slice_of:
+            index = min(range(self.tick_slices), key=lambda i: len(self._slices[i]))
+            self._slices[index][spec.key] = None
+            self._slice_of[spec.key] = index
         # The controller re-registers on every change of ready instances: warn once per change.
         if warnings and self._warned.get(spec.key) != warnings:
             log.warning(
@@ -311,6 +358,9 @@ class AutoscalerServer:
     def unregister(self, key: tuple[str, str]) -> None:
         self.scaler.unregister(key)
         self._ready.pop(key, None)
+        index = self._slice_of.pop(key, None)
+        if index is not None:
+            self._slices[index].pop(key, None)
         self._decided_at.pop(key, None)
         self._warned.pop(key, None)
         self._logged.pop(key, None)

@@ -161,6 +161,17 @@ class BucketWindow:
         (Knative's `IsEmpty`: the decider then has no data and makes no decision)."""
         return self._last is None or math.floor(now_s) - self._last > self._window_s
 
+    def observe_at(self, now: int) -> float | None:
+        """`average` at the whole second `now`, or None when `is_empty` there.
+
+        The tick asks this of thousands of windows: one call that floors nothing and
+        checks emptiness on the way costs a third of `is_empty` + `average`.
+        """
+        last = self._last
+        if last is None or now - last > self._window_s:
+            return None
+        return self.average_at(now)
+
     def view(self, now_s: float) -> WindowView:
         """The window ending at second floor(now_s) (or at the last write, if later)."""
         if self._last is None or self._first is None:
@@ -177,25 +188,34 @@ class BucketWindow:
 
     def average(self, now_s: float) -> float:
         """The policy's average; 0 after a full window of silence."""
-        last = self._last
-        now = math.floor(now_s)
-        if last is None or now - last >= self._window_s:
-            return 0.0
-        now = max(now, last)
-        if self._policy is linear:
-            return self._linear(last, now)
-        if self._policy is weighted_exponential:
-            return self._weighted(last, now)
-        return self._policy(self.view(now_s))
+        return self.average_at(math.floor(now_s))
 
-    def _linear(self, last: int, now: int) -> float:
-        """`linear` over the window ending at `now` (last <= now < last + window_s)."""
-        buckets, size = self._buckets, self._window_s
-        total = self._sum
-        for s in range(last - size + 1, now - size + 1):  # seconds that left the window
-            total -= buckets[s % size]
-        valid = last - max(self._first, now - size + 1) + 1  # type: ignore[type-var]
-        return round(total / valid, _PRECISION_DIGITS)
+    def average_at(self, now: int) -> float:
+        """`average` at the whole second `now`.
+
+        The linear case is written out here rather than in a helper: it runs twice per
+        revision per tick, and the extra call was a fifth of its cost.
+        """
+        last = self._last
+        size = self._window_s
+        if last is None or now - last >= size:
+            return 0.0
+        if now < last:
+            now = last
+        policy = self._policy
+        if policy is linear:
+            total = self._sum
+            if now > last:
+                buckets = self._buckets
+                for s in range(last - size + 1, now - size + 1):  # seconds that left the window
+                    total -= buckets[s % size]
+            start = now - size + 1
+            first = self._first
+            valid = last - (first if first > start else start) + 1  # type: ignore[operator]
+            return round(total / valid, _PRECISION_DIGITS)
+        if policy is weighted_exponential:
+            return self._weighted(last, now)
+        return policy(self.view(float(now)))
 
     def _weighted(self, last: int, now: int) -> float:
         """`weighted_exponential` over the window ending at `now`, newest second first."""

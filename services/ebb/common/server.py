@@ -40,6 +40,7 @@ class ServiceCore:
         drain_s: float = 0.0,
         grace_s: float = 5.0,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        options: Sequence[tuple[str, int | str]] = (),
     ) -> None:
         self.component = component
         self._host = host
@@ -50,7 +51,8 @@ class ServiceCore:
         from grpc_health.v1 import health
 
         self._server = grpc.aio.server(
-            interceptors=list(interceptors) or None, options=[("grpc.so_reuseport", 0)]
+            interceptors=list(interceptors) or None,
+            options=[("grpc.so_reuseport", 0), *options],
         )
         self._health = health.aio.HealthServicer()
         self._service_names: list[str] = []

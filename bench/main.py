@@ -385,7 +385,7 @@ class Bench:
             headers = self.mesh.activator_headers(service)
         if service.queue_pid is not None:
             proxies["queue"] = service.queue_pid
-        return Target(key, url, headers, proxies)
+        return Target(key, url, headers, proxies, app_pid=service.app_pid)
 
     # -- measuring --
 

@@ -61,6 +61,7 @@ class MeshService:
     host: str  # Host header the gateway routes on
     queue_pid: int | None
     queue_idle_memory: dict[str, float] | None  # procs.memory_mb before any traffic
+    app_pid: int | None = None  # the instance's app (its CPU is the app's, not "other")
 
 
 class Mesh:
@@ -131,7 +132,16 @@ class Mesh:
             time.sleep(1.0)  # let it settle; no traffic has reached it yet
             with contextlib.suppress(OSError, ValueError):
                 memory = procs.memory_mb(queue_pid)
-        return MeshService(name, revision, f"{name}.{NAMESPACE}.localhost", queue_pid, memory)
+        return MeshService(name, revision, f"{name}.{NAMESPACE}.localhost", queue_pid, memory,
+                           self.app_pid(revision))
+
+    def app_pid(self, revision: str) -> int | None:
+        """The app of `revision`'s instance, from the local runtime's instances.json."""
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            for record in json.loads((self.data_dir / "instances.json").read_text()):
+                if record["revision"] == revision and record["app_pid"] in self._marked():
+                    return int(record["app_pid"])
+        return None
 
     def _marked(self) -> list[int]:
         return procs.marked_pids(self.processes.mark)

@@ -171,3 +171,20 @@ def test_report_rebuilds_tables_from_recorded_runs(tmp_path, capsys):
     assert verdicts["queue RSS at idle ≤ 40 MB"] is True
     assert "12,000" in capsys.readouterr().out
     assert main(["--report", str(tmp_path / "missing.json")]) == 1
+
+
+def test_mesh_app_pid_comes_from_the_runtimes_instances_file(tmp_path, monkeypatch):
+    from bench.mesh import Mesh
+
+    mesh = Mesh(procs.Processes(tmp_path, "mark"), tmp_path)
+    mesh.data_dir.mkdir(parents=True)
+    (mesh.data_dir / "instances.json").write_text(json.dumps([
+        {"revision": "other-00001", "app_pid": 11},
+        {"revision": "bench-fast-00001", "app_pid": 22},
+        {"revision": "bench-gone-00001", "app_pid": 33},
+    ]))  # fmt: skip
+    monkeypatch.setattr(Mesh, "_marked", lambda self: [11, 22])  # 33 is not ours (or gone)
+    assert mesh.app_pid("bench-fast-00001") == 22
+    assert mesh.app_pid("bench-gone-00001") is None
+    (mesh.data_dir / "instances.json").write_text("not json")
+    assert mesh.app_pid("bench-fast-00001") is None

@@ -1181,7 +1181,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(peer, tuple) and peer:
             self.peer = str(peer[0]).encode()
             self.peer_node = forwarded_node(self.peer)
-        elif transport.get_extra_info("socket").family == socket.AF_UNIX:
+        elif getattr(transport.get_extra_info("socket"), "family", None) == socket.AF_UNIX:
             # A process on this machine: recorded as the loopback TCP hop would have been,
             # so the app sees the same X-Forwarded-For and Forwarded whichever was used.
             self.peer = self.peer_node = LOOPBACK

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ebb.common.procs import pid_alive
+from ebb.common.settings import MAX_UNIX_PATH_BYTES
 from ebb.controller.reconcile import InstanceView
 from ebb.controller.runtime import Address, InstanceSpec, RevisionKey
 
@@ -127,7 +128,6 @@ PERSISTED = (
     "id", "namespace", "revision", "app_port", "queue_port", "app_pid", "queue_pid", "started_at_s",
     "spec_hash", "queue_unix",
 )  # fmt: skip
-MAX_UNIX_PATH_BYTES = 107  # sun_path holds 108 bytes, the last one a NUL
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ebb.common.metrics import metrics_port_flag, parse_metrics_port
 from ebb.common.settings import (
+    MAX_UNIX_PATH_BYTES,
     Flag,
     SettingsError,
     parse_duration_s,
@@ -27,7 +28,6 @@ _PREFIX = "EBB_QUEUE_"
 MAX_CONTAINER_CONCURRENCY = 1000
 MAX_TIMEOUT_S = 3600.0
 MAX_DRAIN_S = 3600.0
-MAX_UNIX_PATH_BYTES = 107  # sun_path holds 108 bytes, the last one a NUL
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -299,8 +299,8 @@ class Handler:
         self.in_flight = 0  # admitted exchanges not yet finished
         self.last_arrival = self.loop.time()
         self.connections: set[ClientConnection] = set()
-        self._server: asyncio.base_events.Server | None = None
-        self._unix_servers: list[tuple[asyncio.base_events.Server, str]] = []
+        self._servers: list[asyncio.base_events.Server] = []  # TCP, then any unix socket
+        self._unix_paths: list[str] = []  # removed at close
         # An enabled ebb.common.tracing.Tracing, or None: the only check the hot path makes.
         self.tracing = None
 
@@ -353,10 +353,11 @@ class Handler:
     async def listen(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Start accepting clients; returns the bound port."""
         cls = self.connection_class
-        self._server = await self.loop.create_server(
+        server = await self.loop.create_server(
             lambda: cls(self), host, port, backlog=4096, reuse_address=True
         )
-        return self._server.sockets[0].getsockname()[1]
+        self._servers.append(server)
+        return server.sockets[0].getsockname()[1]
 
     async def listen_unix(self, path: str) -> None:
         """Also accept clients on a unix socket at `path` (owner-only; a stale file there is
@@ -365,9 +366,9 @@ class Handler:
         cls = self.connection_class
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        server = await self.loop.create_unix_server(lambda: cls(self), path, backlog=4096)
+        self._servers.append(await self.loop.create_unix_server(lambda: cls(self), path, backlog=4096))
         os.chmod(path, 0o600)
-        self._unix_servers.append((server, path))
+        self._unix_paths.append(path)
 
     async def drain(self, quiet_s: float, max_s: float) -> None:
         """Answer probes 503 and keep serving until no request has arrived for quiet_s and
@@ -400,18 +401,16 @@ class Handler:
 
     async def close(self) -> None:
         """Stop listening and close every client and upstream connection."""
-        if self._server is not None:
-            self._server.close()
-        for server, path in self._unix_servers:
+        for server in self._servers:
             server.close()
+        for path in self._unix_paths:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         for conn in list(self.connections):
             conn.close()
         self.close_pools()
         await asyncio.sleep(0)  # let connection_lost callbacks run
-        servers = [self._server] if self._server is not None else []
-        for server in [*servers, *(server for server, _ in self._unix_servers)]:
+        for server in self._servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
             except TimeoutError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -169,3 +170,57 @@ def test_forget_and_retrack_with_new_windows():
     c.forget(KEY)
     assert not c.tracks(KEY)
     assert c.record(100.0, stat(concurrency=1.0)) == UNKNOWN_REVISION
+
+
+def test_reads_within_a_second_see_every_stat_so_far():
+    # A second's stats are summed and enter the windows when the windows are read (or
+    # the second ends); reading in between must not lose or double anything.
+    c = collector(stable=6, panic=2)
+    c.record(100.1, stat("i1", concurrency=2.0))
+    assert c.observe(KEY, 100.2, "concurrency").panic == 2.0
+    c.record(100.3, stat("i2", concurrency=3.0))
+    c.record(100.4, stat("i1", concurrency=1.0))  # replaces i1's 2
+    assert c.observe(KEY, 100.5, "concurrency").panic == 4.0
+    assert c.observe(KEY, 100.6, "concurrency").panic == 4.0  # a second read adds nothing
+    c.record(101.1, stat("i1", concurrency=6.0))
+    assert c.observe(KEY, 101.2, "concurrency").panic == 5.0  # (4 + 6) / 2
+
+
+def test_a_clock_that_steps_back_counts_in_the_current_second():
+    c = collector(stable=6, panic=2)
+    c.record(101.5, stat("i1", concurrency=2.0))
+    c.record(100.5, stat("i2", concurrency=3.0))  # the clock stepped back a second
+    obs = c.observe(KEY, 101.6, "concurrency")
+    assert (obs.stable, obs.panic) == (5.0, 5.0)
+
+
+@pytest.mark.parametrize("aggregation", ["linear", "weighted-exponential"])
+def test_windows_match_recording_every_stat_one_by_one(aggregation):
+    # The reference: each stat's change written into the windows at once (the collector
+    # before it summed seconds), read at random instants between the stats.
+    from ebb.autoscaler.windows import POLICIES, BucketWindow
+
+    rng = random.Random(7)
+    c = collector(stable=6, panic=2, aggregation=aggregation)
+    policy = POLICIES[aggregation]
+    stable, panic = BucketWindow(6, policy), BucketWindow(2, policy)
+    latest: dict[str, float] = {}
+    second = None
+    t = 100.0
+    for _ in range(3000):
+        t += rng.choice((0.0, 0.01, 0.2, 0.7, 3.0))
+        reporter = f"i{rng.randrange(5)}"
+        value = rng.choice((0.0, 1.0, 2.5, 10.0))
+        c.record(t, stat(reporter, concurrency=value))
+        if math.floor(t) != second:
+            second, latest = math.floor(t), {}
+        delta = value - latest.get(reporter, 0.0)
+        latest[reporter] = value
+        stable.record(t, delta)
+        panic.record(t, delta)
+        if rng.random() < 0.3:
+            at = t + rng.choice((0.0, 0.5))
+            obs = c.observe(KEY, at, "concurrency")
+            assert obs is not None
+            assert obs.stable == pytest.approx(stable.average(at), abs=1e-6)
+            assert obs.panic == pytest.approx(panic.average(at), abs=1e-6)

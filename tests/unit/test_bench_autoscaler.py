@@ -2,6 +2,7 @@
 queue's time-weighted report, reaction milestones, summaries and verdicts."""
 
 import math
+from collections import Counter
 
 import pytest
 
@@ -221,10 +222,22 @@ def test_parse_args_bounds():
     s = ba.parse_args(["--parts", "tick", "--tick-revisions", "100", "--no-pin"])
     assert s.parts == ("tick",) and s.tick_revisions == 100 and s.pin is False
     assert ba.parse_args(["--quick"]).reaction_trials == 3
+    assert ba.parse_args(["--fleet-period", "0.25"]).fleet_period_s == 0.25
     for bad in (["--parts", "nope"], ["--clients", "0"], ["--batches", "0"],
-                ["--ingest-duration", "1000"], ["--trials", "0"], ["--batches", "x"]):
+                ["--ingest-duration", "1000"], ["--trials", "0"], ["--batches", "x"],
+                ["--fleet-period", "0"]):
         with pytest.raises(SystemExit):
             ba.parse_args(bad)
+
+
+def test_due_streams_moves_on_where_float_rounding_meets_a_period_end():
+    # Period 0.1 s in 10 ms steps: 0.2 + 0.1 rounds to the t the loop stands on; once
+    # that hung. 20 s must send every stream exactly 200 times.
+    offsets = ba.fleet_schedule(50, 0.1)
+    sent = Counter()
+    for step in range(2000):
+        sent.update(ba.due_streams(offsets, 0.1, step * 0.01, (step + 1) * 0.01))
+    assert sorted(set(sent.values())) == [200] and len(sent) == 50
 
 
 def test_fleet_schedule_spreads_streams_over_the_period():

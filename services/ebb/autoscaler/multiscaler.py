@@ -144,8 +144,10 @@ class MultiScaler:
         reason = self.collector.record(now_s, stat)
         if reason is not None:
             return reason, False
+        if stat.average_concurrency <= 0:
+            return None, False
         reg = self._revisions.get(stat.revision)
-        if reg is None or stat.average_concurrency <= 0:
+        if reg is None:
             return None, False
         last = reg.decider.desired
         return None, last == 0 or (last == -1 and reg.spec.ready_instances == 0)

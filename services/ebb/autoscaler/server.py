@@ -36,17 +36,21 @@ _NANOS_PER_SECOND = 1_000_000_000
 
 
 def stat_from_proto(stat: pb.Stat) -> StatValue:
-    """The proto as a plain value; validation is the collector's job."""
+    """The proto as a plain value; validation is the collector's job.
+
+    Positional, and the revision read once: this runs for every stat received, and
+    keyword arguments cost a third more."""
+    revision = stat.revision
     return StatValue(
-        instance=stat.instance,
-        namespace=stat.revision.namespace,
-        name=stat.revision.name,
-        average_concurrency=stat.average_concurrency,
-        average_proxied_concurrency=stat.average_proxied_concurrency,
-        request_count=stat.request_count,
-        proxied_request_count=stat.proxied_request_count,
-        process_uptime_s=stat.process_uptime_seconds,
-        period_s=stat.period_seconds,
+        stat.instance,
+        revision.namespace,
+        revision.name,
+        stat.average_concurrency,
+        stat.average_proxied_concurrency,
+        stat.request_count,
+        stat.proxied_request_count,
+        stat.process_uptime_seconds,
+        stat.period_seconds,
     )
 
 
@@ -313,11 +317,12 @@ class AutoscalerServer:
         """Record a batch of proto stats; returns (accepted, dropped). Never raises."""
         accepted = dropped = 0
         now = self.now()
+        record = self.scaler.record
         pokes: list[tuple[str, str]] = []
         for stat in stats:
             try:
                 value = stat_from_proto(stat)
-                reason, poke = self.scaler.record(now, value)
+                reason, poke = record(now, value)
             except Exception:
                 log.exception("stat handling failed")
                 self.scaler.collector.dropped[INTERNAL_ERROR] += 1

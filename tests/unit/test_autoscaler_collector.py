@@ -173,8 +173,7 @@ def test_forget_and_retrack_with_new_windows():
 
 
 def test_reads_within_a_second_see_every_stat_so_far():
-    # A second's stats are summed and enter the windows when the windows are read (or
-    # the second ends); reading in between must not lose or double anything.
+    # Reading the windows between a second's stats must not lose or double anything.
     c = collector(stable=6, panic=2)
     c.record(100.1, stat("i1", concurrency=2.0))
     assert c.observe(KEY, 100.2, "concurrency").panic == 2.0
@@ -196,8 +195,8 @@ def test_a_clock_that_steps_back_counts_in_the_current_second():
 
 @pytest.mark.parametrize("aggregation", ["linear", "weighted-exponential"])
 def test_windows_match_recording_every_stat_one_by_one(aggregation):
-    # The reference: each stat's change written into the windows at once (the collector
-    # before it summed seconds), read at random instants between the stats.
+    # The reference: each stat's change written into two bare windows, read at random
+    # instants between the stats (a guard for any cheaper bookkeeping of the collector).
     from ebb.autoscaler.windows import POLICIES, BucketWindow
 
     rng = random.Random(7)

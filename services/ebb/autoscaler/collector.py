@@ -164,27 +164,6 @@ class Observation(NamedTuple):
 
 
 class _Revision:
-    """One revision's four windows, fed once per second.
-
-    The stats of the current second are summed as they arrive (`pending_*`) and enter the
-    windows when the second is over or when the windows are read (`flush`). With 20
-    instances a revision, this makes a stat cost a few additions rather than four window
-    writes; the windows end up with the same per-second totals.
-    """
-
-    __slots__ = (
-        "concurrency_stable",
-        "concurrency_panic",
-        "rps_stable",
-        "rps_panic",
-        "second",
-        "latest",
-        "pending_c",
-        "pending_r",
-        "dirty",
-        "rps_totals",
-    )
-
     def __init__(self, stable_window_s: int, panic_window_s: int, aggregation: str) -> None:
         policy = POLICIES[aggregation]
         self.concurrency_stable = BucketWindow(stable_window_s, policy)
@@ -193,12 +172,9 @@ class _Revision:
         self.rps_panic = BucketWindow(panic_window_s, policy)
         self.second: int | None = None
         self.latest: dict[str, tuple[float, float]] = {}  # reporter -> contribution in `second`
-        self.pending_c = self.pending_r = 0.0  # changes in `second` not yet in the windows
-        self.dirty = False  # a stat came since the last flush (even one that changed nothing)
         self.rps_totals: dict[int, float] = {}
 
     def configure(self, stable_window_s: int, panic_window_s: int, aggregation: str) -> None:
-        self.flush()
         policy = POLICIES[aggregation]
         for window, size in (
             (self.concurrency_stable, stable_window_s),
@@ -211,41 +187,24 @@ class _Revision:
 
     def record(self, now_s: float, reporter: str, concurrency: float, rps: float) -> None:
         second = math.floor(now_s)
-        current = self.second
-        # A clock that steps back must not write into a second whose reporters we no
-        # longer track: such a stat counts in the current second instead.
-        if current is None or second > current:
-            self.flush()
+        if self.second is not None and second < self.second:
+            # A clock that steps back must not write into a second whose reporters we
+            # no longer track: count it in the current second instead.
+            second, now_s = self.second, float(self.second)
+        if self.second is None or second > self.second:
             self.second = second
             self.latest = {}
-            totals = self.rps_totals
-            for old in [s for s in totals if s < second - 1]:
-                del totals[old]
-        # A reporter's second stat within one second replaces its first: add the change.
-        latest = self.latest
-        old = latest.get(reporter)
-        latest[reporter] = (concurrency, rps)
-        if old is None:
-            self.pending_c += concurrency
-            self.pending_r += rps
-        else:
-            self.pending_c += concurrency - old[0]
-            self.pending_r += rps - old[1]
-        self.dirty = True
-
-    def flush(self) -> None:
-        """Move the pending second into the windows (a stat of 0 marks its second too)."""
-        if not self.dirty:
-            return
-        self.dirty = False
-        second = self.second
-        d_c, d_r = self.pending_c, self.pending_r
-        self.pending_c = self.pending_r = 0.0
-        self.concurrency_stable.record(second, d_c)
-        self.concurrency_panic.record(second, d_c)
-        self.rps_stable.record(second, d_r)
-        self.rps_panic.record(second, d_r)
-        self.rps_totals[second] = self.rps_totals.get(second, 0.0) + d_r
+            for old in [s for s in self.rps_totals if s < second - 1]:
+                del self.rps_totals[old]
+        # A reporter's second stat within one second replaces its first: record the change.
+        old_c, old_r = self.latest.get(reporter, (0.0, 0.0))
+        self.latest[reporter] = (concurrency, rps)
+        d_c, d_r = concurrency - old_c, rps - old_r
+        self.concurrency_stable.record(now_s, d_c)
+        self.concurrency_panic.record(now_s, d_c)
+        self.rps_stable.record(now_s, d_r)
+        self.rps_panic.record(now_s, d_r)
+        self.rps_totals[self.second] = self.rps_totals.get(self.second, 0.0) + d_r
 
 
 class Collector:
@@ -297,7 +256,6 @@ class Collector:
         revision = self._revisions.get(key)
         if revision is None:
             return None
-        revision.flush()
         if metric == "rps":
             stable, panic = revision.rps_stable, revision.rps_panic
         else:

@@ -58,3 +58,24 @@ def wait_until(predicate, timeout_s: float, interval_s: float = 0.1, message: st
             last_exc = exc
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {message}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+def low_open_files_limit(soft: int = 128):
+    """A preexec_fn: the child starts with a small soft limit on open files (the hard
+    limit unchanged), as on a machine whose default soft limit is low."""
+    import resource
+
+    def apply() -> None:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return apply
+
+
+def hard_open_files_limit_below(minimum: int) -> bool:
+    """True when this machine's hard limit on open files is under `minimum` (tests that
+    need more connections than that skip)."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return hard != resource.RLIM_INFINITY and hard < minimum

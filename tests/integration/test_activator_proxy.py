@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import socket
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ from functools import partial
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import hard_open_files_limit_below, low_open_files_limit
 from queue_helpers import (
     PYTHON,
     REPO,
@@ -108,19 +111,19 @@ class ActivatorProcess:
         return await asyncio.to_thread(self.get, revision, path, **kwargs)
 
 
-def spawn(ready: Path, log_path: Path, *args: str) -> subprocess.Popen:
+def spawn(ready: Path, log_path: Path, *args: str, preexec_fn=None) -> subprocess.Popen:
     argv = [PYTHON, "-m", "ebb.activator", "--http-port", "0", "--grpc-port", "0", "--ready-file", str(ready), *args]
     with open(log_path, "wb") as log_file:
-        return subprocess.Popen(argv, stdout=log_file, stderr=log_file, cwd=REPO)
+        return subprocess.Popen(argv, stdout=log_file, stderr=log_file, cwd=REPO, preexec_fn=preexec_fn)
 
 
 @contextlib.asynccontextmanager
-async def activator(tmp_path: Path, controller_port: int, autoscaler_port: int, *args: str):
+async def activator(tmp_path: Path, controller_port: int, autoscaler_port: int, *args: str, preexec_fn=None):
     """`python -m ebb.activator` on free ports, until the block ends (SIGTERM, then kill)."""
     ready = tmp_path / f"activator-{free_port()}.json"
     log_path = ready.with_suffix(".log")
     peers = ("--controller", f"127.0.0.1:{controller_port}", "--autoscaler", f"127.0.0.1:{autoscaler_port}")
-    proc = spawn(ready, log_path, *peers, "--drain-quiet-s", "0.05", *args)
+    proc = spawn(ready, log_path, *peers, "--drain-quiet-s", "0.05", *args, preexec_fn=preexec_fn)
     try:
         await asyncio.to_thread(wait_until, lambda: proc.poll() is not None or ready.exists(), what="the ready file")
         assert proc.poll() is None, log_path.read_text()
@@ -138,14 +141,14 @@ class Mesh:
 
 
 @contextlib.asynccontextmanager
-async def mesh(tmp_path: Path, fake: FakeController | None = None, *activator_args: str):
+async def mesh(tmp_path: Path, fake: FakeController | None = None, *activator_args: str, preexec_fn=None):
     """Fake controller and autoscaler, and the activator once it has the controller's
     snapshot (its own probe answers 200 only then): what `fake` holds is known to it."""
     fake = fake or FakeController()
     async with (
         controller_server(fake) as controller_port,
         fake_autoscaler() as (stats, autoscaler_port, _),
-        activator(tmp_path, controller_port, autoscaler_port, *activator_args) as act,
+        activator(tmp_path, controller_port, autoscaler_port, *activator_args, preexec_fn=preexec_fn) as act,
     ):
         await synced(act)
         yield Mesh(fake, stats, act)
@@ -186,6 +189,25 @@ async def test_unknown_revision_and_missing_headers_are_404(tmp_path):
         assert body == b"not found: unknown revision default/nope (not in the controller's endpoints)\n"
         status, _, body = await m.activator.aget(None)
         assert status == 404 and b"Knative-Serving-Revision" in body
+
+
+async def test_more_clients_than_a_low_soft_open_files_limit_are_served(tmp_path):
+    # Started with a soft limit of 128 open files, the activator raises its own to the
+    # hard limit: 300 client connections held open, and a new client is still answered.
+    if hard_open_files_limit_below(1024):
+        pytest.skip("the hard limit on open files is too low here")
+    async with mesh(tmp_path, controller_with(known={}), preexec_fn=low_open_files_limit(128)) as m:
+        held = []
+        try:
+            for _ in range(300):
+                held.append(socket.create_connection(("127.0.0.1", m.activator.http_port), timeout=10))
+            await asyncio.sleep(0.5)  # let the activator accept them all
+            status, _, _ = await m.activator.aget("nope")
+            assert status == 404
+        finally:
+            for sock in held:
+                sock.close()
+        assert '"open_files_limit": ' in m.activator.log_path.read_text()
 
 
 async def test_forwards_with_host_kept_and_proxy_header_added(tmp_path):

@@ -10,7 +10,9 @@ import subprocess
 import sys
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import hard_open_files_limit_below, low_open_files_limit
 
 # Safety net only: the waits end as soon as the process is ready / gone.
 WAIT_S = 20.0
@@ -134,6 +136,42 @@ async def test_thousands_of_streams_opened_at_once_are_all_served(tmp_path):
         assert [o for o in outcomes if o != ("OK", 1)] == []
         assert proc.returncode is None
     finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_more_connections_than_a_low_soft_open_files_limit_are_served(tmp_path):
+    # Started with a soft limit of 128 open files, it raises its own to the hard limit:
+    # 300 connections held open, and a new one is still answered.
+    import socket
+
+    if hard_open_files_limit_below(1024):
+        pytest.skip("the hard limit on open files is too low here")
+    ready = tmp_path / "ready.json"
+    log_path = tmp_path / "autoscaler.log"
+    with log_path.open("wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ebb.autoscaler", "--grpc-port", "0", "--ready-file",
+            str(ready), env=_env(), stdout=asyncio.subprocess.DEVNULL, stderr=log_file,
+            preexec_fn=low_open_files_limit(128),
+        )
+    held: list[socket.socket] = []
+    try:
+        info = await _wait_for_file(ready, proc)
+        host, port = info["grpc"].rsplit(":", 1)
+        for _ in range(300):
+            held.append(socket.create_connection((host, int(port)), timeout=WAIT_S))
+        await asyncio.sleep(0.5)  # let the server accept them all
+        async with grpc.aio.insecure_channel(info["grpc"]) as channel:
+            response = await asyncio.wait_for(
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()), WAIT_S
+            )
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+        assert '"open_files_limit": ' in log_path.read_text()
+    finally:
+        for sock in held:
+            sock.close()
         if proc.returncode is None:
             proc.kill()
             await proc.wait()

@@ -128,7 +128,9 @@ class Queue:
 
 
 @contextlib.contextmanager
-def run_queue(tmp_path: Path, app_port: int, *args: str, wait_ready: bool = True) -> Iterator[Queue]:
+def run_queue(
+    tmp_path: Path, app_port: int, *args: str, wait_ready: bool = True, preexec_fn=None
+) -> Iterator[Queue]:
     """`python -m ebb.queue` in front of app_port, until the block ends (SIGTERM, then kill)."""
     ready_file = tmp_path / f"queue-{free_port()}.json"
     log_path = ready_file.with_suffix(".log")
@@ -142,7 +144,9 @@ def run_queue(tmp_path: Path, app_port: int, *args: str, wait_ready: bool = True
         *args,
     ]  # fmt: skip
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=log_file, cwd=REPO)
+        proc = subprocess.Popen(
+            argv, stdout=log_file, stderr=log_file, cwd=REPO, preexec_fn=preexec_fn
+        )
     try:
         wait_until(
             lambda: proc.poll() is not None or ready_file.exists(), what="the queue's ready file"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import hard_open_files_limit_below, low_open_files_limit
 
 FAKE_COMPONENT = textwrap.dedent(
     """\
@@ -68,10 +70,11 @@ FAKE_COMPONENT = textwrap.dedent(
 
 FAKE_ENVOY = textwrap.dedent(
     """\
-    import http.server, os, sys, json
+    import http.server, os, resource, sys, json
     port = int(sys.argv[1])
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     with open(os.environ["FAKE_RECORD"], "a") as handle:
-        handle.write(json.dumps({"name": "envoy", "pid": os.getpid(), "argv": sys.argv[1:]}) + "\\n")
+        handle.write(json.dumps({"name": "envoy", "pid": os.getpid(), "argv": sys.argv[1:], "nofile": nofile}) + "\\n")
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200 if self.path == "/ready" else 404)
@@ -112,14 +115,16 @@ def fakes(tmp_path):
     return component, envoy, driver
 
 
-def start_up(tmp_path: Path, fakes, mode: str = "", max_restarts: int = 5) -> tuple[subprocess.Popen, Path, Path]:
+def start_up(
+    tmp_path: Path, fakes, mode: str = "", max_restarts: int = 5, preexec_fn=None
+) -> tuple[subprocess.Popen, Path, Path]:
     component, envoy, driver = fakes
     data_dir = tmp_path / "data"
     record = tmp_path / "record.jsonl"
     env = {**os.environ, "FAKE_MODE": mode, "FAKE_RECORD": str(record)}
     proc = subprocess.Popen(
         [sys.executable, str(driver), str(data_dir), str(component), str(envoy), str(max_restarts)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=preexec_fn,
     )
     return proc, data_dir, record
 
@@ -183,6 +188,27 @@ def test_up_starts_in_order_writes_mesh_json_and_stops_clean_on_sigint(tmp_path,
         wait_for(lambda r=r: gone(r["pid"]), timeout_s=15)
     assert "ebb up: activator did not stop within 1s; killing it" in err
     assert "stopped 1 leftover process" in err
+
+
+def test_everything_up_starts_inherits_a_raised_open_files_limit(tmp_path, fakes):
+    # `ebb up` started with a soft limit of 128 open files raises it before it starts
+    # anything, so Envoy (which does not raise its own) gets the hard limit too.
+    if hard_open_files_limit_below(1024):
+        pytest.skip("the hard limit on open files is too low here")
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    proc, _, record = start_up(tmp_path, fakes, preexec_fn=low_open_files_limit(128))
+    try:
+        wait_for(lambda: any(r["name"] == "envoy" for r in records(record)))
+        envoy = next(r for r in records(record) if r["name"] == "envoy")
+        assert envoy["nofile"] > 128
+        assert hard == resource.RLIM_INFINITY or envoy["nofile"] == hard
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
 
 
 def test_component_crashing_at_start_fails_with_its_log_tail(tmp_path, fakes):

@@ -16,6 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
+from helpers import hard_open_files_limit_below, low_open_files_limit
 from queue_helpers import (
     REVISION,
     RawResponseReader,
@@ -67,6 +68,25 @@ def split_response(raw: bytes) -> tuple[bytes, dict[str, str], bytes]:
 
 
 # -- proxying
+
+
+def test_more_clients_than_a_low_soft_open_files_limit_are_served(app, tmp_path):
+    # Started with a soft limit of 128 open files, the queue raises its own to the hard
+    # limit (as every Ebb service does in ebb.common.server.run): 300 client connections
+    # held open, and a new client still gets the app's answer.
+    if hard_open_files_limit_below(1024):
+        pytest.skip("the hard limit on open files is too low here")
+    with run_queue(tmp_path, app.port, preexec_fn=low_open_files_limit(128)) as queue:
+        held = []
+        try:
+            for _ in range(300):
+                held.append(socket.create_connection(("127.0.0.1", queue.http_port), timeout=10))
+            status, _, body = queue.request()
+            assert (status, body) == (200, HELLO)
+        finally:
+            for sock in held:
+                sock.close()
+        assert '"open_files_limit": ' in queue.log()
 
 
 def test_get(queue):

@@ -1,4 +1,4 @@
-"""ebb.common.server.raise_open_files_limit: the soft limit goes up to the hard one."""
+"""ebb.common.procs.raise_open_files_limit: the soft limit goes up to the hard one."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ CHILD = """
 import json, resource, sys
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard))
-from ebb.common.server import raise_open_files_limit
+from ebb.common.procs import raise_open_files_limit
 returned = raise_open_files_limit()
 print(json.dumps([returned, *resource.getrlimit(resource.RLIMIT_NOFILE)]))
 """

@@ -19,7 +19,7 @@ from ebb.activator.traffic import POKE
 from ebb.common import tracing as tracing_mod
 from ebb.common.logs import setup_logging
 from ebb.common.metrics import MetricsServer, new_registry
-from ebb.common.server import ServiceCore, raise_open_files_limit, run, write_ready_file
+from ebb.common.server import ServiceCore, run, write_ready_file
 from ebb.common.settings import SettingsError, env_view
 from ebb.common.statsreporter import StatsReporter
 
@@ -146,8 +146,4 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except SettingsError as exc:
         print(f"activator: {exc}", file=sys.stderr)
         return 2
-    # Every held or forwarded request is a client connection plus an upstream one: the
-    # usual soft default of 1,024 open files would refuse clients long before the CPU is
-    # busy (a cold revision holds all of its burst at once).
-    log.info("open files limit", extra={"open_files_limit": raise_open_files_limit()})
     return run(lambda: serve(settings, tracing))

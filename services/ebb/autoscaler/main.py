@@ -18,7 +18,7 @@ from ebb.autoscaler.settings import AutoscalerSettings, unknown_keys
 from ebb.common import tracing as tracing_mod
 from ebb.common.logs import setup_logging
 from ebb.common.metrics import MetricsServer, metrics_port_flag, parse_metrics_port
-from ebb.common.server import ServiceCore, raise_open_files_limit, run, write_ready_file
+from ebb.common.server import ServiceCore, run, write_ready_file
 from ebb.common.settings import Flag, SettingsError, env_view, parse_host, parse_port, read_flags
 
 log = logging.getLogger("ebb.autoscaler")
@@ -240,14 +240,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             "unknown config-autoscaler keys ignored",
             extra={"config": cfg.config_file, "keys": list(cfg.ignored_keys)},
         )
-    open_files = raise_open_files_limit()  # a stat stream per queue, each a connection
     log.info(
         "autoscaler settings",
         extra={
             "settings": cfg.autoscaler.to_mapping(),
             "tick_interval_s": cfg.tick_interval_s,
             "tick_slices": cfg.tick_slices,
-            "open_files_limit": open_files,
         },
     )
     return run(lambda: serve(cfg, tracing))

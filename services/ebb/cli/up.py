@@ -29,7 +29,7 @@ import yaml
 from ebb.cli import mesh as meshmod
 from ebb.cli import procs
 from ebb.cli.errors import CliError
-from ebb.common.procs import pid_alive
+from ebb.common.procs import pid_alive, raise_open_files_limit
 
 HOST = meshmod.HOST
 DEFAULT_PORTS: dict[str, int] = {
@@ -518,6 +518,7 @@ def run_up(
     envoy_argv = envoy(settings)
 
     procs.become_subreaper()
+    raise_open_files_limit()  # for Envoy too, which does not raise its own
     supervisor = Supervisor(settings, out, err)
     supervisor.install_signal_handlers()
     mesh_path = data_dir / meshmod.MESH_FILE

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ebb.common.procs import raise_open_files_limit
+
 if TYPE_CHECKING:
     import grpc
 
@@ -163,31 +165,14 @@ def remove_ready_file(path: str | None) -> None:
             Path(path).unlink()
 
 
-# Where the hard limit is "unlimited", the soft one goes no higher than Linux's default
-# per-process ceiling (fs.nr_open), which setrlimit would refuse to pass.
-_OPEN_FILES_CAP = 1 << 20
-
-
-def raise_open_files_limit() -> int:
-    """Raise this process's soft limit on open files to its hard limit, as Go programs do
-    at start, and return the soft limit in force after. Each connection is a file: the
-    usual soft default of 1,024 would cap a server at about a thousand peers (for the
-    autoscaler, a thousand queues). Never raises: if the kernel refuses, nothing changes."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = _OPEN_FILES_CAP if hard == resource.RLIM_INFINITY else hard
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (OSError, ValueError):
-        return soft
-    return target
-
-
 def run(main: Callable[[], Awaitable[int]]) -> int:
-    """Run a service's async main on uvloop and return its exit code."""
+    """Run a service's async main on uvloop and return its exit code.
+
+    First the soft limit on open files goes up to the hard one: every service holds a
+    connection per peer (the autoscaler a stat stream per queue, the activator a client
+    and an upstream connection per request, the controller a pidfd for each app and
+    queue it watches)."""
+    log.info("open files limit", extra={"open_files_limit": raise_open_files_limit()})
     import uvloop
 
     return uvloop.run(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -24,6 +25,10 @@ CHANNEL_OPTIONS = [
 
 INITIAL_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
+# Each pause is spread by up to ±20 %, as in gRPC's connection-backoff spec: the queues
+# of a fleet all lose the autoscaler at the same instant when it restarts, and without
+# it they would all come back at the same instants too.
+JITTER = 0.2
 
 # One attempt: open the stream and use it until it breaks (by raising); calls `progress()`
 # whenever the stream did useful work, which resets the backoff.
@@ -45,9 +50,10 @@ async def reconnect_forever(
     log: logging.Logger,
     initial_backoff_s: float = INITIAL_BACKOFF_S,
     max_backoff_s: float = MAX_BACKOFF_S,
+    rand: Callable[[], float] = random.random,
 ) -> None:
     """Run `attempt` again and again until cancelled, pausing between failed ones
-    (`initial_backoff_s`, doubling up to `max_backoff_s`)."""
+    (`initial_backoff_s`, doubling up to `max_backoff_s`, each pause ± `JITTER`)."""
     backoff = initial_backoff_s
     failing = False
 
@@ -71,5 +77,5 @@ async def reconnect_forever(
                     f"{what} failed; reconnecting",
                     extra={"target": target, "error": describe_error(exc)},
                 )
-        await asyncio.sleep(backoff)
+        await asyncio.sleep(backoff * (1.0 + JITTER * (2.0 * rand() - 1.0)))
         backoff = min(backoff * 2, max_backoff_s)

@@ -8,9 +8,9 @@ Three figures, each printed beside its target:
             (an activator-like batch) and 1 per message (what a queue sends); then the
             queue-shaped "fleet": `python -m bench.autoscaler _fleet` processes holding
             hundreds of streams each, one connection per stream, every stream sending one
-            1-stat message per `--fleet-period` (1 s, as a queue) at its own phase. Accepted stats come from
-            `ebb_autoscaler_stats_received_total` minus drops, CPU from /proc/PID/stat,
-            both sampled over a window after a warm-up.
+            1-stat message per `--fleet-period` (1 s, as a queue) at its own phase.
+            Accepted stats come from `ebb_autoscaler_stats_received_total` minus drops,
+            CPU from /proc/PID/stat, both sampled over a window after a warm-up.
   tick      one decision tick over 5,000 revisions: the live process's
             `ebb_autoscaler_tick_duration_seconds` histogram (and `..._tick_cpu_seconds`,
             the loop thread's CPU in the tick) while every revision gets one stat a
@@ -680,7 +680,7 @@ class Settings:
     batches: tuple[int, ...] = (100, 1)
     # Queue-shaped ingest: per load process, this many streams on their own connections,
     # one 1-stat message each per period. 500 connections a process stay under the usual
-    # soft limit of 1,024 open files (the autoscaler raises its own; see its main).
+    # soft limit of 1,024 open files (the autoscaler raises its own at start).
     fleet_clients: int = 2
     fleet_streams: int = 500
     # One message a second per stream, as a queue sends. A shorter period raises the

@@ -1,4 +1,5 @@
-"""`python -m ebb.autoscaler` as a real process: ready file, health, SIGTERM, bad config."""
+"""`python -m ebb.autoscaler` as a real process: ready file, health, SIGTERM, bad config,
+thousands of streams at once, more connections than a low soft open-files limit."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -13,6 +15,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import hard_open_files_limit_below, low_open_files_limit
+
+from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
+from ebb.api.autoscaler.v1 import autoscaler_pb2_grpc as pb_grpc
 
 # Safety net only: the waits end as soon as the process is ready / gone.
 WAIT_S = 20.0
@@ -105,9 +110,6 @@ async def test_thousands_of_streams_opened_at_once_are_all_served(tmp_path):
     # new calls past 1,000-3,000 waiting for the server's loop unless told otherwise: with
     # its defaults, 1,500 streams opened at once on one connection were CANCELLED from
     # about the 1,200th. Every one of 2,500 must be answered here.
-    from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
-    from ebb.api.autoscaler.v1 import autoscaler_pb2_grpc as pb_grpc
-
     streams = 2500
     ready = tmp_path / "ready.json"
     proc = await asyncio.create_subprocess_exec(
@@ -144,8 +146,6 @@ async def test_thousands_of_streams_opened_at_once_are_all_served(tmp_path):
 async def test_more_connections_than_a_low_soft_open_files_limit_are_served(tmp_path):
     # Started with a soft limit of 128 open files, it raises its own to the hard limit:
     # 300 connections held open, and a new one is still answered.
-    import socket
-
     if hard_open_files_limit_below(1024):
         pytest.skip("the hard limit on open files is too low here")
     ready = tmp_path / "ready.json"

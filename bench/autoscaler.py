@@ -495,15 +495,16 @@ async def _fleet(args, channels: int) -> dict:
     import grpc
 
     from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
+    from ebb.common.grpcstream import CHANNEL_OPTIONS
 
     messages = stream_messages(pb, namespace=args.namespace, revisions=args.revisions,
                                instances=args.streams, instance_offset=args.instance_offset,
                                batch=1, concurrency=1.0, varied=True)
     # A local subchannel pool per channel: otherwise channels to one target share a
     # connection, and the fleet would be a few multiplexed connections, not many queues.
-    opened = [grpc.aio.insecure_channel(args.target,
-                                        options=[("grpc.use_local_subchannel_pool", 1)])
-              for _ in range(channels)]
+    # The rest as a queue's reporter sets it (keepalive pings every 10 s among them).
+    options = [("grpc.use_local_subchannel_pool", 1), *CHANNEL_OPTIONS]
+    opened = [grpc.aio.insecure_channel(args.target, options=options) for _ in range(channels)]
     result: dict = {"streams": args.streams, "channels": channels, "sent_messages": 0}
     calls = []
     cpu0 = time.process_time()

@@ -44,11 +44,11 @@ from ebb.activator.traffic import RevisionLoad, Traffic
 from ebb.common import http1
 from ebb.common.http1 import CLIENT_CLOSED, CRLF, TIMEOUT_KINDS, Exchange, drop_headers
 from ebb.common.metrics import RequestTally
+from ebb.common.settings import UNIX_ADDRESS_PREFIX
 
 log = logging.getLogger(__name__)
 
 PROBE_HEADER_VALUE = b"activator"
-UNIX_PREFIX = "unix:"
 DEFAULT_QUEUE_DEPTH = 10_000  # Knative's activator: requests waiting per revision
 MAX_TRIES = 2  # instances tried per request when connecting fails (nothing sent yet)
 
@@ -66,8 +66,8 @@ Probe = Callable[[str, int, float], Awaitable[bool]]
 def split_address(address: str) -> tuple[str, int]:
     """`host:port` or `[v6]:port` -> (host, port); `unix:/abs/path` (a queue on this
     machine, listening on a unix socket) -> (path, UNIX_PORT); ValueError otherwise."""
-    if address.startswith(UNIX_PREFIX):
-        path = address[len(UNIX_PREFIX) :]
+    if address.startswith(UNIX_ADDRESS_PREFIX):
+        path = address[len(UNIX_ADDRESS_PREFIX) :]
         if not path.startswith("/"):
             raise ValueError(f"address = {address!r}, must be unix:/ABSOLUTE/PATH")
         return path, http1.UNIX_PORT

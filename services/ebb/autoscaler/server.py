@@ -219,10 +219,7 @@ class AutoscalerServer:
             if due < loop.time() - self.tick_interval_s:
                 due = loop.time() + pause_s  # far behind (a suspended process): start afresh
             try:
-                if self.tick_slices == 1:
-                    self.tick()
-                else:
-                    self.tick_slice(index)
+                self.tick_slice(index)  # with one slice, every revision: the same as tick()
             except Exception:  # the loop never dies of one bad step
                 self.counters["tick_errors"] += 1
                 log.exception("autoscaler tick failed")

@@ -34,6 +34,7 @@ from http import HTTPStatus
 
 import httptools
 
+from ebb.common.settings import UNIX_ADDRESS_PREFIX
 from ebb.common.tracing import UnsampledSpan
 
 log = logging.getLogger(__name__)
@@ -440,7 +441,7 @@ class UpstreamPool:
         self.max_idle = max_idle
         self.closed = False  # closed pools take no connection back
         self.name = name  # what the upstream is called in 502 bodies ("the app", "the instance")
-        where = b"unix:" + host.encode() if port == UNIX_PORT else b"%s:%d" % (host.encode(), port)
+        where = (UNIX_ADDRESS_PREFIX + host if port == UNIX_PORT else f"{host}:{port}").encode()
         self.connect_error_prefix = b"upstream: cannot connect to %s at %s" % (name, where)
 
     def take(self) -> UpstreamConnection | None:

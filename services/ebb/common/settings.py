@@ -9,6 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 MAX_UNIX_PATH_BYTES = 107  # a unix socket's sun_path holds 108 bytes, the last one a NUL
+# An instance address naming a unix socket: `unix:/abs/path` (the local runtime lists its
+# queues so to the activator; see endpoints.proto).
+UNIX_ADDRESS_PREFIX = "unix:"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 

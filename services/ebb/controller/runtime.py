@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ebb.common.settings import UNIX_ADDRESS_PREFIX
 from ebb.controller.reconcile import InstanceView
 
 
@@ -50,7 +51,7 @@ class Address:
     def dial(self) -> str:
         """What a process on the same machine (the local activator) is told to connect
         to: `unix:PATH` when the queue also listens on a unix socket, else `host:port`."""
-        return f"unix:{self.unix}" if self.unix else str(self)
+        return UNIX_ADDRESS_PREFIX + self.unix if self.unix else str(self)
 
 
 class Runtime(Protocol):

@@ -13,7 +13,10 @@ Listens on 127.0.0.1:$PORT (default 8080).
     GET  /headers           the request headers as JSON
     GET  /env               the platform's env vars PORT, K_SERVICE, K_CONFIGURATION, K_REVISION as JSON
     GET  /conn              the peer address of this TCP connection ("ip:port")
-    GET  /healthz           200 "ok"
+    GET  /healthz           200 "ok"; 503 "sick" while sick (for readiness probes)
+    GET  /sick[?on=1|0]     become sick (or well again); answers {"sick", "probes": /healthz
+                            requests so far, "last_probe": their last headers} as JSON;
+                            HELLO_SICK=1 starts sick
     GET  /release?gate=NAME open gate NAME
     GET  /gates             {"NAME": requests waiting at it}
 
@@ -37,10 +40,14 @@ HELLO = f"Hello from {REVISION}!\n".encode()
 DETECT_OVERLAP = os.environ.get("DETECT_OVERLAP") == "1"
 PATTERN = bytes(range(256)) * 256  # 64 KiB
 GATE_MAX_WAIT_S = 60.0
-CONTROL_PATHS = {"/healthz", "/release", "/gates"}
+CONTROL_PATHS = {"/healthz", "/sick", "/release", "/gates"}
 CONTRACT_ENV = ("PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION")  # what Knative sets
 
 _lock = threading.Lock()
+_sick = threading.Event()
+_probes = {"count": 0, "last": {}}
+if os.environ.get("HELLO_SICK") == "1":
+    _sick.set()
 _inside = 0
 _gates: dict[str, threading.Event] = {}
 _waiting: dict[str, int] = {}
@@ -106,7 +113,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def _control(self, path: str, query: dict[str, list[str]]) -> None:
         if path == "/healthz":
-            self._send(200, b"ok\n")
+            with _lock:
+                _probes["count"] += 1
+                _probes["last"] = dict(self.headers.items())
+            if _sick.is_set():
+                self._send(503, b"sick\n")
+            else:
+                self._send(200, b"ok\n")
+        elif path == "/sick":
+            if "on" in query:
+                (_sick.set if query["on"][0] == "1" else _sick.clear)()
+            with _lock:
+                state = {"sick": _sick.is_set(), "probes": _probes["count"],
+                         "last_probe": _probes["last"]}
+            self._send(200, json.dumps(state).encode(), "application/json")
         elif path == "/release":
             _gate(query.get("gate", [""])[0]).set()
             self._send(200, b"released\n")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import hard_open_files_limit_below, low_open_files_limit
 from queue_helpers import (
+    REPO,
     REVISION,
     RawResponseReader,
     free_port,
@@ -334,6 +335,55 @@ def test_not_ready_until_the_app_listens(tmp_path):
         # the app is gone: pooled connections are dead, new ones are refused
         status, _, body = queue.request("GET", "/")
         assert status == 502
+
+
+def _probe_state(app) -> dict:
+    return json.loads(app.get("/sick")[1])
+
+
+def test_an_http_readiness_probe_follows_the_apps_health_path(tmp_path):
+    # periodSeconds 1, failureThreshold 2: Kubernetes timing, not the aggressive default
+    probe = json.dumps({
+        "httpGet": {"path": "/healthz", "httpHeaders": [{"name": "X-Probe", "value": "1"}]},
+        "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2,
+    })
+    with run_app(HELLO_SICK="1") as app, run_queue(
+        tmp_path, app.port, "--readiness-probe", probe, wait_ready=False
+    ) as queue:
+        # the app listens (a TCP probe would pass) but its health path answers 503
+        wait_until(lambda: _probe_state(app)["probes"] >= 2, what="two probes of /healthz")
+        assert queue.probe() == (503, b"not ready\n")
+        assert health(queue.grpc_address) == "NOT_SERVING"
+        sent = {k.lower(): v for k, v in _probe_state(app)["last_probe"].items()}
+        assert (sent["x-probe"], sent["k-kubelet-probe"]) == ("1", "queue")
+        assert sent["user-agent"].startswith("kube-probe/")
+        app.get("/sick?on=0")
+        wait_until(lambda: queue.probe()[0] == 200, what="ready once /healthz answers 200")
+        assert queue.request("GET", "/")[::2] == (200, HELLO)
+        app.get("/sick?on=1")
+        wait_until(lambda: queue.probe()[0] == 503, what="not ready after two failed probes")
+        assert _probe_state(app)["probes"] >= 3
+        assert health(queue.grpc_address) == "NOT_SERVING"
+
+
+def test_an_http_readiness_probe_without_a_period_is_aggressive(tmp_path):
+    with run_app(HELLO_SICK="1") as app, run_queue(
+        tmp_path, app.port, "--readiness-probe", '{"httpGet": {"path": "/healthz"}}',
+        wait_ready=False,
+    ) as queue:
+        # every 5 ms in the first second: many probes, none of them enough
+        wait_until(lambda: _probe_state(app)["probes"] >= 10, what="aggressive probes")
+        assert queue.probe() == (503, b"not ready\n")
+        app.get("/sick?on=0")
+        wait_until(lambda: queue.probe()[0] == 200, what="ready once /healthz answers 200")
+
+
+def test_a_bad_readiness_probe_stops_the_queue_with_the_field_and_rule(tmp_path):
+    argv = [sys.executable, "-m", "ebb.queue", "--app-port", "8080",
+            "--readiness-probe", '{"httpGet": {"path": "healthz"}}']
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 2
+    assert "readiness-probe.httpGet.path: 'healthz', must start with /" in done.stderr
 
 
 @contextlib.contextmanager

@@ -251,3 +251,31 @@ async def test_an_app_that_cannot_start_takes_its_queue_down(rt):
     finally:
         await runtime.close(stop_instances=True)
     assert [pid for pid in rt.seen if pid_alive(pid)] == []
+
+
+async def test_the_revisions_http_readiness_probe_decides_when_an_instance_is_ready(rt):
+    import dataclasses
+    import json
+
+    spec = dataclasses.replace(
+        SPEC, env=(("HELLO_SICK", "1"),), readiness_probe='{"httpGet":{"path":"/healthz"}}'
+    )
+    runtime = rt.new()
+    try:
+        await runtime.ensure(KEY, spec, 1, now_s=0.0)
+        await eventually(lambda: rt.instances(runtime), "an instance")
+        (inst,) = rt.instances(runtime)
+
+        def probes() -> int:
+            try:
+                return json.loads(get(inst.app_port, "/sick")[1])["probes"]
+            except OSError:
+                return 0
+
+        # the app listens, but answers its health path with 503: the queue keeps it unready
+        await eventually(lambda: probes() >= 3, "the queue to probe /healthz")
+        assert runtime.view(KEY).ready == 0
+        assert get(inst.app_port, "/sick?on=0")[0] == 200
+        await eventually(lambda: runtime.view(KEY).ready == 1, "ready once /healthz says 200")
+    finally:
+        await runtime.close(stop_instances=True)

@@ -4,6 +4,7 @@ Service, EndpointSlices -> addresses, pods -> failure reasons (exact dicts, no s
 from __future__ import annotations
 
 import pytest
+from google.protobuf import json_format
 
 from ebb.api.serving.v1 import resources_pb2 as r
 from ebb.common.settings import SettingsError
@@ -12,6 +13,7 @@ from ebb.controller.manager import instance_spec
 from ebb.controller.reconcile import InstanceView
 from ebb.controller.resources import new
 from ebb.controller.runtime import Address
+from ebb.queue.readiness import parse_probe
 
 UID = "7f0c1d2e-0000-4000-8000-000000000001"
 SIDECAR = ko.QueueSidecar(
@@ -506,3 +508,38 @@ def test_built_objects_validate_against_the_kubernetes_schemas():
         ko.revision_service(rev),
     ):
         kubernetes_validate.validate(obj, version, strict=True)
+
+
+# ----------------------------------------------------------------- the app's readiness probe
+
+
+@pytest.mark.parametrize(
+    ("probe", "expected"),
+    [
+        ({}, ""),  # no probe: the queue's default
+        ({"tcp_socket": {}, "success_threshold": 1}, ""),  # the webhook's default
+        ({"tcp_socket": {"port": 9000}}, ""),  # the serving port is the queue's own choice
+        ({"tcp_socket": {"port": 9001}}, '{"tcpSocket":{"port":9001}}'),
+        (
+            {"http_get": {"path": "/healthz", "port": 9000,
+                          "http_headers": [{"name": "X-Probe", "value": "1"}]},
+             "period_seconds": 2, "failure_threshold": 4, "success_threshold": 2},
+            '{"failureThreshold":4,"httpGet":{"httpHeaders":[{"name":"X-Probe","value":"1"}],'
+            '"path":"/healthz"},"periodSeconds":2,"successThreshold":2}',
+        ),
+    ],
+)  # fmt: skip
+def test_the_readiness_probe_goes_to_the_queue_as_json(probe, expected):
+    rev = _revision()
+    container = rev.spec.containers[0]
+    container.ClearField("readiness_probe")
+    if probe:
+        json_format.ParseDict(probe, container.readiness_probe)
+    spec = instance_spec(rev)
+    assert spec.readiness_probe == expected
+    args = ko.queue_args(spec, SIDECAR, "")
+    if expected:
+        assert args[args.index("--readiness-probe") + 1] == expected
+        assert parse_probe(expected).http == ("httpGet" in expected)  # the queue takes it
+    else:
+        assert "--readiness-probe" not in args

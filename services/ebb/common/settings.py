@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,19 @@ _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 class SettingsError(ValueError):
     """A setting is missing or out of range; the message names the key and the rule."""
+
+
+def parse_json_object(key: str, raw: str) -> dict:
+    """A setting holding a JSON object; "" (or blanks) is {}."""
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{key} = {raw!r}, must be a JSON object ({exc})") from None
+    if not isinstance(value, dict):
+        raise SettingsError(f"{key} = {raw!r}, must be a JSON object")
+    return value
 
 
 def parse_duration_s(key: str, value: str | float | int) -> float:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from google.protobuf import descriptor, json_format
 
 from ebb.api.serving.v1 import resources_pb2 as r
-from ebb.common.settings import SettingsError, parse_port
+from ebb.common.settings import SettingsError, parse_json_object, parse_port
 from ebb.controller.reconcile import InstanceView
 from ebb.controller.resources import API_VERSION, KINDS, Object
-from ebb.controller.runtime import Address, InstanceSpec
+from ebb.controller.runtime import Address, InstanceSpec, revision_queue_args
 
 GROUP = "serving.knative.dev"
 VERSION = "v1"
@@ -184,18 +184,6 @@ class QueueSidecar:
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 
-def _json_object(key: str, raw: str) -> dict:
-    if not raw.strip():
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{key} = {raw!r}, must be a JSON object ({exc})") from None
-    if not isinstance(value, dict):
-        raise SettingsError(f"{key} = {raw!r}, must be a JSON object")
-    return value
-
-
 def queue_sidecar_from_env(environ: Mapping[str, str]) -> QueueSidecar:
     """The sidecar from the EBB_QUEUE_SIDECAR_* variables the Helm chart sets."""
     image = environ.get("EBB_QUEUE_SIDECAR_IMAGE", "").strip()
@@ -224,8 +212,8 @@ def queue_sidecar_from_env(environ: Mapping[str, str]) -> QueueSidecar:
         http_port=ports["EBB_QUEUE_SIDECAR_HTTP_PORT"],
         admin_port=ports["EBB_QUEUE_SIDECAR_ADMIN_PORT"],
         metrics_port=ports["EBB_QUEUE_SIDECAR_METRICS_PORT"],
-        resources=_json_object("EBB_QUEUE_SIDECAR_RESOURCES", environ.get("EBB_QUEUE_SIDECAR_RESOURCES", "")),
-        security_context=_json_object(
+        resources=parse_json_object("EBB_QUEUE_SIDECAR_RESOURCES", environ.get("EBB_QUEUE_SIDECAR_RESOURCES", "")),
+        security_context=parse_json_object(
             "EBB_QUEUE_SIDECAR_SECURITY_CONTEXT", environ.get("EBB_QUEUE_SIDECAR_SECURITY_CONTEXT", "")
         ),
     )
@@ -345,13 +333,8 @@ def queue_args(spec: InstanceSpec, sidecar: QueueSidecar, autoscaler: str) -> li
         "--app-port", str(user_port(spec)),
         "--revision", f"{spec.namespace}/{spec.revision}",
         "--instance", "$(POD_NAME)",
-        "--container-concurrency", str(spec.container_concurrency),
-        "--timeout-seconds", str(spec.timeout_s),
+        *revision_queue_args(spec),
     ]  # fmt: skip
-    if spec.response_start_timeout_s:
-        args += ["--response-start-timeout-seconds", str(spec.response_start_timeout_s)]
-    if spec.idle_timeout_s:
-        args += ["--idle-timeout-seconds", str(spec.idle_timeout_s)]
     if autoscaler:
         args += ["--autoscaler", autoscaler]
     return args + list(sidecar.extra_args)

@@ -7,10 +7,13 @@ write, instance change or Envoy ACK triggers another pass, and a timer catches t
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+
+from google.protobuf import json_format
 
 from ebb.api.serving.v1 import resources_pb2 as r
 from ebb.controller import reconcile as rc
@@ -78,8 +81,24 @@ def instance_spec(rev: r.Revision) -> InstanceSpec:
         timeout_s=rev.spec.timeout_seconds if rev.spec.HasField("timeout_seconds") else 300,
         response_start_timeout_s=rev.spec.response_start_timeout_seconds,
         idle_timeout_s=rev.spec.idle_timeout_seconds,
-        readiness_path=probe.http_get.path if probe.HasField("http_get") else "",
+        readiness_probe=queue_probe(probe, port) if container.HasField("readiness_probe") else "",
     )
+
+
+def queue_probe(probe: r.Probe, container_port: int) -> str:
+    """The readiness probe as the queue's --readiness-probe JSON (Kubernetes' field names);
+    "" for the default TCP probe. A port that is the serving port is left out: the queue
+    probes the app wherever the runtime put it."""
+    raw = json_format.MessageToDict(probe)
+    for handler in ("httpGet", "tcpSocket"):
+        action = raw.get(handler)
+        if action is not None and action.get("port") in (None, container_port):
+            action.pop("port", None)
+    if raw.get("successThreshold") == 1:
+        del raw["successThreshold"]
+    if raw in ({}, {"tcpSocket": {}}):
+        return ""
+    return json.dumps(raw, sort_keys=True, separators=(",", ":"))
 
 
 class Controller:

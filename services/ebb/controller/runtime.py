@@ -35,7 +35,9 @@ class InstanceSpec:
     timeout_s: int = 300
     response_start_timeout_s: int = 0
     idle_timeout_s: int = 0
-    readiness_path: str = ""  # "" = TCP probe of the app by the queue
+    # The container's readinessProbe as the queue's --readiness-probe JSON; "" = the
+    # default, a TCP probe probed aggressively.
+    readiness_probe: str = ""
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -80,3 +82,18 @@ class Runtime(Protocol):
 
     async def close(self, *, stop_instances: bool) -> None:
         """Stop watching; stop every instance too when asked."""
+
+
+def revision_queue_args(spec: InstanceSpec) -> list[str]:
+    """The queue flags that carry the revision's own settings, in both runtimes."""
+    args = [
+        "--container-concurrency", str(spec.container_concurrency),
+        "--timeout-seconds", str(spec.timeout_s),
+    ]  # fmt: skip
+    if spec.response_start_timeout_s:
+        args += ["--response-start-timeout-seconds", str(spec.response_start_timeout_s)]
+    if spec.idle_timeout_s:
+        args += ["--idle-timeout-seconds", str(spec.idle_timeout_s)]
+    if spec.readiness_probe:
+        args += ["--readiness-probe", spec.readiness_probe]
+    return args

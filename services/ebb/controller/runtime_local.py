@@ -31,7 +31,7 @@ from pathlib import Path
 from ebb.common.procs import pid_alive
 from ebb.common.settings import MAX_UNIX_PATH_BYTES
 from ebb.controller.reconcile import InstanceView
-from ebb.controller.runtime import Address, InstanceSpec, RevisionKey
+from ebb.controller.runtime import Address, InstanceSpec, RevisionKey, revision_queue_args
 
 log = logging.getLogger(__name__)
 
@@ -388,14 +388,9 @@ class LocalRuntime:
             "--app-port", str(inst.app_port),
             "--revision", f"{key.namespace}/{key.name}",
             "--instance", inst.id,
-            "--container-concurrency", str(spec.container_concurrency),
-            "--timeout-seconds", str(spec.timeout_s),
+            *revision_queue_args(spec),
             *self._extra_queue_args,
         ]
-        if spec.response_start_timeout_s:
-            args += ["--response-start-timeout-seconds", str(spec.response_start_timeout_s)]
-        if spec.idle_timeout_s:
-            args += ["--idle-timeout-seconds", str(spec.idle_timeout_s)]
         if self._autoscaler:
             args += ["--autoscaler", self._autoscaler]
         if inst.queue_unix:

@@ -28,7 +28,7 @@ from ebb.common.settings import SettingsError, env_view
 from ebb.queue import settings as queue_settings
 from ebb.queue.metrics import QueueCollector
 from ebb.queue.proxy import Proxy
-from ebb.queue.readiness import probe_loop, tcp_probe
+from ebb.queue.readiness import app_check, probe_loop
 from ebb.queue.requestlog import RequestLog
 from ebb.queue.settings import QueueSettings
 from ebb.queue.stats import ConcurrencyStats
@@ -88,19 +88,22 @@ async def serve(settings: QueueSettings, tracing: tracing_mod.Tracing = tracing_
     log.info("proxy listening", extra={"port": http_port, "unix_socket": settings.unix_socket})
     admin = _Admin()
     probed = asyncio.Event()
+    check = app_check(settings.readiness_probe, settings.app_host, settings.app_port)
+    if settings.readiness_probe.initial_delay_s:
+        probed.set()  # the first probe is a while off: nothing to wait for
 
-    async def probe_app(host: str, port: int) -> bool:
+    async def probe_app(timeout_s: float) -> bool:
         try:
-            return await tcp_probe(host, port)
+            return await check(timeout_s)
         finally:
             probed.set()
 
     prober = loop.create_task(
         probe_loop(
-            settings.app_host,
-            settings.app_port,
+            probe_app,
             lambda ready: admin.on_ready(proxy, ready),
-            probe=probe_app,
+            settings.readiness_probe,
+            name=f"{settings.app_host}:{settings.app_port}",
         )
     )
     if request_log is not None:

@@ -19,6 +19,7 @@ from ebb.common.settings import (
     parse_port,
     read_flags,
 )
+from ebb.queue.readiness import DEFAULT_PROBE, AppProbe, parse_probe
 
 PROG = "ebb-queue"
 _PREFIX = "EBB_QUEUE_"
@@ -69,6 +70,12 @@ FLAGS = (
         "true",
         "one JSON line per request on stdout: true or false (--no-request-log = false)",
     ),
+    _flag(
+        "readiness-probe",
+        "",
+        "the revision's readiness probe as JSON, Kubernetes' fields (httpGet or tcpSocket, "
+        "periodSeconds, ...); empty = TCP, probed aggressively",
+    ),
 )
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -98,6 +105,7 @@ class QueueSettings:
     log_level: str = "info"
     metrics_port: int = 0
     request_log: bool = True
+    readiness_probe: AppProbe = DEFAULT_PROBE
 
     @property
     def queue_depth(self) -> int:
@@ -246,4 +254,12 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> QueueSetting
         log_level=log_level,
         metrics_port=parse_metrics_port(raw["metrics-port"]),
         request_log=_bool("request-log", raw["request-log"]),
+        readiness_probe=_readiness_probe(raw["readiness-probe"] or ""),
     )
+
+
+def _readiness_probe(raw: str) -> AppProbe:
+    try:
+        return parse_probe(raw)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None

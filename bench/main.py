@@ -577,6 +577,8 @@ def build_result(bench: Bench | Recorded, settings: BenchSettings, machine: dict
                                          "USS idle after start", "RSS idle after load"),
                                         rows, (False, True, True, True))]
     lines += ["", "Targets:", "", report.targets_table(verdicts)]
+    if note := report.reference_note(summaries, bench.unavailable):
+        lines += ["", note]
     text = "\n".join(lines)
     document = {
         "version": 1,

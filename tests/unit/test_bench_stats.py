@@ -175,14 +175,25 @@ def test_targets_met_and_not_met():
     verdicts = report.evaluate_targets(_summaries(10_500, 0.9), open_ok, {"queue": 30.0},
                                        {"gateway-activator": "n/a (activator not ready)"})
     marks = [v.met for v in verdicts]
-    assert marks == [True, True, True, True, None, True]
+    assert marks == [True, True, True, True, True]
     assert "c=1: 1.05×, c=16: 1.05×" in verdicts[0].measured
 
     open_bad = report.summarize_open_loop([_open("direct", 0, 101.0),
                                            _open("gateway", 0, 107.0)])
     verdicts = report.evaluate_targets(_summaries(9_000, 1.1), open_bad, {"queue": 48.0}, {})
-    assert [v.met for v in verdicts] == [False, False, False, True, None, False]
+    assert [v.met for v in verdicts] == [False, False, False, True, False]
     assert [v.mark for v in verdicts][:2] == ["NOT met", "NOT met"]
+
+
+def test_the_gateway_cold_path_is_a_reference_not_a_target():
+    runs = [run("envoy", 10_000, 1.0, c=16), run("gateway-activator", 4_000, 2.0, c=16)]
+    summaries = summarize(runs)
+    verdicts = report.evaluate_targets(summaries, [], {}, {})
+    assert not any("gateway → activator" in v.target for v in verdicts)
+    note = report.reference_note(summaries, {})
+    assert "gateway → activator → queue → app" in note and "c=16: 0.40×" in note
+    assert report.reference_note(summaries, {"gateway-activator": "n/a (not ready)"}) == ""
+    assert report.reference_note(summarize([run("envoy", 10_000, 1.0)]), {}) == ""
 
 
 def test_open_loop_errors_fail_the_latency_target():

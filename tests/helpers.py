@@ -79,3 +79,49 @@ def hard_open_files_limit_below(minimum: int) -> bool:
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return hard != resource.RLIM_INFINITY and hard < minimum
+
+
+def websocket_echo(port: int, host: str, messages: list[bytes], path: str = "/ws",
+                   timeout_s: float = 10.0, headers: dict[str, str] | None = None,
+                   ) -> tuple[int, list[bytes], dict[str, str]]:
+    """Open a WebSocket to the sample app's echo at 127.0.0.1:port (through whatever
+    proxies), send each message as a text frame, read the echoes, close cleanly.
+    Returns (handshake status, echoes, handshake headers with lower-case names); the echoes
+    are empty when the handshake failed. Raises AssertionError on a wrong accept key or an
+    unclean close."""
+    import base64
+    import hashlib
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location("ebb_sample_hello_ws", SAMPLE_APP)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    key = base64.b64encode(os.urandom(16))
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(
+            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
+            b"Sec-WebSocket-Version: 13\r\n"
+            + b"".join(f"{k}: {v}\r\n".encode() for k, v in (headers or {}).items()) + b"\r\n"
+        )
+        stream = sock.makefile("rb")
+        status = int(stream.readline().split()[1])
+        answered = {}
+        while (line := stream.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            answered[name.strip().lower()] = value.strip()
+        if status != 101:
+            return status, [], answered
+        accept = base64.b64encode(hashlib.sha1(key + app.WS_GUID).digest()).decode()
+        assert answered.get("sec-websocket-accept") == accept, answered
+        echoes = []
+        for message in messages:
+            sock.sendall(app.ws_frame(1, message, mask=os.urandom(4)))
+            frame = app.read_ws_frame(stream)
+            assert frame is not None and frame[0] == 1, frame
+            echoes.append(frame[1])
+        sock.sendall(app.ws_frame(8, (1000).to_bytes(2, "big"), mask=os.urandom(4)))
+        assert app.read_ws_frame(stream) == (8, (1000).to_bytes(2, "big"))
+        assert stream.read() == b""  # the app closed, and the proxies passed it on
+        return status, echoes, answered

@@ -13,6 +13,8 @@ Listens on 127.0.0.1:$PORT (default 8080).
     GET  /headers           the request headers as JSON
     GET  /env               the platform's env vars PORT, K_SERVICE, K_CONFIGURATION, K_REVISION as JSON
     GET  /conn              the peer address of this TCP connection ("ip:port")
+    GET  /ws                a WebSocket (RFC 6455) that echoes every text or binary message,
+                            answers pings and closes when asked
     GET  /healthz           200 "ok"; 503 "sick" while sick (for readiness probes)
     GET  /sick[?on=1|0]     become sick (or well again); answers {"sick", "probes": /healthz
                             requests so far, "last_probe": their last headers} as JSON;
@@ -26,6 +28,8 @@ With DETECT_OVERLAP=1, a request arriving while another is in the app answers 50
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import signal
@@ -42,6 +46,7 @@ PATTERN = bytes(range(256)) * 256  # 64 KiB
 GATE_MAX_WAIT_S = 60.0
 CONTROL_PATHS = {"/healthz", "/sick", "/release", "/gates"}
 CONTRACT_ENV = ("PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION")  # what Knative sets
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's, for Sec-WebSocket-Accept
 
 _lock = threading.Lock()
 _sick = threading.Event()
@@ -135,6 +140,31 @@ class Handler(BaseHTTPRequestHandler):
                 body = json.dumps(_waiting).encode()
             self._send(200, body, "application/json")
 
+    def _websocket(self) -> None:
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        if self.headers.get("Upgrade", "").lower() != "websocket" or not key:
+            self._send(426, b"a WebSocket upgrade is required here\n")
+            return
+        accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.close_connection = True
+        while True:
+            frame = read_ws_frame(self.rfile)
+            if frame is None:
+                return
+            opcode, payload = frame
+            if opcode == 8:  # close: answer it, then the connection ends
+                self.wfile.write(ws_frame(8, payload[:2]))
+                return
+            if opcode == 9:
+                self.wfile.write(ws_frame(10, payload))
+            elif opcode in (1, 2):
+                self.wfile.write(ws_frame(opcode, payload))
+
     def _handle(self, path: str, query: dict[str, list[str]]) -> None:
         def number(key: str, default: int = 0) -> int:
             return int(query[key][0]) if key in query else default
@@ -145,7 +175,9 @@ class Handler(BaseHTTPRequestHandler):
         if "sleep" in query:
             time.sleep(number("sleep") / 1000)
         status = number("status", 200)
-        if path == "/headers":
+        if path == "/ws":
+            self._websocket()
+        elif path == "/headers":
             seen: dict[str, str] = {}
             for name, value in self.headers.items():
                 seen[name] = f"{seen[name]}, {value}" if name in seen else value
@@ -243,6 +275,39 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # the default of 5 drops connections under a burst
+
+
+def ws_frame(opcode: int, payload: bytes, mask: bytes = b"") -> bytes:
+    """One final WebSocket frame; masked (as a client must) when `mask` is 4 bytes."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x80 | opcode, size | (0x80 if mask else 0)))
+    elif size < 1 << 16:
+        head = bytes((0x80 | opcode, 126 | (0x80 if mask else 0))) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 127 | (0x80 if mask else 0))) + size.to_bytes(8, "big")
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + payload
+
+
+def read_ws_frame(stream) -> tuple[int, bytes] | None:
+    """(opcode, unmasked payload) of the next frame; None at the end of the stream."""
+    head = stream.read(2)
+    if len(head) < 2:
+        return None
+    opcode, size, masked = head[0] & 0x0F, head[1] & 0x7F, head[1] & 0x80
+    if size == 126:
+        size = int.from_bytes(stream.read(2), "big")
+    elif size == 127:
+        size = int.from_bytes(stream.read(8), "big")
+    mask = stream.read(4) if masked else b""
+    payload = stream.read(size)
+    if len(payload) < size:
+        return None
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return opcode, payload
 
 
 def main() -> int:

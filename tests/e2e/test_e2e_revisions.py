@@ -16,7 +16,7 @@ import sys
 from collections import Counter
 
 import pytest
-from helpers import REPO, SAMPLE_APP, wait_until
+from helpers import REPO, SAMPLE_APP, wait_until, websocket_echo
 from mesh import Mesh
 
 pytestmark = pytest.mark.e2e
@@ -209,6 +209,17 @@ def test_runtime_contract(mesh):
     status, headers, body = request(mesh, host, "/?chunks=200&chunk_delay=1")
     assert status == 200 and headers.get("transfer-encoding") == "chunked"
     assert body.decode() == "".join(f"chunk {i}\n" for i in range(200))
+
+
+def test_a_websocket_through_the_gateway(mesh):
+    create(mesh, "ws")
+    big = bytes(range(256)) * 400
+    status, echoes, answered = websocket_echo(
+        mesh.ports["http"], "ws.default.localhost", [b"hello", big, b"bye"]
+    )
+    assert (status, echoes) == (101, [b"hello", big, b"bye"])
+    assert answered["upgrade"].lower() == "websocket"
+    serves(mesh, "ws.default.localhost", hello_from("ws-00001"))  # plain requests still fine
 
 
 def test_configuration_and_route_manifest(mesh):

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import hard_open_files_limit_below, low_open_files_limit
+from helpers import hard_open_files_limit_below, low_open_files_limit, websocket_echo
 from queue_helpers import (
     PYTHON,
     REPO,
@@ -284,6 +284,21 @@ async def test_a_unix_socket_instance_is_probed_and_served_through_its_socket(tm
         for _ in range(3):
             assert (await m.activator.aget("r1"))[::2] == (200, HELLO)
         assert f"unix:{path}" in m.activator.log_path.read_text()  # "instance answered its probe"
+
+
+async def test_a_websocket_goes_through_the_activator_and_a_queue_on_its_socket(tmp_path):
+    path = str(tmp_path / "q.sock")
+    big = bytes(range(256)) * 400
+    async with (
+        instance(tmp_path, "--unix-socket", path),
+        mesh(tmp_path, controller_with(r1={"ready": [f"unix:{path}"]})) as m,
+    ):
+        named = {"Knative-Serving-Namespace": NS, "Knative-Serving-Revision": "r1"}
+        status, echoes, _ = await asyncio.to_thread(
+            websocket_echo, m.activator.http_port, "hello.default.example", [b"hi", big], headers=named
+        )
+        assert (status, echoes) == (101, [b"hi", big])
+        assert (await m.activator.aget("r1"))[::2] == (200, HELLO)
 
 
 async def test_hold_longer_than_timeout_seconds_is_504(tmp_path):

@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
-from helpers import hard_open_files_limit_below, low_open_files_limit
+from helpers import hard_open_files_limit_below, low_open_files_limit, websocket_echo
 from queue_helpers import (
     REPO,
     REVISION,
@@ -335,6 +335,27 @@ def test_not_ready_until_the_app_listens(tmp_path):
         # the app is gone: pooled connections are dead, new ones are refused
         status, _, body = queue.request("GET", "/")
         assert status == 502
+
+
+def test_a_websocket_goes_through_and_its_slot_is_freed_when_it_closes(tmp_path):
+    big = bytes(range(256)) * 400  # 100 KB: more than one read on the way
+    with run_app() as app, run_queue(tmp_path, app.port, "--container-concurrency", "1") as queue:
+        status, echoes, answered = websocket_echo(queue.http_port, "hello.default", [b"one", big, b"three"])
+        assert status == 101
+        assert echoes == [b"one", big, b"three"]
+        assert (answered["upgrade"].lower(), answered["connection"].lower()) == ("websocket", "upgrade")
+        # with CC 1 the next request needs the WebSocket's slot: it was given back at the close
+        assert queue.request("GET", "/")[::2] == (200, HELLO)
+
+
+def test_an_upgrade_the_app_does_not_take_is_a_plain_answer_and_the_connection_ends(tmp_path):
+    with run_app() as app, run_queue(tmp_path, app.port) as queue:
+        reply = raw_exchange(
+            queue.http_port,
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        )
+        assert reply.startswith(b"HTTP/1.1 426 ")  # no Sec-WebSocket-Key: the app says no
+        assert b"Connection: close" in reply
 
 
 def _probe_state(app) -> dict:

@@ -182,3 +182,47 @@ async def test_a_head_and_a_small_body_leave_in_one_write_a_large_body_apart():
     conn.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     app.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(big), big))
     assert writes == [b"<writev>"]  # not copied into one buffer
+
+
+# -- protocol switches (Upgrade): what goes upstream, and an answer nobody asked for
+
+
+async def test_upgrade_goes_upstream_only_when_connection_asks_for_it():
+    queue = Proxy(app_port=9)
+    app = pooled_app(queue.pool)
+    conn, _ = client(queue)
+    conn.data_received(
+        b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
+        b"Sec-WebSocket-Key: k\r\n\r\n"
+    )
+    sent = head_of(bytes(app.transport.out))
+    assert (sent["upgrade"], sent["connection"]) == ("websocket", "Upgrade")
+    assert sent["sec-websocket-key"] == "k"
+    assert conn.active.upgrade == b"websocket"
+
+    queue = Proxy(app_port=9)
+    app = pooled_app(queue.pool)
+    conn, _ = client(queue)
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n")  # no Connection
+    sent = head_of(bytes(app.transport.out))
+    assert "upgrade" not in sent and "connection" not in sent
+    assert conn.active.upgrade is None
+
+
+async def test_a_switch_nobody_asked_for_is_502_and_a_plain_answer_to_an_upgrade_closes():
+    queue = Proxy(app_port=9)
+    app = pooled_app(queue.pool)
+    conn, down = client(queue)
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    app.data_received(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
+    assert bytes(down.out).startswith(b"HTTP/1.1 502 ")
+    assert b"switched protocols unasked" in bytes(down.out)
+    assert app.closed
+
+    queue = Proxy(app_port=9)
+    app = pooled_app(queue.pool)
+    conn, down = client(queue)
+    conn.data_received(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    app.data_received(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 2\r\n\r\nno")
+    assert bytes(down.out).startswith(b"HTTP/1.1 426 ") and b"Connection: close\r\n" in bytes(down.out)
+    assert down.closed and app.closed  # neither connection is trusted with HTTP again

@@ -85,6 +85,7 @@ _K_ROUTE_REV = 14
 _K_TAG = 15
 _K_TRACEPARENT = 16
 _K_TRACESTATE = 17
+_K_UPGRADE = 18
 
 # Go's httputil.ReverseProxy list (what Knative's queue-proxy strips) plus Content-Length
 # and Transfer-Encoding, which the proxy re-frames itself: the kinds of response headers.
@@ -96,7 +97,7 @@ _RESP_KINDS = {
     b"proxy-authorization": _K_HOP,
     b"te": _K_HOP,
     b"trailer": _K_HOP,
-    b"upgrade": _K_HOP,
+    b"upgrade": _K_UPGRADE,  # hop-by-hop: passed on only when the switch is asked and made
     b"transfer-encoding": _K_TE,
     b"content-length": _K_CL,
 }
@@ -501,6 +502,7 @@ class UpstreamConnection(asyncio.Protocol):
         "in_head",
         "interim",
         "close_delimited",
+        "upgrade",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -520,6 +522,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.in_head = False
         self.interim = False
         self.close_delimited = False
+        self.upgrade: bytes | None = None  # the response's Upgrade header
 
     # -- transport callbacks
 
@@ -542,6 +545,14 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # The app switched protocols (see Exchange.on_response_head): what follows the
+            # 101 head is the new protocol's, for the client.
+            if ex.status == 101 and not ex.finished:  # the tunnel reads this side now
+                self.transport.get_protocol().data_received(data[exc.args[0] :])
+            else:
+                ex.on_upstream_error(self, b"upstream: switched protocols unasked\n")
+            return
         except httptools.HttpParserCallbackError as exc:
             log.error("internal error handling an upstream response", exc_info=exc.__context__)
             ex.on_upstream_error(self, b"upstream: internal error\n")
@@ -569,7 +580,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.reason = b""
         self.parts = [b""]  # [0]: the status line, once the head is complete
-        self.length = self.drop = None
+        self.length = self.drop = self.upgrade = None
         self.chunked = False
         self.in_head = True
 
@@ -589,6 +600,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.chunked = value.rstrip().lower().endswith(b"chunked")
         elif kind == _K_CONN:
             self.drop = _connection_tokens(value, self.drop)
+        elif kind == _K_UPGRADE:
+            self.upgrade = value
         # else: hop-by-hop, dropped
 
     def on_headers_complete(self) -> None:
@@ -674,6 +687,7 @@ class Exchange:
         "limits",
         "slot",
         "tries",
+        "upgrade",  # the protocol switch asked for (Upgrade with Connection: upgrade)
     )
 
     def __init__(
@@ -731,6 +745,7 @@ class Exchange:
         self.limits: Limits | None = None  # timeouts; set by the handler before `arm_timer`
         self.slot: object = None  # what the handler gave it (a breaker slot, an instance)
         self.tries = 0  # upstreams tried (the handler's count)
+        self.upgrade: bytes | None = None
 
     # -- lifecycle
 
@@ -854,7 +869,10 @@ class Exchange:
         status = up.parser.get_status_code()
         if status < 200:
             if status == 101:
-                self.on_upstream_error(up, b"upstream: protocol upgrades are not supported\n")
+                if self.upgrade is not None and up.upgrade is not None:
+                    self._switch(up)
+                else:
+                    self.on_upstream_error(up, b"upstream: switched protocols unasked\n")
                 return
             up.interim = True  # 100 Continue and friends: pass on, wait for the real answer
             if self.http11:
@@ -925,7 +943,41 @@ class Exchange:
         if self.out_mode == _OUT_CHUNKED:
             self._down.append(_LAST_CHUNK)
         self.flush_down()
-        self._release_upstream(self.req_sent and up.parser.should_keep_alive())
+        # After an upgrade request the app may take the connection for upgraded: not reused.
+        self._release_upstream(self.req_sent and self.upgrade is None and up.parser.should_keep_alive())
+        self._finish()
+
+    def _switch(self, up: UpstreamConnection) -> None:
+        """The app answered an upgrade request with 101: pass the head on and from now on
+        carry bytes both ways as they come (a WebSocket, say) until either side closes.
+        The exchange keeps its slot until then; its timeouts no longer apply (the response
+        has started and has no end to wait for)."""
+        self.started = True
+        self.status = 101
+        conn = self.conn
+        parts = up.parts
+        parts[0] = b"HTTP/1.1 101 %s\r\n" % up.reason
+        if up.drop:
+            parts = drop_headers(parts, up.drop, 1)
+        parts.append(b"Connection: Upgrade\r\nUpgrade: " + up.upgrade + b"\r\n\r\n")
+        self.flush_down()  # interim answers before it, if any
+        conn.transport.write(b"".join(parts))
+        conn.close_after = True
+        if conn._timer is not None:
+            conn._timer.cancel()
+            conn._timer = None
+        up.interim = True  # httptools completes the 101 as a message: nothing to end there
+        Tunnel(self, conn.transport, up.transport)
+        if conn.early:
+            up.transport.write(conn.early)
+            conn.early = b""
+
+    def tunnel_closed(self) -> None:
+        """Both sides of the tunnel are closed: the exchange ends."""
+        conn = self.conn
+        conn.closed = True
+        self.proxy.connections.discard(conn)
+        self.upstream = None
         self._finish()
 
     def flush_down(self) -> None:
@@ -1096,6 +1148,78 @@ def drop_headers(parts: list[bytes], drop: set[bytes], first: int) -> list[bytes
     return kept
 
 
+class Tunnel:
+    """Bytes both ways between a client and the app after a 101 (WebSocket and other
+    protocol switches), with each side's flow control pausing the other's reading. Each
+    side's half-close is passed on; once both sides have closed, the exchange ends."""
+
+    __slots__ = ("ex", "client", "upstream", "ends_open")
+
+    def __init__(self, ex: Exchange, client: asyncio.Transport, upstream: asyncio.Transport) -> None:
+        self.ex = ex
+        self.client = _TunnelEnd(self, client, upstream)
+        self.upstream = _TunnelEnd(self, upstream, client)
+        self.ends_open = 2
+        for end in (self.client, self.upstream):
+            end.transport.set_protocol(end)
+        # Reading was paused while the switch was pending (see ClientConnection.data_received).
+        client.resume_reading()
+        upstream.resume_reading()
+        for end in (self.client, self.upstream):
+            if end.peer.get_write_buffer_size() > HIGH_WATER:
+                end.transport.pause_reading()
+
+    def end_closed(self) -> None:
+        self.ends_open -= 1
+        if self.ends_open == 0:
+            self.ex.tunnel_closed()
+
+
+class _TunnelEnd(asyncio.Protocol):
+    """One side of a `Tunnel`: what it reads goes to `peer`."""
+
+    __slots__ = ("tunnel", "transport", "peer", "eof", "closed")
+
+    def __init__(self, tunnel: Tunnel, transport: asyncio.Transport, peer: asyncio.Transport) -> None:
+        self.tunnel = tunnel
+        self.transport = transport
+        self.peer = peer
+        self.eof = False
+        self.closed = False
+
+    def data_received(self, data: bytes) -> None:
+        if data:
+            self.peer.write(data)
+
+    def eof_received(self) -> bool:
+        """This side will send no more: tell the other, and keep writing to this one."""
+        self.eof = True
+        peer = self.peer
+        if peer.is_closing() or not peer.can_write_eof():
+            peer.close()
+            return False
+        peer.write_eof()
+        other = self.tunnel.upstream if self is self.tunnel.client else self.tunnel.client
+        if other.eof:  # both ways are done
+            self.transport.close()
+            peer.close()
+            return False
+        return True
+
+    def pause_writing(self) -> None:
+        self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.peer.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.peer.close()  # what is buffered for the other side still goes out
+        self.tunnel.end_closed()
+
+
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests and answers them in order.
 
@@ -1122,6 +1246,7 @@ class ClientConnection(asyncio.Protocol):
         "broken",
         "eof",
         "feeding",
+        "early",
         "_advancing",
         "_timer",
         "_timer_at",
@@ -1147,6 +1272,7 @@ class ClientConnection(asyncio.Protocol):
         "_tag",
         "_tp",
         "_tstate",
+        "_upgrade",
     )
 
     def __init__(self, proxy: Handler) -> None:
@@ -1166,6 +1292,7 @@ class ClientConnection(asyncio.Protocol):
         self.broken = False  # unparseable input: close once parsed requests are answered
         self.eof = False  # the client will send no more: close once parsed requests are answered
         self.feeding = False
+        self.early = b""  # bytes after an upgrade request: the app's if it switches
         self._advancing = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # when `_timer` fires
@@ -1221,11 +1348,13 @@ class ClientConnection(asyncio.Protocol):
         self.feeding = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # Upgrade headers are hop-by-hop and were dropped, so the app answered (or will
-            # answer) plainly; bytes after the request are not HTTP: read no more.
+        except httptools.HttpParserUpgrade as exc:
+            # What follows an upgrade request is not HTTP: read no more. If the app
+            # switches protocols, those bytes are its (see Exchange._switch); if it answers
+            # plainly, the connection closes after that answer.
             self.close_after = True
             self.pause(_PAUSE_STOP)
+            self.early = data[exc.args[0] :]
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadTooLarge):
                 self._refuse(431, b"request head larger than %d bytes\n" % MAX_HEAD_BYTES)
@@ -1260,7 +1389,7 @@ class ClientConnection(asyncio.Protocol):
         self._probe = False
         self._proxy_req = self._route_ns = self._route_rev = None
         self._route = None
-        self._tag = self._tp = self._tstate = None
+        self._tag = self._tp = self._tstate = self._upgrade = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -1322,6 +1451,8 @@ class ClientConnection(asyncio.Protocol):
         elif kind == _K_TRACESTATE:
             self._tstate = value if self._tstate is None else self._tstate + b"," + value
             self._parts.extend((name, SEP, value, CRLF))
+        elif kind == _K_UPGRADE:
+            self._upgrade = value
         # else: hop-by-hop, dropped
 
     def on_headers_complete(self) -> None:
@@ -1344,6 +1475,12 @@ class ClientConnection(asyncio.Protocol):
             if tracing is not None:
                 span = self._start_span(tracing, method)
             head = self.request_head(method, req_kind)
+        upgrade = self._upgrade
+        if upgrade is not None:
+            if parser.should_upgrade() and not self._probe:  # asked with Connection: upgrade
+                head = head[:-2] + b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n\r\n"
+            else:
+                upgrade = None
         proxy_req = self._proxy_req
         ex = Exchange(
             self,
@@ -1360,6 +1497,7 @@ class ClientConnection(asyncio.Protocol):
         )
         ex.tag = self._tag
         ex.traceparent = self._tp
+        ex.upgrade = upgrade
         if span is not None:
             ex.span = span
             if span.is_recording():

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -33,10 +34,12 @@ from queue_helpers import (
     stop_process,
     wait_until,
 )
+from test_controller_endpoints import EndpointsState, serving
 from test_queue_reporter import fake_autoscaler, until
 
 from ebb.api.networking.v1 import endpoints_pb2, endpoints_pb2_grpc
 from ebb.common.server import ServiceCore
+from ebb.controller.runtime import RevisionKey
 
 HELLO = f"Hello from {REVISION}!\n".encode()
 NS = "default"
@@ -299,6 +302,36 @@ async def test_a_websocket_goes_through_the_activator_and_a_queue_on_its_socket(
         )
         assert (status, echoes) == (101, [b"hi", big])
         assert (await m.activator.aget("r1"))[::2] == (200, HELLO)
+
+
+async def test_two_activators_each_send_to_their_own_instance(tmp_path):
+    """With the real EndpointsServicer, two activators learn they are two (from the ids
+    they watch with) and split a CC 1 revision's two instances: one each, so together
+    they never send an instance two requests at once."""
+
+    async with instance(tmp_path, K_REVISION="one") as (one, _, _), instance(tmp_path, K_REVISION="two") as (two, _, _):
+        view = SimpleNamespace(
+            addresses=[one, two], not_ready_addresses=[], container_concurrency=1, timeout_s=60,
+            response_start_timeout_s=0, idle_timeout_s=0,
+        )
+        controller = EndpointsState({RevisionKey(NS, "r1"): view})
+        async with (
+            serving(controller) as controller_port,
+            fake_autoscaler() as (_, autoscaler_port, _),
+            activator(tmp_path, controller_port, autoscaler_port) as first,
+            activator(tmp_path, controller_port, autoscaler_port) as second,
+        ):
+            for act in (first, second):
+                await synced(act)
+                await asyncio.to_thread(
+                    wait_until, lambda act=act: '"count": 2' in act.log_path.read_text(), what="two activators"
+                )
+            answered = []
+            for act in (first, second):
+                bodies = {(await act.aget("r1"))[2] for _ in range(6)}
+                answered.append(bodies)
+            assert all(len(bodies) == 1 for bodies in answered), answered
+            assert answered[0] | answered[1] == {b"Hello from one!\n", b"Hello from two!\n"}
 
 
 async def test_hold_longer_than_timeout_seconds_is_504(tmp_path):

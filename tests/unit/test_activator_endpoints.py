@@ -32,13 +32,23 @@ def test_a_snapshot_with_figures_and_removals():
         ],
         removed=[key("gone")],
     )
-    revisions, removed, snapshot = from_proto(msg)
+    revisions, removed, snapshot, share = from_proto(msg)
     assert snapshot is True
+    assert share is None  # not counted as an activator
     assert removed == [("default", "gone")]
     assert revisions == [
         RevisionSpec("default", "a", ("10.0.0.1:8012",), ("10.0.0.2:8012",), 3, 30, 5, 7),
         RevisionSpec("default", "b", (), (), 0, DEFAULT_TIMEOUT_S, 0, 0),  # negatives read as 0, 0 s as the default
     ]
+
+
+@pytest.mark.parametrize(
+    ("index", "count", "share"),
+    [(0, 1, (0, 1)), (2, 3, (2, 3)), (0, 0, None), (3, 3, None), (-1, 2, None)],
+)
+def test_the_activators_share_is_read_when_it_is_in_range(index, count, share):
+    msg = pb.WatchEndpointsResponse(activator_index=index, activator_count=count)
+    assert from_proto(msg) == ([], [], False, share)
 
 
 @pytest.mark.parametrize(

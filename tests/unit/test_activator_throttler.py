@@ -171,3 +171,53 @@ def test_many_give_ups_keep_the_line_in_order_and_bounded():
     assert [w for w, _ in t.dispatch()] == [4001]
     assert t.release(t.instances[0])[0] == 4003
     assert t.clear()[:3] == [4005, 4007, 4009]
+
+
+# -- several activators sharing a revision's instances (Knative's capacity split)
+
+from ebb.activator.throttler import assign  # noqa: E402 - grouped with its tests
+
+FOUR = ("10.0.0.4:8012", "10.0.0.1:8012", "10.0.0.3:8012", "10.0.0.2:8012")
+
+
+@pytest.mark.parametrize(
+    ("addresses", "cc", "index", "count", "mine", "capacity"),
+    [
+        (FOUR, 10, 0, 1, FOUR, 10),  # alone: everything
+        (FOUR, 0, 1, 3, FOUR, 0),  # unlimited: not split
+        ((), 10, 0, 2, (), 10),
+        # at least as many instances as activators: each instance to one activator, whole
+        (FOUR, 10, 0, 2, ("10.0.0.1:8012", "10.0.0.3:8012"), 10),
+        (FOUR, 10, 1, 2, ("10.0.0.2:8012", "10.0.0.4:8012"), 10),
+        (FOUR, 1, 2, 3, ("10.0.0.3:8012",), 1),
+        (FOUR, 1, 0, 3, ("10.0.0.1:8012", "10.0.0.4:8012"), 1),
+        # fewer: every instance, a share of its slots (rounded up, at least one)
+        (FOUR[:1], 10, 0, 3, FOUR[:1], 4),
+        (FOUR[:1], 10, 2, 3, FOUR[:1], 4),
+        (FOUR[:2], 1, 1, 3, FOUR[:2], 1),
+    ],
+)  # fmt: skip
+def test_assign(addresses, cc, index, count, mine, capacity):
+    assert assign(addresses, cc, index, count) == (frozenset(mine), capacity)
+
+
+def test_every_instance_has_exactly_one_activator_when_there_are_enough():
+    addresses = [f"10.0.{i // 256}.{i % 256}:8012" for i in range(23)]
+    parts = [assign(reversed(addresses), 2, k, 5)[0] for k in range(5)]
+    assert sorted(a for part in parts for a in part) == sorted(addresses)
+    assert sum(len(part) for part in parts) == 23  # no overlap
+    assert {len(part) for part in parts} == {4, 5}  # as even as it gets
+
+
+def test_a_smaller_capacity_per_instance_limits_the_slots():
+    t = Throttler(10, 100)
+    t.add("a")
+    t.set_capacity(4)
+    taken = [t.acquire(f"r{i}") for i in range(5)]
+    assert [i is not None for i in taken] == [True] * 4 + [False]
+    assert t.free_slots == 0
+    t.set_capacity(10)  # the other activators left: the whole CC again
+    assert t.free_slots == 6
+    assert [w for w, _ in t.dispatch()] == ["r4"]
+    t.add("b")  # a new instance gets this activator's capacity
+    assert t.instances[1].capacity == 10

@@ -172,3 +172,23 @@ async def test_a_malformed_traceparent_does_not_fail_the_request(bad):
     app.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     assert down.out.startswith(b"HTTP/1.1 200")
     t.shutdown()
+
+
+async def test_with_two_activators_each_uses_its_own_instances_and_all_with_fewer():
+    two = (RevisionSpec("default", "r1", addresses=("127.0.0.1:41001", "127.0.0.1:41002"),
+                        container_concurrency=10),)
+    act = activator_with(*two)
+    assert [i.address for i in act.revision("default", "r1").throttler.instances] == [
+        "127.0.0.1:41001", "127.0.0.1:41002"
+    ]
+    act.apply([], [], False, (1, 2))  # a second activator joined; this one is number 1
+    throttler = act.revision("default", "r1").throttler
+    assert [(i.address, i.capacity) for i in throttler.instances] == [("127.0.0.1:41002", 10)]
+    act.apply([], [], False, (1, 3))  # a third: fewer instances than activators
+    assert [(i.address, i.capacity) for i in throttler.instances] == [
+        ("127.0.0.1:41002", 4), ("127.0.0.1:41001", 4)
+    ]
+    act.apply([], [], False, (0, 1))  # alone again
+    assert sorted((i.address, i.capacity) for i in throttler.instances) == [
+        ("127.0.0.1:41001", 10), ("127.0.0.1:41002", 10)
+    ]

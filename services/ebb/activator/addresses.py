@@ -13,7 +13,7 @@ that the controller moves back to not-ready must pass a probe again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 
 class _State:
@@ -80,6 +80,10 @@ class AddressBook:
 
     def __contains__(self, address: object) -> bool:
         return address in self._states
+
+    def __iter__(self) -> Iterator[str]:
+        """Every listed address, ready or not."""
+        return iter(self._states)
 
     def __len__(self) -> int:
         return len(self._states)

@@ -42,13 +42,16 @@ class RevisionSpec:
 
 
 RevisionKey = tuple[str, str]  # (namespace, name)
-Apply = Callable[[Sequence[RevisionSpec], Sequence[RevisionKey], bool], None]
+Share = tuple[int, int]  # (this activator's index, how many activators share the instances)
+Apply = Callable[[Sequence[RevisionSpec], Sequence[RevisionKey], bool, "Share | None"], None]
 
 
 def from_proto(
     msg: endpoints_pb2.WatchEndpointsResponse,
-) -> tuple[list[RevisionSpec], list[RevisionKey], bool]:
-    """(revisions, removed, snapshot) of one message; negative numbers read as 0."""
+) -> tuple[list[RevisionSpec], list[RevisionKey], bool, Share | None]:
+    """(revisions, removed, snapshot, share) of one message; negative numbers read as 0;
+    share is None when the controller did not count this watcher as an activator (or gave
+    an index out of range)."""
     revisions = [
         RevisionSpec(
             namespace=rev.revision.namespace,
@@ -64,7 +67,10 @@ def from_proto(
         if rev.revision.namespace and rev.revision.name
     ]
     removed = [(key.namespace, key.name) for key in msg.removed]
-    return revisions, removed, msg.snapshot
+    share = None
+    if 0 <= msg.activator_index < msg.activator_count:
+        share = (msg.activator_index, msg.activator_count)
+    return revisions, removed, msg.snapshot, share
 
 
 async def watch_endpoints(
@@ -72,17 +78,19 @@ async def watch_endpoints(
     apply: Apply,
     *,
     namespace: str = "",
+    activator_id: str = "",
     initial_backoff_s: float = INITIAL_BACKOFF_S,
     max_backoff_s: float = MAX_BACKOFF_S,
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> None:
     """Follow the controller's endpoints at `target` (HOST:PORT) until cancelled.
-    `interceptors`: the tracing ones (ebb.common.tracing) when tracing is on."""
+    `activator_id`: this activator's, so the controller counts it among those sharing the
+    instances. `interceptors`: the tracing ones (ebb.common.tracing) when tracing is on."""
     async with grpc.aio.insecure_channel(
         target, options=CHANNEL_OPTIONS, interceptors=list(interceptors) or None
     ) as channel:
         stub = endpoints_pb2_grpc.EndpointsServiceStub(channel)
-        request = endpoints_pb2.WatchEndpointsRequest(namespace=namespace)
+        request = endpoints_pb2.WatchEndpointsRequest(namespace=namespace, activator_id=activator_id)
 
         async def stream(progress: Callable[[], None]) -> None:
             call = stub.WatchEndpoints(request)

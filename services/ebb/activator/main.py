@@ -63,14 +63,19 @@ async def serve(settings: ActivatorSettings, tracing: tracing_mod.Tracing = trac
     if settings.controller:
         core.set_serving(False)  # not until the controller's first snapshot
 
-        def apply(revisions, removed, snapshot) -> None:
+        def apply(revisions, removed, snapshot, share) -> None:
             was_synced = activator.synced
-            activator.apply(revisions, removed, snapshot)
+            activator.apply(revisions, removed, snapshot, share)
             if activator.synced and not was_synced and not activator.draining:
                 core.set_serving(True)
 
         watcher = loop.create_task(
-            watch_endpoints(settings.controller, apply, interceptors=tracing.client_interceptors())
+            watch_endpoints(
+                settings.controller,
+                apply,
+                activator_id=settings.instance,
+                interceptors=tracing.client_interceptors(),
+            )
         )
     else:
         log.warning("no --controller: every revision is unknown (404)")

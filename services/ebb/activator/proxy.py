@@ -39,7 +39,7 @@ from ebb.activator.metrics import (
 from ebb.activator.probe import PERIOD_S as PROBE_PERIOD_S
 from ebb.activator.probe import TIMEOUT_S as PROBE_TIMEOUT_S
 from ebb.activator.probe import probe_delay, probe_queue
-from ebb.activator.throttler import Instance, QueueFull, Throttler
+from ebb.activator.throttler import Instance, QueueFull, Throttler, assign
 from ebb.activator.traffic import RevisionLoad, Traffic
 from ebb.common import http1
 from ebb.common.http1 import CLIENT_CLOSED, CRLF, TIMEOUT_KINDS, Exchange, drop_headers
@@ -236,6 +236,9 @@ class Activator(http1.Handler):
         self._probe_timeout_s = probe_timeout_s
         self._rng = rng
         self.unrouted = RequestTally(UNROUTED_REASONS)  # refused before a revision was known
+        # (this activator's index, how many activators share the instances): the
+        # controller's figures, see throttler.assign
+        self.share = (0, 1)
 
     # -- Handler hooks (the hot path)
 
@@ -359,10 +362,20 @@ class Activator(http1.Handler):
     # -- what the controller says
 
     def apply(
-        self, revisions: Sequence[RevisionSpec], removed: Sequence[RevisionKey], snapshot: bool
+        self,
+        revisions: Sequence[RevisionSpec],
+        removed: Sequence[RevisionKey],
+        snapshot: bool,
+        share: tuple[int, int] | None = None,
     ) -> None:
         """One endpoints message: changed revisions, removed ones; a snapshot is the whole
-        state (revisions it does not name are gone)."""
+        state (revisions it does not name are gone). `share`: this activator's (index,
+        count) among the activators, when the controller says (None: unchanged)."""
+        if share is not None and share != self.share:
+            self.share = share
+            log.info("activators sharing the instances", extra={"index": share[0], "count": share[1]})
+            for rev in list(self._by_key.values()):
+                self._sync(rev)
         if snapshot:
             named = {(spec.namespace, spec.name) for spec in revisions}
             for key in [key for key in self._by_key if key not in named]:
@@ -412,7 +425,9 @@ class Activator(http1.Handler):
         """Make the throttle's instances the usable addresses, probe the others, and hand
         new capacity to waiting requests."""
         throttler = rev.throttler
-        usable = rev.addresses.usable()
+        mine, capacity = assign(rev.addresses, throttler.container_concurrency, *self.share)
+        throttler.set_capacity(capacity)
+        usable = [address for address in rev.addresses.usable() if address in mine]
         keep = set(usable)
         for instance in list(throttler.instances):
             if instance.address not in keep:
@@ -428,7 +443,7 @@ class Activator(http1.Handler):
                     continue
                 throttler.add(address, http1.UpstreamPool(self.loop, host, port, name=b"the instance"))
         for address in rev.addresses.to_probe():
-            if address not in rev.probes:
+            if address in mine and address not in rev.probes:
                 rev.probes[address] = self.loop.create_task(self._probe_loop(rev, address))
         for ex, instance in throttler.dispatch():
             self._hand(ex, instance)

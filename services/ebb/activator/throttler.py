@@ -6,6 +6,10 @@ instance the load-balancing policy picks, or waits in FIFO order when none is fr
 there is no instance yet: the revision is at zero); more than `queue_depth` waiting is
 refused (503). A freed slot, or a new instance, goes to the longest waiter at once.
 
+With several activators the instances are shared out (`assign`): each activator sends
+to its own subset of them, or, with fewer instances than activators, to all of them with a
+part of each one's capacity.
+
 No clock, no I/O: waiters are opaque hashable tokens, each queued at most once;
 instances carry an opaque `handle` (the adapter's connection pool). Time limits on
 waiting are the exchange's own timeouts. Giving up is O(1) even with 10,000 waiting (a
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from ebb.activator.lb import Policy, policy_for
@@ -25,6 +30,28 @@ W = TypeVar("W")
 
 class QueueFull(Exception):
     """More requests are waiting than the revision's queue depth allows."""
+
+
+def assign(
+    addresses: Iterable[str], container_concurrency: int, index: int, count: int
+) -> tuple[frozenset[str], int]:
+    """This activator's part of a revision's instances, when `count` activators share them
+    and this one is number `index` (Knative's activator capacity split): (the addresses it
+    may use, the slots it may take on each).
+
+    Every activator sorts the same listed addresses the same way. With at least as many
+    instances as activators, each instance goes to one activator (round robin over the
+    sorted list) with all its CC slots, so together they never overfill one. With fewer,
+    every activator uses every instance, with ceil(CC / count) slots each (at least one: a
+    little more than CC in all, which the queue's own breaker absorbs). CC 0 (unlimited)
+    and a lone activator are not split.
+    """
+    listed = sorted(set(addresses))
+    if count <= 1 or container_concurrency == 0 or not listed:
+        return frozenset(listed), container_concurrency
+    if len(listed) >= count:
+        return frozenset(listed[index % count :: count]), container_concurrency
+    return frozenset(listed), -(-container_concurrency // count)
 
 
 class Instance:
@@ -52,6 +79,7 @@ class Throttler(Generic[W]):
 
     __slots__ = (
         "container_concurrency",
+        "capacity",
         "queue_depth",
         "instances",
         "_line",
@@ -68,6 +96,7 @@ class Throttler(Generic[W]):
             if value < 0:
                 raise ValueError(f"{key} = {value}, must be at least 0")
         self.container_concurrency = container_concurrency
+        self.capacity = container_concurrency  # slots per instance for this activator
         self.queue_depth = queue_depth
         self.instances: list[Instance] = []
         self._line: deque[W] = deque()  # arrival order; may still hold waiters that gave up
@@ -174,9 +203,9 @@ class Throttler(Generic[W]):
         for instance in self.instances:
             if instance.address == address:
                 return instance
-        instance = Instance(address, self.container_concurrency, handle)
+        instance = Instance(address, self.capacity, handle)
         self.instances.append(instance)
-        self._free += self.container_concurrency
+        self._free += self.capacity
         return instance
 
     def remove(self, address: str) -> Instance | None:
@@ -196,11 +225,18 @@ class Throttler(Generic[W]):
             return
         self.container_concurrency = container_concurrency
         self._policy = policy_for(container_concurrency, self._rng)
+        self.set_capacity(container_concurrency)
+
+    def set_capacity(self, capacity: int) -> None:
+        """Slots per instance for this activator (its share of CC, see `assign`)."""
+        if capacity == self.capacity:
+            return
+        self.capacity = capacity
         self._free = 0
         for instance in self.instances:
-            instance.capacity = container_concurrency
-            if container_concurrency:
-                self._free += max(container_concurrency - instance.in_flight, 0)
+            instance.capacity = capacity
+            if capacity:
+                self._free += max(capacity - instance.in_flight, 0)
 
     def dispatch(self) -> list[tuple[W, Instance]]:
         """Hand free slots to waiters, longest waiting first (after instances were added)."""

@@ -162,17 +162,41 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
 
 
 class EndpointsServicer(endpoints_pb2_grpc.EndpointsServiceServicer):
-    """Streams each revision's ready queue addresses to activators."""
+    """Streams each revision's ready queue addresses to activators, and tells each
+    activator its share: how many activators watch (by `activator_id`) and its place among
+    them, again whenever one comes or goes (see ebb.activator.throttler.assign)."""
 
     def __init__(self, controller) -> None:
         self._controller = controller
+        self._activators: dict[asyncio.Queue, str] = {}  # stream -> its activator's id
+
+    def _share(self, activator_id: str) -> tuple[int, int]:
+        ids = sorted(set(self._activators.values()))
+        return ids.index(activator_id), len(ids)
+
+    def _activators_changed(self) -> None:
+        for queue in self._activators:
+            queue.put_nowait(None)  # a message with the new share only
 
     async def WatchEndpoints(self, request, context):
         queue = self._controller.watch_endpoints()
+        activator_id = request.activator_id
+        if activator_id:
+            self._activators_changed()
+            self._activators[queue] = activator_id
         try:
             while True:
-                changed, removed, snapshot = await queue.get()
-                msg = endpoints_pb2.WatchEndpointsResponse(snapshot=snapshot)
+                update = await queue.get()
+                if activator_id:
+                    index, count = self._share(activator_id)
+                    share = {"activator_index": index, "activator_count": count}
+                else:
+                    share = {}
+                if update is None:
+                    yield endpoints_pb2.WatchEndpointsResponse(**share)
+                    continue
+                changed, removed, snapshot = update
+                msg = endpoints_pb2.WatchEndpointsResponse(snapshot=snapshot, **share)
                 for key, view in changed.items():
                     if request.namespace and key.namespace != request.namespace:
                         continue
@@ -191,4 +215,6 @@ class EndpointsServicer(endpoints_pb2_grpc.EndpointsServiceServicer):
                 yield msg
         finally:
             self._controller.unwatch_endpoints(queue)
+            if self._activators.pop(queue, None) is not None:
+                self._activators_changed()
 

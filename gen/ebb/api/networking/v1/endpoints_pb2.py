@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%ebb/api/networking/v1/endpoints.proto\x12\x15\x65\x62\x62.api.networking.v1\".\n\x0bRevisionKey\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xf7\x01\n\x11RevisionEndpoints\x12\x34\n\x08revision\x18\x01 \x01(\x0b\x32\".ebb.api.networking.v1.RevisionKey\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x1d\n\x15\x63ontainer_concurrency\x18\x03 \x01(\x03\x12\x17\n\x0ftimeout_seconds\x18\x04 \x01(\x03\x12&\n\x1eresponse_start_timeout_seconds\x18\x05 \x01(\x03\x12\x1c\n\x14idle_timeout_seconds\x18\x06 \x01(\x03\x12\x1b\n\x13not_ready_addresses\x18\x07 \x03(\t\"*\n\x15WatchEndpointsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"\x9c\x01\n\x16WatchEndpointsResponse\x12;\n\trevisions\x18\x01 \x03(\x0b\x32(.ebb.api.networking.v1.RevisionEndpoints\x12\x33\n\x07removed\x18\x02 \x03(\x0b\x32\".ebb.api.networking.v1.RevisionKey\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x32\x83\x01\n\x10\x45ndpointsService\x12o\n\x0eWatchEndpoints\x12,.ebb.api.networking.v1.WatchEndpointsRequest\x1a-.ebb.api.networking.v1.WatchEndpointsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%ebb/api/networking/v1/endpoints.proto\x12\x15\x65\x62\x62.api.networking.v1\".\n\x0bRevisionKey\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xf7\x01\n\x11RevisionEndpoints\x12\x34\n\x08revision\x18\x01 \x01(\x0b\x32\".ebb.api.networking.v1.RevisionKey\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x1d\n\x15\x63ontainer_concurrency\x18\x03 \x01(\x03\x12\x17\n\x0ftimeout_seconds\x18\x04 \x01(\x03\x12&\n\x1eresponse_start_timeout_seconds\x18\x05 \x01(\x03\x12\x1c\n\x14idle_timeout_seconds\x18\x06 \x01(\x03\x12\x1b\n\x13not_ready_addresses\x18\x07 \x03(\t\"@\n\x15WatchEndpointsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63tivator_id\x18\x02 \x01(\t\"\xce\x01\n\x16WatchEndpointsResponse\x12;\n\trevisions\x18\x01 \x03(\x0b\x32(.ebb.api.networking.v1.RevisionEndpoints\x12\x33\n\x07removed\x18\x02 \x03(\x0b\x32\".ebb.api.networking.v1.RevisionKey\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12\x17\n\x0f\x61\x63tivator_count\x18\x04 \x01(\x05\x12\x17\n\x0f\x61\x63tivator_index\x18\x05 \x01(\x05\x32\x83\x01\n\x10\x45ndpointsService\x12o\n\x0eWatchEndpoints\x12,.ebb.api.networking.v1.WatchEndpointsRequest\x1a-.ebb.api.networking.v1.WatchEndpointsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVISIONENDPOINTS']._serialized_start=113
   _globals['_REVISIONENDPOINTS']._serialized_end=360
   _globals['_WATCHENDPOINTSREQUEST']._serialized_start=362
-  _globals['_WATCHENDPOINTSREQUEST']._serialized_end=404
-  _globals['_WATCHENDPOINTSRESPONSE']._serialized_start=407
-  _globals['_WATCHENDPOINTSRESPONSE']._serialized_end=563
-  _globals['_ENDPOINTSSERVICE']._serialized_start=566
-  _globals['_ENDPOINTSSERVICE']._serialized_end=697
+  _globals['_WATCHENDPOINTSREQUEST']._serialized_end=426
+  _globals['_WATCHENDPOINTSRESPONSE']._serialized_start=429
+  _globals['_WATCHENDPOINTSRESPONSE']._serialized_end=635
+  _globals['_ENDPOINTSSERVICE']._serialized_start=638
+  _globals['_ENDPOINTSSERVICE']._serialized_end=769
 # @@protoc_insertion_point(module_scope)

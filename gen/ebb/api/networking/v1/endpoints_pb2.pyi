@@ -33,17 +33,23 @@ class RevisionEndpoints(_message.Message):
     def __init__(self, revision: _Optional[_Union[RevisionKey, _Mapping]] = ..., addresses: _Optional[_Iterable[str]] = ..., container_concurrency: _Optional[int] = ..., timeout_seconds: _Optional[int] = ..., response_start_timeout_seconds: _Optional[int] = ..., idle_timeout_seconds: _Optional[int] = ..., not_ready_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WatchEndpointsRequest(_message.Message):
-    __slots__ = ("namespace",)
+    __slots__ = ("namespace", "activator_id")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATOR_ID_FIELD_NUMBER: _ClassVar[int]
     namespace: str
-    def __init__(self, namespace: _Optional[str] = ...) -> None: ...
+    activator_id: str
+    def __init__(self, namespace: _Optional[str] = ..., activator_id: _Optional[str] = ...) -> None: ...
 
 class WatchEndpointsResponse(_message.Message):
-    __slots__ = ("revisions", "removed", "snapshot")
+    __slots__ = ("revisions", "removed", "snapshot", "activator_count", "activator_index")
     REVISIONS_FIELD_NUMBER: _ClassVar[int]
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATOR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATOR_INDEX_FIELD_NUMBER: _ClassVar[int]
     revisions: _containers.RepeatedCompositeFieldContainer[RevisionEndpoints]
     removed: _containers.RepeatedCompositeFieldContainer[RevisionKey]
     snapshot: bool
-    def __init__(self, revisions: _Optional[_Iterable[_Union[RevisionEndpoints, _Mapping]]] = ..., removed: _Optional[_Iterable[_Union[RevisionKey, _Mapping]]] = ..., snapshot: _Optional[bool] = ...) -> None: ...
+    activator_count: int
+    activator_index: int
+    def __init__(self, revisions: _Optional[_Iterable[_Union[RevisionEndpoints, _Mapping]]] = ..., removed: _Optional[_Iterable[_Union[RevisionKey, _Mapping]]] = ..., snapshot: _Optional[bool] = ..., activator_count: _Optional[int] = ..., activator_index: _Optional[int] = ...) -> None: ...

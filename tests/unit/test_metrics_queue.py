@@ -23,6 +23,7 @@ from ebb.common.http1 import Limits, UpstreamConnection, UpstreamPool
 from ebb.common.metrics import (
     MAX_ROUTE_TAGS,
     REQUEST_BUCKETS_S,
+    RESPONSE_CLASSES,
     RequestTally,
     new_registry,
     response_class,
@@ -86,17 +87,19 @@ def value(families, name: str, sample: str | None = None, **labels) -> float:
 
 # -- response classes and the tally
 
+TWO_XX, FIVE_XX = RESPONSE_CLASSES.index("2xx"), RESPONSE_CLASSES.index("5xx")
+
 
 @pytest.mark.parametrize(
     ("status", "klass"),
-    [(200, "2xx"), (204, "2xx"), (301, "3xx"), (304, "3xx"), (400, "4xx"), (404, "4xx"),
+    [(101, "1xx"), (200, "2xx"), (204, "2xx"), (301, "3xx"), (304, "3xx"), (400, "4xx"), (404, "4xx"),
      (499, "4xx"), (500, "5xx"), (503, "5xx"), (504, "5xx"), (599, "5xx"), (600, "5xx"), (999, "5xx")],
 )  # fmt: skip
 def test_response_class(status, klass):
     assert response_class(status) == klass
     tally = RequestTally()
     tally.record(status, b"", 0.001)
-    assert tally.by_tag[b""][["2xx", "3xx", "4xx", "5xx"].index(klass)] == 1
+    assert tally.by_tag[b""][["1xx", "2xx", "3xx", "4xx", "5xx"].index(klass)] == 1
 
 
 @pytest.mark.parametrize(
@@ -106,13 +109,13 @@ def test_response_class(status, klass):
 def test_latency_lands_in_the_first_bucket_at_or_above_it(seconds, le):
     tally = RequestTally()
     tally.record(200, b"", seconds)
-    assert tally.buckets[0].index(1) == REQUEST_BUCKETS_S.index(le)
+    assert tally.buckets[TWO_XX].index(1) == REQUEST_BUCKETS_S.index(le)
 
 
 def test_latency_beyond_the_last_bound_is_only_in_inf():
     tally = RequestTally()
     tally.record(200, b"", 900.0)
-    assert tally.buckets[0][-1] == 1 and sum(tally.buckets[0]) == 1
+    assert tally.buckets[TWO_XX][-1] == 1 and sum(tally.buckets[TWO_XX]) == 1
 
 
 def test_route_tags_are_capped_and_junk_is_other():
@@ -122,10 +125,10 @@ def test_route_tags_are_capped_and_junk_is_other():
     tally.record(500, b"x" * 64, 0.001)  # longer than a DNS label
     for i in range(MAX_ROUTE_TAGS + 5):
         tally.record(200, b"t%d" % i, 0.001)
-    assert tally.by_tag[b"canary"] == [1, 0, 0, 0]
+    assert tally.by_tag[b"canary"] == [0, 1, 0, 0, 0]
     assert len(tally.by_tag) == MAX_ROUTE_TAGS + 2  # "", the tags it keeps, "_other"
     other = tally.by_tag[b"_other"]
-    assert other[3] == 1 and other[0] == 1 + (MAX_ROUTE_TAGS + 5) - (MAX_ROUTE_TAGS - 1)
+    assert other[FIVE_XX] == 1 and other[TWO_XX] == 1 + (MAX_ROUTE_TAGS + 5) - (MAX_ROUTE_TAGS - 1)
 
 
 # -- the families
@@ -383,8 +386,8 @@ async def test_a_request_is_counted_and_logged_with_its_latency_status_and_bytes
     clock.now += 0.25
     app.data_received(b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nyes")
     assert down.out.startswith(b"HTTP/1.1 201 Created") and down.out.endswith(b"yes")
-    assert proxy.tally.by_tag[b"blue"] == [1, 0, 0, 0]
-    assert proxy.tally.sums[0] == pytest.approx(0.25)
+    assert proxy.tally.by_tag[b"blue"] == [0, 1, 0, 0, 0]
+    assert proxy.tally.sums[TWO_XX] == pytest.approx(0.25)
     log.close()
     (line,) = [json.loads(raw) for raw in stream.getvalue().splitlines()]
     assert (line["method"], line["path"], line["status"]) == ("POST", "/x", 201)
@@ -400,10 +403,10 @@ async def test_overload_and_timeouts_are_counted_by_reason_and_kind():
     second.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     assert down.out.startswith(b"HTTP/1.1 503")
     assert proxy.tally.rejected == {"overload": 1}
-    assert proxy.tally.by_tag[b""][3] == 1  # the 503 is a 5xx answer too
+    assert proxy.tally.by_tag[b""][FIVE_XX] == 1  # the 503 is a 5xx answer too
     first.active.check_timeouts()  # timeoutSeconds passed (the test does not wait for the loop's timer)
     assert proxy.tally.timeouts["request"] == 1
-    assert proxy.tally.by_tag[b""][3] == 2  # and the 504
+    assert proxy.tally.by_tag[b""][FIVE_XX] == 2  # and the 504
 
 
 async def test_a_client_gone_before_the_answer_counts_as_499():
@@ -412,7 +415,7 @@ async def test_a_client_gone_before_the_answer_counts_as_499():
     conn, _ = client(proxy)
     conn.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     conn.connection_lost(None)
-    assert proxy.tally.by_tag[b""] == [0, 0, 1, 0]
+    assert proxy.tally.by_tag[b""] == [0, 0, 0, 1, 0]
 
 
 # -- tracing through the proxy

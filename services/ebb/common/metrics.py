@@ -180,7 +180,7 @@ class MetricsServer:
 # Latencies of proxied requests: the control-plane buckets, then up to Knative's default
 # revision timeout (300 s), where a held or slow request ends.
 REQUEST_BUCKETS_S = (*CONTROL_BUCKETS_S, 30.0, 60.0, 300.0)
-RESPONSE_CLASSES = ("2xx", "3xx", "4xx", "5xx")
+RESPONSE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")  # 1xx: a protocol switch (101)
 # A route tag comes from a request header; the number of tags a revision exports is capped
 # so that a client making up tags cannot grow the series without bound.
 MAX_ROUTE_TAGS = 16
@@ -188,9 +188,12 @@ OTHER_TAG = b"_other"  # not a DNS label, so never a real tag
 _TAG = re.compile(rb"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 
 
+_CLASS_5XX = RESPONSE_CLASSES.index("5xx")
+
+
 def _class_index(status: int) -> int:
-    index = status // 100 - 2
-    return index if 0 <= index <= 3 else 3
+    index = status // 100 - 1
+    return index if 0 <= index <= _CLASS_5XX else _CLASS_5XX
 
 
 # The index in RESPONSE_CLASSES of every three-digit status, looked up rather than worked
@@ -199,7 +202,8 @@ _CLASS_INDEX = [_class_index(status) for status in range(1000)]
 
 
 def response_class(status: int) -> str:
-    """`2xx`, `3xx`, `4xx` or `5xx`; anything else an app might send (600) counts as 5xx."""
+    """`1xx` (a WebSocket's 101), `2xx`, `3xx`, `4xx` or `5xx`; anything else an app might
+    send (600) counts as 5xx."""
     return RESPONSE_CLASSES[_class_index(status)]
 
 
@@ -214,9 +218,9 @@ class RequestTally:
     __slots__ = ("by_tag", "buckets", "sums", "rejected", "timeouts", "_tags")
 
     def __init__(self, reasons: Iterable[str] = (), kinds: Iterable[str] = ()) -> None:
-        self.by_tag: dict[bytes, list[int]] = {b"": [0, 0, 0, 0]}  # tag -> count per class
+        self.by_tag: dict[bytes, list[int]] = {b"": [0] * len(RESPONSE_CLASSES)}  # tag -> count per class
         self.buckets = [[0] * (len(REQUEST_BUCKETS_S) + 1) for _ in RESPONSE_CLASSES]
-        self.sums = [0.0, 0.0, 0.0, 0.0]
+        self.sums = [0.0] * len(RESPONSE_CLASSES)
         # Every reason and kind is exported from the start, at 0, so rate() sees the first.
         self.rejected = dict.fromkeys(reasons, 0)
         self.timeouts = dict.fromkeys(kinds, 0)
@@ -227,7 +231,7 @@ class RequestTally:
         try:
             index = _CLASS_INDEX[status]
         except IndexError:  # not three digits
-            index = 3
+            index = _CLASS_5XX
         counts = self.by_tag.get(tag)
         if counts is None:
             counts = self._new_tag(tag)
@@ -244,7 +248,7 @@ class RequestTally:
                 return counts
         else:
             self._tags += 1
-        counts = by_tag[tag] = [0, 0, 0, 0]
+        counts = by_tag[tag] = [0] * len(RESPONSE_CLASSES)
         return counts
 
     def reject(self, reason: str) -> None:

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
+import importlib.util
+import os
 import socket
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_APP = REPO / "samples" / "hello" / "app.py"
+
+
+@functools.cache
+def hello_module():
+    """The sample app as a module (`pattern_bytes`, its WebSocket frames), under a name no
+    other test uses."""
+    spec = importlib.util.spec_from_file_location("ebb_sample_hello_app", SAMPLE_APP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # The data plane's metric families (what a scrape of a queue or the activator must list).
@@ -89,14 +104,7 @@ def websocket_echo(port: int, host: str, messages: list[bytes], path: str = "/ws
     Returns (handshake status, echoes, handshake headers with lower-case names); the echoes
     are empty when the handshake failed. Raises AssertionError on a wrong accept key or an
     unclean close."""
-    import base64
-    import hashlib
-    import importlib.util
-    import os
-
-    spec = importlib.util.spec_from_file_location("ebb_sample_hello_ws", SAMPLE_APP)
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
+    app = hello_module()
     key = base64.b64encode(os.urandom(16))
     with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
         sock.sendall(

@@ -6,9 +6,7 @@ Every process started here is stopped in a `finally`, whatever the test does.
 from __future__ import annotations
 
 import contextlib
-import functools
 import http.client
-import importlib.util
 import json
 import os
 import signal
@@ -20,20 +18,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers import hello_module  # noqa: F401 - the tests take it from here too
+
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "samples" / "hello" / "app.py"
 PYTHON = sys.executable
 REVISION = "hello-00001"
 START_TIMEOUT_S = 20.0  # a guard against hangs, not a performance threshold
-
-
-@functools.cache
-def hello_module():
-    """The sample app as a module (for `pattern_bytes`), under a name no other test uses."""
-    spec = importlib.util.spec_from_file_location("ebb_sample_hello_app", APP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:

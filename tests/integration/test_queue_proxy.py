@@ -348,13 +348,16 @@ def test_a_websocket_goes_through_and_its_slot_is_freed_when_it_closes(tmp_path)
         assert queue.request("GET", "/")[::2] == (200, HELLO)
 
 
+WS_HANDSHAKE = (
+    b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
 def test_a_websocket_client_that_vanishes_or_half_closes_frees_the_slot(tmp_path):
     with run_app() as app, run_queue(tmp_path, app.port, "--container-concurrency", "1") as queue:
         sock = socket.create_connection(("127.0.0.1", queue.http_port), timeout=10)
-        sock.sendall(
-            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
+        sock.sendall(WS_HANDSHAKE)
         assert sock.recv(65536).startswith(b"HTTP/1.1 101 ")
         sock.close()  # no close frame: gone
         # CC 1: served only once the tunnel has ended and given its slot back
@@ -363,10 +366,7 @@ def test_a_websocket_client_that_vanishes_or_half_closes_frees_the_slot(tmp_path
         # a half-close travels on: the app sees the end of its input and closes, and so
         # the client sees the end of its own
         sock = socket.create_connection(("127.0.0.1", queue.http_port), timeout=10)
-        sock.sendall(
-            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
+        sock.sendall(WS_HANDSHAKE)
         with sock:
             assert sock.recv(65536).startswith(b"HTTP/1.1 101 ")
             sock.shutdown(socket.SHUT_WR)

@@ -20,7 +20,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ebb.common.settings import parse_json_object
+from ebb.common.settings import SettingsError, parse_json_object
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +69,15 @@ _INT32_MAX = 2**31 - 1
 
 def parse_probe(text: str, name: str = "readiness-probe") -> AppProbe:
     """A probe from its JSON form (Kubernetes' field names); "" is the default TCP probe.
-    Raises ValueError (SettingsError for bad JSON) naming the field and the rule."""
+    Raises SettingsError naming the field and the rule."""
     raw = parse_json_object(name, text)
     if not raw:
         return DEFAULT_PROBE
     unknown = sorted(set(raw) - set(_HANDLERS) - set(_TIMING))
     if unknown:
-        raise ValueError(f"{name}.{unknown[0]}: unknown field (Ebb probes with httpGet or tcpSocket)")
+        raise SettingsError(f"{name}.{unknown[0]}: unknown field (Ebb probes with httpGet or tcpSocket)")
     if raw.get("httpGet") is not None and raw.get("tcpSocket") is not None:
-        raise ValueError(f"{name}: expected exactly one of httpGet, tcpSocket, got both")
+        raise SettingsError(f"{name}: expected exactly one of httpGet, tcpSocket, got both")
     timing = _timing(raw, name)
     if raw.get("httpGet") is not None:
         return _http_probe(_object(raw["httpGet"], f"{name}.httpGet"), f"{name}.httpGet", timing)
@@ -91,7 +91,7 @@ def _timing(raw: dict, name: str) -> dict:
     if counts["periodSeconds"] == 0:
         for key in ("timeoutSeconds", "failureThreshold"):
             if counts[key]:
-                raise ValueError(f"{name}.{key}: disallowed when periodSeconds is zero")
+                raise SettingsError(f"{name}.{key}: disallowed when periodSeconds is zero")
     return {
         "period_s": float(counts["periodSeconds"]),
         "timeout_s": float(counts["timeoutSeconds"]),
@@ -104,17 +104,17 @@ def _timing(raw: dict, name: str) -> dict:
 def _http_probe(action: dict, at: str, timing: dict) -> AppProbe:
     path = _text(action, "path", at) or "/"
     if not path.startswith("/") or any(c in path for c in " \r\n"):
-        raise ValueError(f"{at}.path: {path!r}, must start with / and hold no spaces")
+        raise SettingsError(f"{at}.path: {path!r}, must start with / and hold no spaces")
     scheme = (_text(action, "scheme", at) or "HTTP").upper()
     if scheme not in ("HTTP", "HTTPS"):
-        raise ValueError(f"{at}.scheme: {scheme!r}, must be HTTP or HTTPS")
+        raise SettingsError(f"{at}.scheme: {scheme!r}, must be HTTP or HTTPS")
     headers = []
     for i, header in enumerate(action.get("httpHeaders") or ()):
         where = f"{at}.httpHeaders[{i}]"
         header = _object(header, where)
         key, value = _text(header, "name", where), _text(header, "value", where)
         if not key or ":" in key or any(c in key + value for c in "\r\n"):
-            raise ValueError(f"{where}: {key!r}: {value!r} is not a valid header")
+            raise SettingsError(f"{where}: {key!r}: {value!r} is not a valid header")
         headers.append((key, value))
     return AppProbe(http=True, path=path, headers=tuple(headers), https=scheme == "HTTPS",
                     host=_text(action, "host", at), port=_port(action, at), **timing)
@@ -123,20 +123,20 @@ def _http_probe(action: dict, at: str, timing: dict) -> AppProbe:
 def _count(raw: dict, key: str, name: str) -> int:
     value = raw.get(key) or 0
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _INT32_MAX:
-        raise ValueError(f"{name}.{key}: {value!r}, must be an integer in 0..{_INT32_MAX}")
+        raise SettingsError(f"{name}.{key}: {value!r}, must be an integer in 0..{_INT32_MAX}")
     return value
 
 
 def _object(value: object, at: str) -> dict:
     if not isinstance(value, dict):
-        raise ValueError(f"{at}: must be an object")
+        raise SettingsError(f"{at}: must be an object")
     return value
 
 
 def _text(action: dict, key: str, at: str) -> str:
     value = action.get(key) or ""
     if not isinstance(value, str):
-        raise ValueError(f"{at}.{key}: {value!r}, must be a string")
+        raise SettingsError(f"{at}.{key}: {value!r}, must be a string")
     return value
 
 
@@ -145,7 +145,7 @@ def _port(action: dict, at: str) -> int:
     if isinstance(value, str) and value.isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-        raise ValueError(f"{at}.port: {value!r}, must be a port number in 1..65535 (0 = the app's)")
+        raise SettingsError(f"{at}.port: {value!r}, must be a port number in 1..65535 (0 = the app's)")
     return value
 
 

@@ -254,12 +254,5 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> QueueSetting
         log_level=log_level,
         metrics_port=parse_metrics_port(raw["metrics-port"]),
         request_log=_bool("request-log", raw["request-log"]),
-        readiness_probe=_readiness_probe(raw["readiness-probe"] or ""),
+        readiness_probe=parse_probe(raw["readiness-probe"] or ""),
     )
-
-
-def _readiness_probe(raw: str) -> AppProbe:
-    try:
-        return parse_probe(raw)
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None

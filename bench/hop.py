@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> dict:
     lua = work / "done.lua"
     lua.write_text(DONE_LUA)
     processes = procs.Processes(work, uuid.uuid4().hex)
+    procs.compile_bytecode([Path(tree) / "ebb" for tree in trees.values()])
     rows: list[dict] = []
     try:
         app_port = procs.free_port()

@@ -8,6 +8,7 @@ whatever is left even if a supervisor died.
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import http.client
 import os
@@ -20,7 +21,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import ebb.api
+import ebb.common
+
 HOST = "127.0.0.1"
+# The `ebb` sources: the services, and the generated API (a namespace package of its own).
+EBB_PACKAGE_DIRS = [Path(ebb.common.__file__).parent.parent] + [
+    Path(p) for p in ebb.api.__path__ if Path(p).is_dir()
+]
 MARK_VAR = "BENCH_MARK"
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -313,6 +321,19 @@ def pin(pid: int, cpus: set[int]) -> None:
             os.sched_setaffinity(int(task.name), cpus)
 
 
+def compile_bytecode(package_dirs: Sequence[Path]) -> None:
+    """Write the .pyc of every module under `package_dirs`, as an installed package has.
+
+    A service started from a source tree whose .pyc are missing or older than the sources
+    compiles those modules at every start, and the compiler's memory stays in the heap:
+    2.8 MB more RSS for the queue when `ebb.common.http1` alone was stale. With
+    PYTHONDONTWRITEBYTECODE set (common in containers and CI) nothing ever refreshes them,
+    so the memory and start-up figures would depend on when the tree was last edited.
+    py_compile writes regardless of that variable."""
+    for directory in package_dirs:
+        compileall.compile_dir(str(directory), quiet=1)
+
+
 class Interrupted(Exception):
     """SIGTERM or SIGHUP arrived during a benchmark run."""
 
@@ -328,6 +349,7 @@ def run_guarded(prog: str, processes: Processes, body, errors: tuple[type[BaseEx
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     code = 0
     try:
+        compile_bytecode(EBB_PACKAGE_DIRS)
         body()
     except (Interrupted, KeyboardInterrupt):
         print(f"{prog}: interrupted; stopping everything", file=sys.stderr)

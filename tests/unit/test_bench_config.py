@@ -188,3 +188,23 @@ def test_mesh_app_pid_comes_from_the_runtimes_instances_file(tmp_path, monkeypat
     assert mesh.app_pid("bench-gone-00001") is None
     (mesh.data_dir / "instances.json").write_text("not json")
     assert mesh.app_pid("bench-fast-00001") is None
+
+
+def test_compile_bytecode_refreshes_a_stale_pyc(tmp_path, monkeypatch):
+    """The services a benchmark starts must not compile their sources at start (memory and
+    start-up figures would then depend on when the tree was last edited), even where
+    PYTHONDONTWRITEBYTECODE keeps Python itself from refreshing the .pyc."""
+    import importlib.util
+    import os
+
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    module = tmp_path / "pkg" / "mod.py"
+    module.parent.mkdir()
+    module.write_text("VALUE = 1\n")
+    procs.compile_bytecode([module.parent])
+    cached = Path(importlib.util.cache_from_source(str(module)))
+    first = cached.read_bytes()
+    module.write_text("VALUE = 2\n")
+    os.utime(module, (cached.stat().st_mtime + 5, cached.stat().st_mtime + 5))
+    procs.compile_bytecode([module.parent])
+    assert cached.read_bytes() != first  # recompiled: the source is newer

@@ -313,7 +313,8 @@ async def test_new_service_creates_its_resources_deployment_and_service(cluster)
         "ebb.queue", "--host", "0.0.0.0", "--http-port", "8013", "--admin-port", "8022",
         "--metrics-port", "9091", "--app-port", "8080",
         "--revision", "default/hello-00001", "--instance", "$(POD_NAME)",
-        "--container-concurrency", "0", "--timeout-seconds", "300", "--autoscaler", AUTOSCALER,
+        "--container-concurrency", "0", "--timeout-seconds", "300", "--drain-max-s", "310",
+        "--autoscaler", AUTOSCALER,
     ]  # fmt: skip
     assert dep["spec"]["selector"] == {"matchLabels": {"serving.knative.dev/revisionUID": rev["metadata"]["uid"]}}
     assert user_fields(private) == ko.revision_service(stored_rev)

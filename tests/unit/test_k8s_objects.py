@@ -241,7 +241,8 @@ def test_revision_deployment_exactly():
                     "ports": [{"name": "user-port", "containerPort": 9000, "protocol": "TCP"}],
                     "resources": {"limits": {"memory": "128Mi"}, "requests": {"cpu": "100m"}},
                     "livenessProbe": {"httpGet": {"path": "/healthz", "port": 9000}, "periodSeconds": 5},
-                    "lifecycle": {"preStop": {"sleep": {"seconds": 30}}},
+                    # the queue's drain: timeoutSeconds 120 + 10
+                    "lifecycle": {"preStop": {"sleep": {"seconds": 130}}},
                     "terminationMessagePolicy": "FallbackToLogsOnError",
                 },
                 {
@@ -259,6 +260,7 @@ def test_revision_deployment_exactly():
                         "--instance", "$(POD_NAME)",
                         "--container-concurrency", "10",
                         "--timeout-seconds", "120",
+                        "--drain-max-s", "130",
                         "--response-start-timeout-seconds", "30",
                         "--idle-timeout-seconds", "60",
                         "--autoscaler", "as.ebb.svc:8091",
@@ -286,7 +288,7 @@ def test_revision_deployment_exactly():
                 },
             ],
             "enableServiceLinks": False,
-            "terminationGracePeriodSeconds": 40,
+            "terminationGracePeriodSeconds": 140,  # the drain's 130 + 10 for the app
             "serviceAccountName": "runner",
         },
     }
@@ -327,10 +329,13 @@ def test_defaults_of_a_minimal_revision():
             {"name": "K_SERVICE", "value": ""},
         ],
         "ports": [{"name": "user-port", "containerPort": 8080, "protocol": "TCP"}],
-        "lifecycle": {"preStop": {"sleep": {"seconds": 30}}},
+        "lifecycle": {"preStop": {"sleep": {"seconds": 310}}},  # timeoutSeconds 300 + 10
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    assert queue["args"][-4:] == ["--container-concurrency", "0", "--timeout-seconds", "300"]
+    assert queue["args"][-6:] == [
+        "--container-concurrency", "0", "--timeout-seconds", "300", "--drain-max-s", "310",
+    ]  # fmt: skip
+    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 320
     assert "resources" not in queue and "securityContext" not in queue
     assert "serviceAccountName" not in dep["spec"]["template"]["spec"]
     assert dep["spec"]["template"]["metadata"]["annotations"] == {  # only Prometheus's

@@ -20,7 +20,7 @@ from ebb.api.serving.v1 import resources_pb2 as r
 from ebb.common.settings import SettingsError, parse_json_object, parse_port
 from ebb.controller.reconcile import InstanceView
 from ebb.controller.resources import API_VERSION, KINDS, Object
-from ebb.controller.runtime import Address, InstanceSpec, revision_queue_args
+from ebb.controller.runtime import Address, InstanceSpec, queue_drain_max_s, revision_queue_args
 
 GROUP = "serving.knative.dev"
 VERSION = "v1"
@@ -175,9 +175,6 @@ class QueueSidecar:
     metrics_port: int = DEFAULT_QUEUE_METRICS_PORT
     resources: dict = field(default_factory=dict, hash=False)
     security_context: dict = field(default_factory=dict, hash=False)
-    # The user container's preStop wait: the queue drains for at most 30 s after SIGTERM
-    # (its --drain-max-s default), and the app must outlive it to answer what it holds.
-    drain_s: int = 30
     extra_args: tuple[str, ...] = ()
 
 
@@ -317,7 +314,9 @@ def user_container(rev: r.Revision, spec: InstanceSpec, sidecar: QueueSidecar) -
     if container.HasField("liveness_probe"):
         out["livenessProbe"] = _probe(container.liveness_probe, port)
     # Readiness is the queue's job: it probes the app and answers the kubelet for the pod.
-    out["lifecycle"] = {"preStop": {"sleep": {"seconds": sidecar.drain_s}}}
+    # The queue drains for up to `queue_drain_max_s` after SIGTERM; the app must outlive it
+    # to answer what the queue still holds.
+    out["lifecycle"] = {"preStop": {"sleep": {"seconds": queue_drain_max_s(spec)}}}
     # A crashing app's last log lines become the revision's failure message.
     out["terminationMessagePolicy"] = "FallbackToLogsOnError"
     return out
@@ -376,8 +375,9 @@ def pod_template(rev: r.Revision, spec: InstanceSpec, sidecar: QueueSidecar, aut
     pod: dict = {
         "containers": [user_container(rev, spec, sidecar), queue_container(spec, sidecar, autoscaler)],
         "enableServiceLinks": False,
-        # preStop wait (the queue's drain) + time for the app to exit on SIGTERM: 30 + 10 s.
-        "terminationGracePeriodSeconds": sidecar.drain_s + APP_STOP_GRACE_S,
+        # preStop wait (the queue's drain: timeoutSeconds + 10 s) + time for the app to exit
+        # on SIGTERM (10 s): 320 s for the default timeout.
+        "terminationGracePeriodSeconds": queue_drain_max_s(spec) + APP_STOP_GRACE_S,
     }
     if rev.spec.service_account_name:
         pod["serviceAccountName"] = rev.spec.service_account_name

@@ -84,11 +84,25 @@ class Runtime(Protocol):
         """Stop watching; stop every instance too when asked."""
 
 
+# Added to a revision's timeoutSeconds for its queue's drain: requests that arrive during
+# the drain (until the gateway and the activators have dropped the instance) need their
+# whole timeout too.
+DRAIN_MARGIN_S = 10
+
+
+def queue_drain_max_s(spec: InstanceSpec) -> int:
+    """How long an instance's queue may drain after SIGTERM: the revision's timeoutSeconds
+    plus DRAIN_MARGIN_S, so that no accepted request is cut (Knative gives the pod
+    timeoutSeconds of termination grace). e.g. timeoutSeconds 300 -> 310 s."""
+    return spec.timeout_s + DRAIN_MARGIN_S
+
+
 def revision_queue_args(spec: InstanceSpec) -> list[str]:
     """The queue flags that carry the revision's own settings, in both runtimes."""
     args = [
         "--container-concurrency", str(spec.container_concurrency),
         "--timeout-seconds", str(spec.timeout_s),
+        "--drain-max-s", str(queue_drain_max_s(spec)),
     ]  # fmt: skip
     if spec.response_start_timeout_s:
         args += ["--response-start-timeout-seconds", str(spec.response_start_timeout_s)]

@@ -31,7 +31,13 @@ from pathlib import Path
 from ebb.common.procs import pid_alive
 from ebb.common.settings import MAX_UNIX_PATH_BYTES
 from ebb.controller.reconcile import InstanceView
-from ebb.controller.runtime import Address, InstanceSpec, RevisionKey, revision_queue_args
+from ebb.controller.runtime import (
+    Address,
+    InstanceSpec,
+    RevisionKey,
+    queue_drain_max_s,
+    revision_queue_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +46,7 @@ PROBE_SLOW_S = 1.0
 PROBE_TIMEOUT_S = 0.3
 START_DEADLINE_S = 120.0  # an instance not ready by then is failed and replaced
 BACKOFF_MAX_S = 30.0
-QUEUE_DRAIN_MAX_S = 30.0
+QUEUE_DRAIN_MAX_S = 30.0  # the queue's own --drain-max-s default
 APP_STOP_GRACE_S = 5.0
 # A replacement standby waits this long after one is taken, so its imports (CPU) do not
 # compete with the instance that is starting.
@@ -126,7 +132,7 @@ async def probe_queue(address: Address, timeout_s: float = PROBE_TIMEOUT_S) -> b
 
 PERSISTED = (
     "id", "namespace", "revision", "app_port", "queue_port", "app_pid", "queue_pid", "started_at_s",
-    "spec_hash", "queue_unix",
+    "spec_hash", "queue_unix", "drain_max_s",
 )  # fmt: skip
 
 
@@ -146,6 +152,9 @@ class Instance:
     # The queue also listens on this unix socket ("" = TCP only): the activator, on the
     # same machine, forwards through it (half the kernel's cost of a loopback TCP hop).
     queue_unix: str = ""
+    # How long its queue may drain after SIGTERM (`queue_drain_max_s`; the default is for
+    # instances saved by a controller that did not record it).
+    drain_max_s: float = QUEUE_DRAIN_MAX_S
     # runtime-only state
     ready: bool = field(default=False, compare=False)
     stopping: bool = field(default=False, compare=False)
@@ -316,7 +325,7 @@ class LocalRuntime:
         queue_port = free_port()
         inst = Instance(
             inst_id, key.namespace, key.name, app_port, queue_port, started_at_s=now_s,
-            queue_unix=self._queue_socket(inst_id),
+            queue_unix=self._queue_socket(inst_id), drain_max_s=queue_drain_max_s(spec),
         )  # fmt: skip
         log_dir = self._logs / key.namespace / key.name
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -558,7 +567,7 @@ class LocalRuntime:
     async def _stop(self, inst: Instance) -> None:
         """Queue first (it drains accepted requests), then the app, then SIGKILL leftovers."""
         kill_group(inst.queue_pid, signal.SIGTERM)
-        await self._wait_exit(inst.queue_proc, inst.queue_pid, QUEUE_DRAIN_MAX_S + 5)
+        await self._wait_exit(inst.queue_proc, inst.queue_pid, inst.drain_max_s + 5)
         kill_group(inst.queue_pid, signal.SIGKILL)
         kill_group(inst.app_pid, signal.SIGTERM)
         await self._wait_exit(inst.app_proc, inst.app_pid, APP_STOP_GRACE_S)

@@ -27,6 +27,7 @@ from queue_helpers import (
     PYTHON,
     REPO,
     REVISION,
+    RawResponseReader,
     free_port,
     request,
     run_app,
@@ -222,9 +223,11 @@ async def test_forwards_with_host_kept_and_proxy_header_added(tmp_path):
         seen = {k.lower(): v for k, v in json.loads(body).items()}
         assert seen["host"] == "hello.default.example"
         assert seen["k-proxy-request"] == "activator"
-        assert seen["knative-serving-revision"] == "r1"
+        # the routing pair went on to the queue, which keeps it from the app
+        assert "knative-serving-namespace" not in seen and "knative-serving-revision" not in seen
         assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1, 127.0.0.1"  # client, activator hop, queue hop
-        assert seen["forwarded"].startswith("for=203.0.113.9")
+        assert seen["forwarded"] == "for=203.0.113.9, for=127.0.0.1"  # the chain the queue got
+        assert "x-forwarded-proto" not in seen
         assert (await m.activator.aget("r1"))[::2] == (200, HELLO)
         payload = bytes(range(256)) * 12_000  # 3 MB each way, streamed
         named = {"Knative-Serving-Namespace": NS, "Knative-Serving-Revision": "r1"}
@@ -332,6 +335,28 @@ async def test_two_activators_each_send_to_their_own_instance(tmp_path):
                 answered.append(bodies)
             assert all(len(bodies) == 1 for bodies in answered), answered
             assert answered[0] | answered[1] == {b"Hello from one!\n", b"Hello from two!\n"}
+
+
+async def test_a_started_response_outlives_the_revisions_timeout_seconds(tmp_path):
+    """timeoutSeconds=1, and the app streams for 1.6 s: the activator (as the queue) lets a
+    response that started in time run to its end."""
+    async with (
+        instance(tmp_path) as (address, _, _),
+        mesh(tmp_path, controller_with(r1={"ready": [address], "timeout_s": 1})) as m,
+    ):
+        def stream() -> list[bytes]:
+            with socket.create_connection(("127.0.0.1", m.activator.http_port), timeout=10) as sock:
+                sock.sendall(
+                    b"GET /?chunks=5&chunk_delay=400 HTTP/1.1\r\nHost: hello.default.example\r\n"
+                    b"Knative-Serving-Namespace: default\r\nKnative-Serving-Revision: r1\r\n\r\n"
+                )
+                reader = RawResponseReader(sock)
+                assert reader.head()[0] == 200
+                return [reader.next_chunk() for _ in range(6)]
+
+        assert await asyncio.to_thread(stream) == [b"chunk %d\n" % i for i in range(5)] + [b""]
+        status, _, body = await m.activator.aget("r1", "/?sleep=3000")  # not started: a 504
+        assert status == 504 and b"timeoutSeconds=1" in body
 
 
 async def test_hold_longer_than_timeout_seconds_is_504(tmp_path):

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -274,6 +275,9 @@ def test_headers(queue):
             "K-Original-Host": "hello.default.example.com",
             "X-Forwarded-For": "203.0.113.7",
             "X-Forwarded-Proto": "https",
+            "Knative-Serving-Namespace": "default",
+            "Knative-Serving-Revision": REVISION,
+            "Knative-Serving-Tag": "blue",
             "traceparent": traceparent,
             "X-User-Thing": "kept as is",
             "Connection": "keep-alive, X-Hop",
@@ -289,7 +293,10 @@ def test_headers(queue):
     assert "K-Original-Host" not in seen
     assert seen["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"
     assert seen["X-Forwarded-Proto"] == "https"
-    assert seen["Forwarded"] == "for=203.0.113.7;host=hello.default.example.com;proto=https, for=127.0.0.1"
+    # Built from the X-Forwarded-* headers as they came (no X-Forwarded-Host: no host=).
+    assert seen["Forwarded"] == "for=203.0.113.7;proto=https"
+    assert "Knative-Serving-Namespace" not in seen and "Knative-Serving-Revision" not in seen
+    assert seen["Knative-Serving-Tag"] == "blue"
     assert seen["traceparent"] == traceparent
     assert seen["X-User-Thing"] == "kept as is"
     for hop in ("Connection", "X-Hop", "Keep-Alive", "Proxy-Authorization", "TE"):
@@ -301,13 +308,21 @@ def test_headers_without_forwarding_info(queue):
     seen = json.loads(body)
     assert seen["Host"] == "hello.localhost:8080"
     assert seen["X-Forwarded-For"] == "127.0.0.1"
-    assert seen["X-Forwarded-Proto"] == "http"
-    assert seen["Forwarded"] == 'for=127.0.0.1;host="hello.localhost:8080";proto=http'
+    assert "X-Forwarded-Proto" not in seen and "Forwarded" not in seen  # none came, none made up
 
 
-def test_existing_forwarded_gets_this_hop_appended(queue):
-    _, _, body = queue.request("GET", "/headers", headers={"Forwarded": "for=198.51.100.1;proto=https"})
-    assert json.loads(body)["Forwarded"] == "for=198.51.100.1;proto=https, for=127.0.0.1"
+def test_x_forwarded_host_and_port_are_quoted_in_forwarded(queue):
+    headers = {"X-Forwarded-For": "203.0.113.7, 2001:db8::1", "X-Forwarded-Host": "hello.localhost:8080"}
+    seen = json.loads(queue.request("GET", "/headers", headers=headers)[2])
+    assert seen["Forwarded"] == 'for=203.0.113.7;host="hello.localhost:8080", for="[2001:db8::1]"'
+    assert seen["X-Forwarded-Host"] == "hello.localhost:8080"
+
+
+def test_existing_forwarded_is_left_as_it_came(queue):
+    headers = {"Forwarded": "for=198.51.100.1;proto=https", "X-Forwarded-For": "203.0.113.7"}
+    seen = json.loads(queue.request("GET", "/headers", headers=headers)[2])
+    assert seen["Forwarded"] == "for=198.51.100.1;proto=https"
+    assert seen["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"
 
 
 def test_grpc_health_and_reflection(queue):
@@ -589,6 +604,43 @@ def test_response_start_and_idle_timeouts(tmp_path, app):
         app.release("idle")
 
 
+def test_a_started_response_outlives_timeout_seconds(tmp_path, app):
+    """As Knative's timeout handler: timeoutSeconds ends an exchange with a 504 only while
+    nothing of the response has gone out; a stream that started in time runs to its end
+    (here 1 s behind a 0.5 s timeout). The next request on the connection is timed again."""
+    with run_queue(tmp_path, app.port, "--timeout-seconds", "0.5") as queue:
+        with socket.create_connection(("127.0.0.1", queue.http_port), timeout=10) as sock:
+            sock.sendall(b"GET /?chunks=5&chunk_delay=250 HTTP/1.1\r\nHost: hello\r\n\r\n")
+            reader = RawResponseReader(sock)
+            assert reader.head()[0] == 200
+            assert [reader.next_chunk() for _ in range(6)] == [b"chunk %d\n" % i for i in range(5)] + [b""]
+            sock.sendall(b"GET /?sleep=3000 HTTP/1.1\r\nHost: hello\r\n\r\n")
+            status, _, body = reader.response()
+            assert status == 504 and b"timeoutSeconds=0.5" in body
+
+
+def test_idle_timeout_still_ends_a_started_response_past_timeout_seconds(tmp_path, app):
+    args = ("--timeout-seconds", "0.6", "--idle-timeout-seconds", "0.5")
+    with run_queue(tmp_path, app.port, *args) as queue:
+        try:
+            with socket.create_connection(("127.0.0.1", queue.http_port), timeout=10) as sock:
+                # 1 s of chunks 0.25 s apart: never silent for 0.5 s, so it runs to its end
+                sock.sendall(b"GET /?chunks=4&chunk_delay=250 HTTP/1.1\r\nHost: hello\r\n\r\n")
+                reader = RawResponseReader(sock)
+                assert reader.head()[0] == 200
+                assert [reader.next_chunk() for _ in range(5)] == [b"chunk %d\n" % i for i in range(4)] + [b""]
+                # silent after its first chunk: cut once idle (not a 504: the head is out)
+                sock.sendall(b"GET /?chunks=2&hold=stalled HTTP/1.1\r\nHost: hello\r\n\r\n")
+                assert reader.head()[0] == 200
+                assert reader.next_chunk() == b"chunk 0\n"
+                started = time.monotonic()
+                with pytest.raises(EOFError):
+                    reader.next_chunk()
+                assert time.monotonic() - started >= 0.4  # silent for idleTimeoutSeconds first
+        finally:
+            app.release("stalled")
+
+
 def test_idle_timeout_before_the_first_byte(tmp_path, app):
     with run_queue(tmp_path, app.port, "--idle-timeout-seconds", "0.3") as queue:
         status, _, body = request(queue.http_port, "GET", "/?gate=idle2")
@@ -645,7 +697,7 @@ def test_unix_socket_serves_as_the_tcp_port_does(app, tmp_path):
                 seen = json.loads(response.read())
                 assert response.status == 200
                 assert seen["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"
-                assert seen["Forwarded"] == "for=203.0.113.7;host=hello.localhost;proto=http, for=127.0.0.1"
+                assert seen["Forwarded"] == "for=203.0.113.7"
             conn.request("GET", "/", headers={"K-Network-Probe": "queue"})
             response = conn.getresponse()
             assert (response.status, response.read()) == (200, b"queue")

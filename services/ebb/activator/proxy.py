@@ -5,8 +5,10 @@ The HTTP/1.1 machinery (parsing, pooling, streaming, flow control, timeouts) is
 `ebb.common.http1`, shared with the queue. What is the activator's own:
   - the route: the gateway names the revision in `Knative-Serving-Namespace` and
     `Knative-Serving-Revision`; an unknown one is answered 404;
-  - the head sent on: Host kept, `X-Forwarded-For` extended, `K-Proxy-Request: activator`
-    added (so the queue counts the request as proxied);
+  - the head sent on: Host kept, the revision's `Knative-Serving-Namespace` and
+    `Knative-Serving-Revision` sent on (the queue drops them before the app),
+    `X-Forwarded-For` extended, `K-Proxy-Request: activator` added (so the queue counts the
+    request as proxied);
   - admission: the revision's `Throttler` (a slot on an instance picked by the LB policy,
     or a place in the revision's line; 503 when the line is full) and the poke;
   - instances: learned from the controller (`apply`), probed by the activator itself
@@ -94,6 +96,7 @@ class Revision:
         "probes",
         "removed",
         "default_host",
+        "route_lines",
         "overload_body",
         "removed_body",
         "tally",
@@ -113,6 +116,11 @@ class Revision:
         self.removed = False
         label = self.label.encode()
         self.default_host = f"{spec.name}.{spec.namespace}".encode()  # when the client sent no Host
+        # The routing pair as sent on to the queue (the parser keeps it out of `_parts`).
+        self.route_lines = b"Knative-Serving-Namespace: %s\r\nKnative-Serving-Revision: %s\r\n" % (
+            spec.namespace.encode(),
+            spec.name.encode(),
+        )
         self.overload_body = b"overload: activator queue full (revision %s, queue-depth=%d)\n" % (
             label,
             queue_depth,
@@ -177,7 +185,7 @@ class ActivatorConnection(http1.ClientConnection):
         return b"".join(
             (
                 method, b" ", self._url, b" HTTP/1.1\r\nHost: ", self._host or rev.default_host, CRLF,
-                *parts,
+                rev.route_lines, *parts,
                 tail, self.framing(req_kind), CRLF,
             )
         )  # fmt: skip

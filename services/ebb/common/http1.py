@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import re
 import socket
@@ -140,34 +141,44 @@ def forwarded_node(address: bytes) -> bytes:
 
 
 # forwarded_header's recent answers: a proxy sees few distinct chains (the gateway's or
-# the activator's address, the same Host), and building one costs a regex per hop. Only
+# the activator's address, the same proto), and building one costs a regex per node. Only
 # short ones are kept, so clients making up long chains cannot fill memory with them.
-_FORWARDED_MEMO: dict[tuple[bytes, bytes | None, bytes], bytes] = {}
+_FORWARDED_MEMO: dict[tuple[bytes | None, bytes | None, bytes | None], bytes | None] = {}
 _FORWARDED_MEMO_MAX = 1024
 _FORWARDED_MEMO_KEY_BYTES = 512
 
 
-def forwarded_header(xff: bytes, host: bytes | None, proto: bytes) -> bytes:
-    """`Forwarded` built from an X-Forwarded-For chain: one `for=` element per hop; host and
-    proto describe the original request, so they go on the first (the client's) element."""
+def forwarded_header(xff: bytes | None, host: bytes | None, proto: bytes | None) -> bytes | None:
+    """`Forwarded` built from a request's X-Forwarded-For, X-Forwarded-Host and
+    X-Forwarded-Proto as received (Knative's ForwardedShimHandler): the first element
+    says `for=` the chain's first node, `host=` and `proto=`, as far as they are known;
+    each further node gets a `for=` element of its own. None when there is nothing to say
+    (none of the three headers, or only empty ones)."""
     key = (xff, host, proto)
-    value = _FORWARDED_MEMO.get(key)
-    if value is None:
-        value = _build_forwarded(xff, host, proto)
-        if len(xff) + len(host or b"") + len(proto) <= _FORWARDED_MEMO_KEY_BYTES:
-            if len(_FORWARDED_MEMO) >= _FORWARDED_MEMO_MAX:  # many distinct chains: start over
-                _FORWARDED_MEMO.clear()
-            _FORWARDED_MEMO[key] = value
+    try:
+        return _FORWARDED_MEMO[key]
+    except KeyError:
+        pass
+    value = _build_forwarded(xff, host, proto)
+    if len(xff or b"") + len(host or b"") + len(proto or b"") <= _FORWARDED_MEMO_KEY_BYTES:
+        if len(_FORWARDED_MEMO) >= _FORWARDED_MEMO_MAX:  # many distinct chains: start over
+            _FORWARDED_MEMO.clear()
+        _FORWARDED_MEMO[key] = value
     return value
 
 
-def _build_forwarded(xff: bytes, host: bytes | None, proto: bytes) -> bytes:
-    nodes = [forwarded_node(hop) for hop in xff.split(b",")]
-    first = b"for=" + nodes[0]
+def _build_forwarded(xff: bytes | None, host: bytes | None, proto: bytes | None) -> bytes | None:
+    nodes = [forwarded_node(node) for node in xff.split(b",")] if xff and xff.strip() else []
+    host = host.strip() if host else None
+    proto = proto.strip() if proto else None
+    pairs = [b"for=" + nodes[0]] if nodes else []
     if host:
-        first += b";host=" + _forwarded_value(host)
-    first += b";proto=" + _forwarded_value(proto)
-    return b", ".join([first, *(b"for=" + node for node in nodes[1:])])
+        pairs.append(b"host=" + _forwarded_value(host))
+    if proto:
+        pairs.append(b"proto=" + _forwarded_value(proto))
+    if not pairs:
+        return None
+    return b", ".join([b";".join(pairs), *(b"for=" + node for node in nodes[1:])])
 
 
 def local_response(
@@ -206,9 +217,14 @@ CLIENT_CLOSED = 499
 class Limits:
     """The three Knative timeouts of one upstream (a revision), and the 504 bodies naming them.
 
-    Pure: times are seconds on the caller's clock. `timeoutSeconds` bounds the whole
-    exchange, waiting for a slot included; `responseStartTimeoutSeconds` (0 = off) bounds
-    the time until the response head; `idleTimeoutSeconds` (0 = off) bounds silence.
+    Pure: times are seconds on the caller's clock. As in Knative's timeout handler, a
+    timeout ends an exchange with a 504 only while nothing of the response has gone to the
+    client; `started` (the response head has) changes what applies:
+      - `timeoutSeconds` bounds the exchange until the response starts, waiting for a slot
+        included; a response that has started may then take as long as it takes;
+      - `responseStartTimeoutSeconds` (0 = off) bounds the time until the response head;
+      - `idleTimeoutSeconds` (0 = off) bounds silence, before and after the start: a
+        started response that falls silent for that long is cut (no 504 can be sent).
     """
 
     __slots__ = (
@@ -236,7 +252,10 @@ class Limits:
         self.idle_timeout_s = idle_timeout_s
         # The deadline of a fresh exchange (nothing received yet) is its start plus this.
         self.first_s = self.deadline(0.0, 0.0, False)
-        self.timeout_body = b"timeout: no complete response within timeoutSeconds=%g\n" % timeout_s
+        self.timeout_body = b"timeout: %s did not answer within timeoutSeconds=%g\n" % (
+            upstream,
+            timeout_s,
+        )
         self.held_body = self.timeout_body if held_body is None else held_body
         self.response_start_body = (
             b"timeout: %s did not start answering within responseStartTimeoutSeconds=%g\n"
@@ -248,9 +267,12 @@ class Limits:
         )
 
     def deadline(self, t_start: float, t_activity: float, started: bool) -> float:
-        """When the exchange times out unless something moves the idle deadline on."""
+        """When the exchange times out unless something moves the idle deadline on;
+        `math.inf` when nothing can time it out (started, no idle timeout)."""
+        if started:
+            return t_activity + self.idle_timeout_s if self.idle_timeout_s else math.inf
         deadline = t_start + self.timeout_s
-        if self.response_start_timeout_s and not started:
+        if self.response_start_timeout_s:
             deadline = min(deadline, t_start + self.response_start_timeout_s)
         if self.idle_timeout_s:
             deadline = min(deadline, t_activity + self.idle_timeout_s)
@@ -263,10 +285,11 @@ class Limits:
 
         `waiting`: the exchange still waits for a slot (held), which the body says.
         """
-        if now >= t_start + self.timeout_s:
-            return self.held_body if waiting else self.timeout_body
-        if self.response_start_timeout_s and not started and now >= t_start + self.response_start_timeout_s:
-            return self.response_start_body
+        if not started:
+            if now >= t_start + self.timeout_s:
+                return self.held_body if waiting else self.timeout_body
+            if self.response_start_timeout_s and now >= t_start + self.response_start_timeout_s:
+                return self.response_start_body
         if self.idle_timeout_s and now >= t_activity + self.idle_timeout_s:
             return self.idle_body
         return None
@@ -332,7 +355,8 @@ class Handler:
 
     def timed_out(self, ex: Exchange, kind: str) -> None:
         """`ex` is being ended by the timeout `kind` (TIMEOUT_*): a 504, or the client
-        connection cut when the response had started. For metrics."""
+        connection cut when the response had started (only the idle timeout ends a started
+        response). For metrics."""
 
     def span_started(self, ex: Exchange) -> None:
         """A recording span was started for `ex` (tracing on, sampled): its attributes.
@@ -1113,16 +1137,20 @@ class Exchange:
     def check_timeouts(self) -> None:
         """The connection's timer fired while this exchange was its active one: end it if
         one of its timeouts has passed, else have the timer wake up at its next deadline
-        (it may have been armed for an earlier exchange, or activity moved it on)."""
+        (it may have been armed for an earlier exchange, or activity moved it on). Once
+        the response has started only the idle timeout is left: without one the timer
+        stays off until the connection's next exchange arms it."""
         # Timers may fire a hair early (libuv counts milliseconds): allow 1 ms.
         now = self.proxy.loop.time() + 0.001
         limits = self.limits
         reason = limits.expired(now, self.t_start, self.t_activity, self.started, self.waiting)
         if reason is None:
-            self.conn.watch(limits.deadline(self.t_start, self.t_activity, self.started))
+            deadline = limits.deadline(self.t_start, self.t_activity, self.started)
+            if deadline != math.inf:
+                self.conn.watch(deadline)
             return
         self.proxy.timed_out(self, limits.kind_of(reason, self.waiting))
-        if self.started:
+        if self.started:  # silent for idleTimeoutSeconds: too late for a 504
             self._abort_started()
         else:
             self.respond_local(504, reason)
@@ -1224,8 +1252,11 @@ class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests and answers them in order.
 
     While a head is parsed, the headers the proxies care about are captured into `_host`,
-    `_xff`, ... and everything else is collected in `_parts` ([name, ": ", value, CRLF] per
-    header); hop-by-hop ones are dropped. A subclass turns that into the upstream head in
+    `_xff`, ...; those a proxy rewrites or consumes (Host, K-Original-Host, X-Forwarded-For,
+    X-Forwarded-Proto, Forwarded, the routing pair Knative-Serving-Namespace and
+    Knative-Serving-Revision, the framing) go upstream only as the subclass writes them,
+    and everything else is collected in `_parts` ([name, ": ", value, CRLF] per header);
+    hop-by-hop ones are dropped. A subclass turns that into the upstream head in
     `request_head`, and may resolve the request to a route there (`self._route`).
     """
 
@@ -1234,7 +1265,6 @@ class ClientConnection(asyncio.Protocol):
         "transport",
         "parser",
         "peer",
-        "peer_node",
         "active",
         "pipeline",
         "parsing",
@@ -1280,7 +1310,6 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b"unknown"
-        self.peer_node = b"unknown"
         self.active: Exchange | None = None
         self.pipeline: deque[Exchange] = deque()
         self.parsing: Exchange | None = None
@@ -1307,11 +1336,10 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer = str(peer[0]).encode()
-            self.peer_node = forwarded_node(self.peer)
         elif getattr(transport.get_extra_info("socket"), "family", None) == socket.AF_UNIX:
             # A process on this machine: recorded as the loopback TCP hop would have been,
-            # so the app sees the same X-Forwarded-For and Forwarded whichever was used.
-            self.peer = self.peer_node = LOOPBACK
+            # so the app sees the same X-Forwarded-For whichever was used.
+            self.peer = LOOPBACK
         self.proxy.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -1409,12 +1437,10 @@ class ClientConnection(asyncio.Protocol):
             self._parts.extend((name, SEP, value, CRLF))
         elif kind == _K_HOST:
             self._host = value
-        elif kind == _K_ROUTE_NS:
+        elif kind == _K_ROUTE_NS:  # routing, not for the app: a service sends it on itself
             self._route_ns = value
-            self._parts.extend((name, SEP, value, CRLF))
         elif kind == _K_ROUTE_REV:
             self._route_rev = value
-            self._parts.extend((name, SEP, value, CRLF))
         elif kind == _K_XFF:
             self._xff = value if self._xff is None else self._xff + b", " + value
         elif kind == _K_PROXY:
@@ -1439,7 +1465,8 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._parts.extend((name, SEP, value, CRLF))
         elif kind == _K_XFH:
-            self._xfh = value
+            if self._xfh is None:
+                self._xfh = value
             self._parts.extend((name, SEP, value, CRLF))
         elif kind == _K_TAG:
             self._tag = value

@@ -2,8 +2,9 @@
 
 The machinery (parsing, pooling, streaming, flow control, pipelining, timeouts) is
 `ebb.common.http1`, shared with the activator. What is the queue's own:
-  - the head sent to the app: Host restored from `K-Original-Host`, `X-Forwarded-For`,
-    `X-Forwarded-Proto` and `Forwarded` (RFC 7239) set for this hop;
+  - the head sent to the app: Host restored from `K-Original-Host`, `X-Forwarded-For`
+    extended with this hop, `Forwarded` (RFC 7239) built from the `X-Forwarded-*` headers
+    when none came, the routing headers (`Knative-Serving-Namespace`, `-Revision`) dropped;
   - admission: the containerConcurrency breaker (CC slots, 10 x CC waiting, 503 beyond);
   - its probe answer (`K-Network-Probe: queue` -> 200 `queue` when the app is ready);
   - the per-second concurrency stats;
@@ -40,7 +41,9 @@ PROBE_HEADER_VALUE = b"queue"
 
 
 class QueueConnection(ClientConnection):
-    """A client of the queue: requests go to the app with Host and forwarding set."""
+    """A client of the queue: requests go to the app with Host and forwarding set, and
+    without the routing pair (`Knative-Serving-Namespace`, `Knative-Serving-Revision`),
+    which the parser keeps out of `_parts` and the queue does not send on."""
 
     __slots__ = ("_fwd_key", "_fwd_lines")
 
@@ -48,7 +51,7 @@ class QueueConnection(ClientConnection):
         super().__init__(proxy)
         # The forwarding lines last built and what they were built from: a connection's
         # requests nearly always carry the same values (behind the activator or a
-        # gateway: the same X-Forwarded-For chain and Host), so they are built once per
+        # gateway: the same X-Forwarded-* values), so they are built once per
         # connection rather than per request.
         self._fwd_key: tuple | None = None
         self._fwd_lines = b""
@@ -58,12 +61,11 @@ class QueueConnection(ClientConnection):
         if self._drop:
             parts = drop_headers(parts, self._drop, 0)
         authority = self._orig_host or self._host or self.proxy.app_authority
-        proto = self._xfp or b"http"
-        key = (authority, proto, self._xff, self._fwd, self._xfh)
+        key = (self._xff, self._xfp, self._xfh, self._fwd)
         if key == self._fwd_key:
             forwarding = self._fwd_lines
         else:
-            forwarding = self._forwarding(authority, proto)
+            forwarding = self._forwarding()
             self._fwd_key = key
             self._fwd_lines = forwarding
         return b"".join(
@@ -74,15 +76,22 @@ class QueueConnection(ClientConnection):
             )
         )  # fmt: skip
 
-    def _forwarding(self, authority: bytes, proto: bytes) -> bytes:
-        """X-Forwarded-For, X-Forwarded-Proto and Forwarded for this hop: the incoming
-        chains extended with the client's address, or started with it."""
-        xff = self.peer if self._xff is None else self._xff + b", " + self.peer
-        if self._fwd is not None:  # keep what earlier hops said; add this hop
-            fwd = self._fwd + b", for=" + self.peer_node
-        else:
-            fwd = forwarded_header(xff, self._xfh or authority, proto)
-        return b"X-Forwarded-For: " + xff + b"\r\nX-Forwarded-Proto: " + proto + b"\r\nForwarded: " + fwd + CRLF
+    def _forwarding(self) -> bytes:
+        """The forwarding lines for the app, as Knative's queue-proxy sends them:
+        X-Forwarded-For extended with the client's address (started with it if none
+        came); X-Forwarded-Proto as it came, if it came; Forwarded as it came, else built
+        from the X-Forwarded-* headers as they came (`forwarded_header`), if any did."""
+        xff = self._xff
+        lines = b"X-Forwarded-For: " + (self.peer if xff is None else xff + b", " + self.peer) + CRLF
+        xfp = self._xfp
+        if xfp is not None:
+            lines += b"X-Forwarded-Proto: " + xfp + CRLF
+        fwd = self._fwd
+        if fwd is None or not fwd.strip():
+            fwd = forwarded_header(xff, self._xfh, xfp)
+        if fwd:
+            lines += b"Forwarded: " + fwd + CRLF
+        return lines
 
 
 class Proxy(Handler):

@@ -133,3 +133,31 @@ def websocket_echo(port: int, host: str, messages: list[bytes], path: str = "/ws
         assert app.read_ws_frame(stream) == (8, (1000).to_bytes(2, "big"))
         assert stream.read() == b""  # the app closed, and the proxies passed it on
         return status, echoes, answered
+
+
+class FakeScaling:
+    """The controller's ScalingClient, reduced to what a pass reads: the decisions a test
+    sets, and the specs registered."""
+
+    def __init__(self) -> None:
+        self.decisions: dict = {}
+        self.specs: dict = {}
+
+    def register(self, key, spec) -> None:
+        self.specs[key] = spec
+
+    def unregister(self, key) -> None:
+        self.specs.pop(key, None)
+
+    def known(self) -> set:
+        return set(self.specs)
+
+
+class Ads:
+    """An xDS server whose every snapshot Envoy ACKs at once."""
+
+    def set_snapshot(self, snapshot) -> None:
+        pass
+
+    async def wait_snapshot_acked(self, snapshot, timeout_s: float) -> bool:
+        return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -11,6 +12,7 @@ from ebb.autoscaler.windows import (
     BucketWindow,
     WindowView,
     linear,
+    round_average,
     smoothing_coefficient,
     weighted_exponential,
 )
@@ -32,6 +34,51 @@ from ebb.autoscaler.windows import (
 )
 def test_linear(values, valid, expected):
     assert linear(WindowView(tuple(float(v) for v in values), valid)) == expected
+
+
+# Knative's roundToNDigits(6, f) = math.Round(f × 1e6) / 1e6 (knative/serving#15940 made
+# it Round, from Floor): halves go away from zero. Python's round() sends them to even on
+# the exact decimal value and disagreed on every tie below but 2.5e-6.
+@pytest.mark.parametrize(
+    ("average", "rounded", "target", "instances"),
+    [
+        (7.0000005, 7.000001, 7.0, 2),  # a tie: up, and ceil(7.000001 / 7) = 2 (round(): 7.0 -> 1)
+        (7.0000004, 7.0, 7.0, 1),
+        (14.0000005, 14.000001, 7.0, 3),
+        (5e-7, 1e-6, 7.0, 1),  # 3e-5 / 60: one 30 µs request in a minute still wants one
+        (4.999999e-7, 0.0, 7.0, 0),
+        (9e-7, 1e-6, 7.0, 1),  # nearer 1e-6 than 0 (floor, before 2025: 0)
+        (3.5e-6, 4e-6, 1.0, 1),  # round(): 3e-6
+        (2.5e-6, 3e-6, 1.0, 1),
+        (1 / 3, 0.333333, 1.0, 1),
+        (2 / 3, 0.666667, 1.0, 1),
+        (-3.6e-17, 0.0, 7.0, 0),  # float residue of an emptied sum: 0, not -1e-6 (floor)
+        (0.0, 0.0, 7.0, 0),
+    ],
+)
+def test_round_average_is_knatives_round_to_6_digits(average, rounded, target, instances):
+    assert round_average(average) == rounded
+    assert math.ceil(round_average(average) / target) == instances
+    view = WindowView((average,), 1)
+    assert linear(view) == rounded
+
+
+@pytest.mark.parametrize(
+    ("writes", "now", "expected"),
+    [
+        ({100: 0.0, 105: 3e-6}, 105, 1e-6),  # 3e-6 / 6 = 5e-7: a tie, up
+        ({100: 0.0, 105: 2.9e-6}, 105, 0.0),  # 4.83e-7: down
+        ({100: 42.000003}, 100, 42.000003),
+        ({100: 7.0000005}, 100, 7.000001),
+        ({100: 2.0, 101: -2.0 + 3.6e-17}, 101, 0.0),  # no negative residue
+        ({100: 6.0, 101: 1e-6}, 103, 3.000001),  # after the last write: 6.000001 / 2, a tie
+    ],
+)
+def test_bucket_window_rounds_as_linear(writes, now, expected):
+    window = BucketWindow(6)
+    for second, value in writes.items():
+        window.record(second, value)
+    assert window.average(now) == expected == linear(window.view(now))
 
 
 def test_weighted_exponential_matches_knatives_worked_example():

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+from helpers import Ads, FakeScaling
 
 from ebb.controller import reconcile as rc
 from ebb.controller.manager import Controller
@@ -53,29 +54,6 @@ class FakeRuntime:
 
     async def remove(self, key) -> None:
         self.actual.pop(key, None)
-
-
-class FakeScaling:
-    def __init__(self) -> None:
-        self.decisions: dict[RevisionKey, Decision] = {}
-        self.specs: dict = {}
-
-    def register(self, key, spec) -> None:
-        self.specs[key] = spec
-
-    def unregister(self, key) -> None:
-        self.specs.pop(key, None)
-
-    def known(self) -> set:
-        return set(self.specs)
-
-
-class Ads:
-    def set_snapshot(self, snapshot) -> None:
-        pass
-
-    async def wait_snapshot_acked(self, snapshot, timeout_s: float) -> bool:
-        return True
 
 
 @pytest.fixture

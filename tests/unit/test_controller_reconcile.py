@@ -215,7 +215,13 @@ A = "autoscaling.knative.dev/"
 )
 def test_desired_instances(annotations, reachable, latest, decision, zero_ok, expected):
     assert rc.desired_instances(
-        annotations, reachable=reachable, latest=latest, decision=decision, can_scale_to_zero=zero_ok
+        annotations,
+        reachable=reachable,
+        latest=latest,
+        decision=decision,
+        can_scale_to_zero=zero_ok,
+        scale_target_initialized=False,
+        running=0,
     ) == expected
 
 
@@ -242,7 +248,97 @@ def _bounded(desired, min_scale=0, max_scale=0, initial_scale=1):
 )
 def test_desired_instances_uses_the_autoscalers_bounds(annotations, reachable, decision, expected):
     assert rc.desired_instances(
-        annotations, reachable=reachable, latest=True, decision=decision, can_scale_to_zero=True
+        annotations,
+        reachable=reachable,
+        latest=True,
+        decision=decision,
+        can_scale_to_zero=True,
+        scale_target_initialized=False,
+        running=0,
+    ) == expected
+
+
+INITIAL_5 = {A + "initial-scale": "5"}
+
+
+@pytest.mark.parametrize(
+    "annotations,reachable,decision,ready,was_initialized,initialized,desired",
+    [
+        # initial-scale 5 holds through an idle first decision until 5 are ready at once.
+        (INITIAL_5, True, rc.Decision(desired=1), 1, False, False, 5),
+        (INITIAL_5, True, rc.Decision(desired=1), 4, False, False, 5),
+        (INITIAL_5, True, rc.Decision(desired=0), 4, False, False, 5),  # no scale to zero either
+        (INITIAL_5, True, rc.Decision(desired=8), 4, False, False, 8),  # a floor, not a cap
+        (INITIAL_5, True, rc.Decision(desired=1), 5, False, True, 1),  # reached: the decision rules
+        (INITIAL_5, True, rc.Decision(desired=1), 0, True, True, 1),  # and for good (read back)
+        (INITIAL_5, True, rc.Decision(desired=0), 1, True, True, 0),
+        (INITIAL_5, True, None, 5, False, False, 5),  # no verdict yet: not before the bounds are known
+        (INITIAL_5, False, rc.Decision(desired=1), 1, False, False, 5),  # unrouted but newest: still held
+        # min-scale, while routed, raises the mark; initial-scale 1 is no floor under a decision.
+        ({A + "min-scale": "3"}, True, rc.Decision(desired=1), 2, False, False, 3),
+        ({A + "min-scale": "3"}, True, rc.Decision(desired=1), 3, False, True, 3),
+        ({A + "min-scale": "3"}, False, rc.Decision(desired=1), 1, False, True, 1),  # unrouted: 1 is enough
+        ({A + "min-scale": "4", A + "initial-scale": "2"}, True, rc.Decision(desired=1), 3, False, False, 4),
+        ({A + "min-scale": "3", **INITIAL_5}, True, rc.Decision(desired=1), 3, False, False, 5),
+        ({A + "min-scale": "3", **INITIAL_5}, True, rc.Decision(desired=1), 5, False, True, 3),
+        ({}, True, rc.Decision(desired=0), 0, False, False, 0),  # initial-scale 1: not yet, no floor
+        ({}, True, rc.Decision(desired=0), 1, False, True, 0),
+        # The autoscaler's bounds carry the cluster-wide initial-scale.
+        ({}, True, _bounded(1, initial_scale=3), 2, False, False, 3),
+        ({}, True, _bounded(1, initial_scale=3), 3, False, True, 1),
+        ({}, True, _bounded(-1, initial_scale=0), 0, False, True, 0),  # allow-zero-initial-scale: at once
+        # max-scale still caps the floor.
+        ({A + "max-scale": "3", **INITIAL_5}, True, rc.Decision(desired=1), 3, False, False, 3),
+    ],
+)
+def test_initial_scale_is_the_floor_until_the_scale_target_is_initialized(
+    annotations, reachable, decision, ready, was_initialized, initialized, desired
+):
+    got = rc.scale_target_initialized(
+        annotations, reachable=reachable, decision=decision, ready=ready, initialized=was_initialized
+    )
+    assert got is initialized
+    assert rc.desired_instances(
+        annotations,
+        reachable=reachable,
+        latest=True,
+        decision=decision,
+        can_scale_to_zero=True,
+        scale_target_initialized=got,
+        running=ready,
+    ) == desired
+
+
+@pytest.mark.parametrize(
+    "annotations,reachable,latest,decision,initialized,running,zero_ok,expected",
+    [
+        # No verdict (a restarted controller or autoscaler): an initialized revision keeps
+        # what runs, so one that went below its initial-scale is not pushed back up...
+        (INITIAL_5, True, True, None, True, 1, True, 1),
+        (INITIAL_5, True, True, rc.Decision(desired=-1), True, 2, True, 2),
+        ({}, True, True, None, True, 0, True, 0),  # ...nor one at zero woken
+        ({}, True, True, None, True, 3, True, 3),
+        ({A + "min-scale": "2"}, True, True, None, True, 1, True, 2),  # bounds still apply
+        ({A + "max-scale": "2"}, True, True, None, True, 3, True, 2),
+        ({}, True, True, None, True, 0, False, 1),  # no activator: never below one while routed
+        ({}, False, False, None, True, 3, True, 0),  # neither routed nor newest
+        # ...while one not yet initialized starts at its initial scale, as Knative creates it.
+        (INITIAL_5, True, True, None, False, 2, True, 5),
+        (INITIAL_5, True, True, rc.Decision(desired=-1), False, 0, True, 5),
+        (INITIAL_5, False, False, rc.Decision(desired=1), False, 2, True, 0),  # unneeded: nothing
+    ],
+)
+def test_desired_instances_without_a_verdict(
+    annotations, reachable, latest, decision, initialized, running, zero_ok, expected
+):
+    assert rc.desired_instances(
+        annotations,
+        reachable=reachable,
+        latest=latest,
+        decision=decision,
+        can_scale_to_zero=zero_ok,
+        scale_target_initialized=initialized,
+        running=running,
     ) == expected
 
 

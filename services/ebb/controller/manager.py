@@ -51,15 +51,18 @@ class ScaleInputs:
     annotations: Mapping[str, str]
     reachable: bool
     latest: bool
+    scale_target_initialized: bool  # as written to the revision's status
 
-    def desired(self, decision: rc.Decision | None, *, can_scale_to_zero: bool) -> int:
-        """`rc.desired_instances` for this revision under `decision`."""
+    def desired(self, decision: rc.Decision | None, *, can_scale_to_zero: bool, running: int) -> int:
+        """`rc.desired_instances` for this revision under `decision`, `running` running now."""
         return rc.desired_instances(
             self.annotations,
             reachable=self.reachable,
             latest=self.latest,
             decision=decision,
             can_scale_to_zero=can_scale_to_zero,
+            scale_target_initialized=self.scale_target_initialized,
+            running=running,
         )
 
 
@@ -194,8 +197,8 @@ class Controller:
             decision = self._scaling.decisions.get(key)
             if decision is None:
                 continue
-            desired = inputs.desired(decision, can_scale_to_zero=self._activator is not None)
             actual = self._runtime.view(key).actual
+            desired = inputs.desired(decision, can_scale_to_zero=self._activator is not None, running=actual)
             running = rc.hold_instances_for_switch(desired, actual, self._activator_acked(key))
             if running > actual:
                 await self._runtime.ensure(key, inputs.spec, running, now_s=now)
@@ -268,17 +271,27 @@ class Controller:
                     ),
                 )
                 decision = self._scaling.decisions.get(key)
-            inputs = self._scale_inputs[key] = ScaleInputs(
-                spec, dict(rev.metadata.annotations), key in routed, key in latest_created
-            )
-            desired = inputs.desired(decision, can_scale_to_zero=self._activator is not None)
             view = self._runtime.view(key)
+            # Kept in the revision's status, so a restarted controller knows a revision
+            # that went below its initial-scale was allowed to.
+            initialized = rc.scale_target_initialized(
+                rev.metadata.annotations,
+                reachable=key in routed,
+                decision=decision,
+                ready=view.ready,
+                initialized=rev.status.scale_target_initialized,
+            )
+            inputs = self._scale_inputs[key] = ScaleInputs(
+                spec, dict(rev.metadata.annotations), key in routed, key in latest_created, initialized
+            )
+            desired = inputs.desired(decision, can_scale_to_zero=self._activator is not None, running=view.actual)
             modes[key] = rc.serving_mode(decision, desired, view.ready, has_activator=self._activator is not None)
             running = rc.hold_instances_for_switch(desired, view.actual, self._activator_acked(key))
             await self._runtime.ensure(key, spec, running, now_s=now)
             status = rc.revision_status(rev, self._runtime.view(key), now_s=now)
             status.status.desired_replicas = desired
             status.status.serving_mode = modes[key]
+            status.status.scale_target_initialized = initialized
             if decision is not None:
                 status.status.stable_value = decision.stable_value
                 status.status.panic_value = decision.panic_value

@@ -376,29 +376,10 @@ def _int_annotation(annotations, name: str, default: int) -> int:
         return default  # the webhook rejects malformed values; never fail the loop on one
 
 
-def desired_instances(
-    annotations,
-    *,
-    reachable: bool,
-    latest: bool,
-    decision: Decision | None,
-    can_scale_to_zero: bool,
-) -> int:
-    """Instances to run, applying a decision as Knative's KPA reconciler does.
-
-    - the bounds are the decision's (annotation, else the cluster-wide setting; a
-      max-scale-limit has already ruled out larger maxima), or the annotations alone over
-      Knative's defaults until the autoscaler has sent them;
-    - min-scale applies only while the revision is reachable (routed);
-    - before the first decision, initial-scale (default 1) is the floor;
-    - then clamp to [min, max] (max 0 = unbounded);
-    - a revision that is neither routed nor the newest of its configuration runs nothing;
-    - without an activator to hold requests, a routed revision never goes below one.
-
-    e.g. min-scale 2, decision 1 while routed -> 2; the same revision unrouted -> 0.
-    """
-    if not reachable and not latest:
-        return 0
+def scale_bounds(annotations, decision: Decision | None) -> ScaleBounds:
+    """The decision's bounds (annotation, else the cluster-wide setting; a max-scale-limit
+    has already ruled out larger maxima), or the annotations alone over Knative's defaults
+    until the autoscaler has sent them."""
     bounds = decision.bounds if decision is not None else None
     if bounds is None:
         bounds = ScaleBounds(
@@ -406,11 +387,70 @@ def desired_instances(
             max_scale=_int_annotation(annotations, "max-scale", 0),
             initial_scale=_int_annotation(annotations, "initial-scale", 1),
         )
+    return bounds
+
+
+def scale_target_initialized(
+    annotations, *, reachable: bool, decision: Decision | None, ready: int, initialized: bool
+) -> bool:
+    """Knative's ScaleTargetInitialized: set once `ready` instances reach the revision's
+    starting scale, max(initial-scale, min-scale while routed), and never unset.
+
+    Until it is set, initial-scale stays the floor (`desired_instances`), so a revision with
+    initial-scale 5 keeps 5 through an idle first decision: at 1, 2 .. 4 ready it is not
+    initialized; at 5 it is, and the next idle decision takes it down. With initial-scale
+    0 or 1 and no min-scale it is set at the first ready instance (at once for 0), and
+    nothing waited for it.
+    Not before the autoscaler has spoken: only its bounds carry a cluster-wide initial-scale.
+    """
+    if initialized:
+        return True
+    if decision is None:
+        return False
+    bounds = scale_bounds(annotations, decision)
+    min_scale = bounds.min_scale if reachable else 0
+    return ready >= max(bounds.initial_scale, min_scale)
+
+
+def desired_instances(
+    annotations,
+    *,
+    reachable: bool,
+    latest: bool,
+    decision: Decision | None,
+    can_scale_to_zero: bool,
+    scale_target_initialized: bool,
+    running: int,
+) -> int:
+    """Instances to run, applying a decision as Knative's KPA reconciler does.
+
+    - the bounds are `scale_bounds`: the autoscaler's, else the annotations alone;
+    - min-scale applies only while the revision is reachable (routed);
+    - until the revision is `scale_target_initialized`, initial-scale is a floor as well
+      (when above 1, as in Knative: 0 or 1 is no floor under a decision);
+    - without a decision (none yet, or desired -1: the autoscaler has no data), an
+      initialized revision keeps the `running` instances, as Knative leaves the scale
+      alone, so a restarted controller or autoscaler neither wakes a revision at zero nor
+      pushes one back up to initial-scale; a revision not yet initialized gets
+      max(initial-scale, min-scale), the scale Knative creates it with;
+    - then clamp to [min, max] (max 0 = unbounded);
+    - a revision that is neither routed nor the newest of its configuration runs nothing;
+    - without an activator to hold requests, a routed revision never goes below one.
+
+    e.g. min-scale 2, decision 1 while routed -> 2; the same revision unrouted -> 0;
+    initial-scale 5, decision 1 -> 5 until 5 instances have been ready, then 1.
+    """
+    if not reachable and not latest:
+        return 0
+    bounds = scale_bounds(annotations, decision)
     min_scale = bounds.min_scale if reachable else 0
     if decision is None or decision.desired < 0:
-        desired = max(bounds.initial_scale, min_scale)
+        desired = running if scale_target_initialized else bounds.initial_scale
     else:
-        desired = max(decision.desired, min_scale)
+        desired = decision.desired
+        if bounds.initial_scale > 1 and not scale_target_initialized:
+            desired = max(desired, bounds.initial_scale)
+    desired = max(desired, min_scale)
     if bounds.max_scale > 0:
         desired = min(desired, bounds.max_scale)
     if reachable and not can_scale_to_zero:

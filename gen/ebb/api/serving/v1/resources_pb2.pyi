@@ -254,7 +254,7 @@ class Addressable(_message.Message):
     def __init__(self, url: _Optional[str] = ...) -> None: ...
 
 class RevisionStatus(_message.Message):
-    __slots__ = ("observed_generation", "conditions", "actual_replicas", "desired_replicas", "ready_replicas", "serving_mode", "stable_value", "panic_value", "panic", "requests_per_second", "log_url")
+    __slots__ = ("observed_generation", "conditions", "actual_replicas", "desired_replicas", "ready_replicas", "serving_mode", "stable_value", "panic_value", "panic", "requests_per_second", "log_url", "scale_target_initialized")
     OBSERVED_GENERATION_FIELD_NUMBER: _ClassVar[int]
     CONDITIONS_FIELD_NUMBER: _ClassVar[int]
     ACTUAL_REPLICAS_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +266,7 @@ class RevisionStatus(_message.Message):
     PANIC_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     LOG_URL_FIELD_NUMBER: _ClassVar[int]
+    SCALE_TARGET_INITIALIZED_FIELD_NUMBER: _ClassVar[int]
     observed_generation: int
     conditions: _containers.RepeatedCompositeFieldContainer[Condition]
     actual_replicas: int
@@ -277,7 +278,8 @@ class RevisionStatus(_message.Message):
     panic: bool
     requests_per_second: float
     log_url: str
-    def __init__(self, observed_generation: _Optional[int] = ..., conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., actual_replicas: _Optional[int] = ..., desired_replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., serving_mode: _Optional[str] = ..., stable_value: _Optional[float] = ..., panic_value: _Optional[float] = ..., panic: _Optional[bool] = ..., requests_per_second: _Optional[float] = ..., log_url: _Optional[str] = ...) -> None: ...
+    scale_target_initialized: bool
+    def __init__(self, observed_generation: _Optional[int] = ..., conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., actual_replicas: _Optional[int] = ..., desired_replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., serving_mode: _Optional[str] = ..., stable_value: _Optional[float] = ..., panic_value: _Optional[float] = ..., panic: _Optional[bool] = ..., requests_per_second: _Optional[float] = ..., log_url: _Optional[str] = ..., scale_target_initialized: _Optional[bool] = ...) -> None: ...
 
 class Revision(_message.Message):
     __slots__ = ("api_version", "kind", "metadata", "spec", "status")

@@ -224,6 +224,17 @@ def test_a_websocket_through_the_gateway(mesh):
     serves(mesh, "ws.default.localhost", hello_from("ws-00001"))  # plain requests still fine
 
 
+def test_timeout_seconds_bounds_the_wait_for_an_answer_not_a_stream(mesh):
+    """As in Knative: timeoutSeconds ends a request with a 504 only while nothing of the
+    answer has come; a response that has started streams on through the gateway."""
+    mesh.ebb("service", "create", "slow", "--cmd", APP, "--timeout", "1", *WAIT)
+    host = "slow.default.localhost"
+    status, _, body = request(mesh, host, "/?chunks=3&chunk_delay=600")  # 1.2 s after the head
+    assert (status, body) == (200, b"chunk 0\nchunk 1\nchunk 2\n")
+    status, _, body = request(mesh, host, "/?sleep=2500")
+    assert status == 504 and b"timeoutSeconds=1" in body, (status, body)
+
+
 def test_configuration_and_route_manifest(mesh):
     path = REPO / "samples" / "hello" / "configuration-and-route.yaml"
     res = mesh.ebb("apply", "-f", str(path))

@@ -19,7 +19,7 @@ def _weights(vh):
 
 def test_single_target_host():
     res = Resolution(targets=(ResolvedTarget("hello-00001", 100),))
-    (vh,) = route_virtual_hosts(_route(), res, {})
+    (vh,) = route_virtual_hosts(_route(), res)
     assert vh.domains == ("hello.default.localhost",)
     assert _weights(vh) == [("default/hello-00001", 100)]
     assert vh.targets[0].headers == (
@@ -36,29 +36,29 @@ def test_split_and_tags():
             ResolvedTarget("hello-00003", 0, tag="next"),
         )
     )
-    timeouts = {RevisionKey("default", "hello-00001"): 30.0, RevisionKey("default", "hello-00002"): 60.0}
-    main, old, nxt = route_virtual_hosts(_route(), res, timeouts)
+    main, old, nxt = route_virtual_hosts(_route(), res)
     assert _weights(main) == [("default/hello-00001", 10), ("default/hello-00002", 90)]
     assert [dict(t.headers)["Knative-Serving-Revision"] for t in main.targets] == ["hello-00001", "hello-00002"]
-    assert main.timeout_s == 300.0  # hello-00003 has no known timeout: the default wins as the max
-    assert old.domains == ("old-hello.default.localhost",) and old.timeout_s == 30.0
+    # No route timeout: the queue and the activator own the revisions' timeouts.
+    assert main.timeout_s == old.timeout_s == nxt.timeout_s == 0
+    assert old.domains == ("old-hello.default.localhost",)
     assert nxt.domains == ("next-hello.default.localhost",)
     assert _weights(nxt) == [("default/hello-00003", 100)]
 
 
 def test_same_revision_twice_sums_weights():
     res = Resolution(targets=(ResolvedTarget("a-00001", 50), ResolvedTarget("a-00001", 50, tag="t")))
-    main = route_virtual_hosts(_route("a"), res, {})[0]
+    main = route_virtual_hosts(_route("a"), res)[0]
     assert _weights(main) == [("default/a-00001", 100)]
 
 
 def test_unresolved_route_has_no_hosts():
-    assert route_virtual_hosts(_route(), Resolution(reason="RevisionMissing"), {}) == ()
+    assert route_virtual_hosts(_route(), Resolution(reason="RevisionMissing")) == ()
 
 
 def test_gateway_spec_builds_a_consistent_snapshot():
     res = Resolution(targets=(ResolvedTarget("hello-00001", 100),))
-    hosts = list(route_virtual_hosts(_route(), res, {}))
+    hosts = list(route_virtual_hosts(_route(), res))
     key = RevisionKey("default", "hello-00001")
     idle = RevisionKey("default", "idle-00001")
     spec = gateway_spec(8080, hosts, {key: [Address("127.0.0.1", 4000)], idle: []})

@@ -20,10 +20,13 @@ def revision_headers(namespace: str, revision: str) -> tuple[tuple[str, str], ..
     return (("Knative-Serving-Namespace", namespace), ("Knative-Serving-Revision", revision))
 
 
-def route_virtual_hosts(
-    route: r.Route, resolution: Resolution, timeouts_s: Mapping[RevisionKey, float]
-) -> tuple[VirtualHostSpec, ...]:
-    """The route's main host split by percent, plus one host per tag at 100% to its revision."""
+def route_virtual_hosts(route: r.Route, resolution: Resolution) -> tuple[VirtualHostSpec, ...]:
+    """The route's main host split by percent, plus one host per tag at 100% to its revision.
+
+    No route timeout: the revision's timeouts are the queue's and the activator's, which end
+    a request with a 504 only before its response starts (Knative's own gateway, Kourier,
+    sets none either); a gateway timeout would cut long streaming responses they allow.
+    """
     if resolution.reason or not resolution.targets:
         return ()
     ns, name = route.metadata.namespace, route.metadata.name
@@ -34,8 +37,6 @@ def route_virtual_hosts(
         headers[cluster] = revision_headers(ns, target.revision)
         if target.percent > 0:
             weights[cluster] = weights.get(cluster, 0) + target.percent
-    keys = [RevisionKey(ns, t.revision) for t in resolution.targets]
-    timeout_s = max((timeouts_s.get(k, 300.0) for k in keys), default=300.0)
     hosts = []
     if weights:
         hosts.append(
@@ -43,7 +44,6 @@ def route_virtual_hosts(
                 name=f"{ns}/{name}",
                 domains=(host_of(name, ns),),
                 targets=tuple(RouteTarget(c, w, headers[c]) for c, w in sorted(weights.items())),
-                timeout_s=timeout_s,
             )
         )
     seen_tags = set()
@@ -57,7 +57,6 @@ def route_virtual_hosts(
                 name=f"{ns}/{name}/{target.tag}",
                 domains=(host_of(name, ns, target.tag),),
                 targets=(RouteTarget(cluster_name(key), 100, revision_headers(ns, target.revision)),),
-                timeout_s=timeouts_s.get(key, 300.0),
             )
         )
     return tuple(hosts)

@@ -314,9 +314,6 @@ class Controller:
 
         # 7. Gateway: resolve again with fresh statuses, build and push the snapshot.
         resolutions = {key_of(rt): self._resolve(rt, configurations, revisions) for rt in routes}
-        timeouts = {
-            RevisionKey(ns, n): float(v.spec.timeout_seconds or 300) for (ns, n), v in revisions.items()
-        }
         hosts_by_route = {}
         for rt in routes:
             k = key_of(rt)
@@ -325,7 +322,7 @@ class Controller:
                 # alone: the last good config keeps serving while the status says why.
                 hosts_by_route[k] = self._last_good_hosts.get(k, ())
             else:
-                hosts_by_route[k] = route_virtual_hosts(rt, resolutions[k], timeouts)
+                hosts_by_route[k] = route_virtual_hosts(rt, resolutions[k])
         self._last_good_hosts = dict(hosts_by_route)
         endpoints = {
             key: [self._activator] if modes.get(key) == rc.PROXY else self._runtime.ready_addresses(key)

@@ -100,7 +100,7 @@ class VirtualHostSpec:
     name: str
     domains: tuple[str, ...]
     targets: tuple[RouteTarget, ...]
-    timeout_s: float = 300.0
+    timeout_s: float = 0.0  # the route's timeout; 0 = none (Envoy's own default would be 15 s)
     request_headers_to_add: tuple[tuple[str, str], ...] = ()
 
 
@@ -110,8 +110,9 @@ class GatewaySpec:
     virtual_hosts: tuple[VirtualHostSpec, ...]
     clusters: tuple[ClusterSpec, ...]
     listener_host: str = "127.0.0.1"
-    # Longest a stream may stay silent. 600 s is the largest timeoutSeconds a revision may
-    # ask for, so the gateway never cuts a response its route timeout still allows.
+    # Longest a stream may stay silent: the gateway's only bound on a request, as a safety
+    # net under the queue's and activator's timeouts. 600 s is the largest timeoutSeconds a
+    # revision may ask for, so it never ends a request they still allow.
     stream_idle_timeout_s: float = 600.0
 
 

@@ -670,6 +670,41 @@ def test_sigterm_drains_in_flight_and_new_requests_then_exits_0(tmp_path, app):
     assert '"msg": "stopped"' in log
 
 
+def test_wait_for_drain_answers_once_the_drain_has_ended(tmp_path, app):
+    """The user container's preStop on Kubernetes: `K-Network-Probe: wait-for-drain` is
+    answered only when the queue has finished what it accepted, so the app gets SIGTERM
+    after that. The waiting request itself never holds the drain up."""
+    wait = {"K-Network-Probe": "wait-for-drain"}
+    with (
+        run_queue(tmp_path, app.port, "--drain-quiet-s", "0.3") as queue,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        slow = pool.submit(queue.request, "GET", "/?gate=prestop")
+        wait_until(lambda: app.waiting("prestop") == 1, what="the slow request to reach the app")
+        waiter = pool.submit(request, queue.http_port, "GET", "/wait-for-drain", headers=wait)
+        queue.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: queue.probe()[0] == 503, what="the probe to report draining")
+        time.sleep(0.6)  # well past the quiet period: the slow request keeps the drain going
+        assert not waiter.done()
+        app.release("prestop")
+        assert slow.result(timeout=20)[0] == 200
+        status, _, body = waiter.result(timeout=20)
+        assert (status, body) == (200, b"drained\n")
+        assert queue.proc.wait(20) == 0
+
+
+def test_wait_for_drain_of_an_idle_queue_ends_after_the_quiet_period(tmp_path, app):
+    with run_queue(tmp_path, app.port, "--drain-quiet-s", "0.2") as queue:
+        with ThreadPoolExecutor(1) as pool:
+            # asked before SIGTERM (the kubelet runs the hook and signals the queue at once)
+            waiter = pool.submit(request, queue.http_port, "GET", "/", headers={"K-Network-Probe": "wait-for-drain"})
+            time.sleep(0.3)
+            assert not waiter.done()
+            queue.proc.send_signal(signal.SIGTERM)
+            assert waiter.result(timeout=10)[0] == 200
+        assert queue.proc.wait(10) == 0
+
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str) -> None:
         super().__init__("localhost", timeout=10)

@@ -13,9 +13,16 @@ from ebb.controller.manager import instance_spec
 from ebb.controller.reconcile import InstanceView
 from ebb.controller.resources import new
 from ebb.controller.runtime import Address
+from ebb.queue.proxy import WAIT_DRAIN_HEADER_VALUE
 from ebb.queue.readiness import parse_probe
 
 UID = "7f0c1d2e-0000-4000-8000-000000000001"
+# The user container's preStop: the queue answers once its drain has ended.
+WAIT_FOR_DRAIN = {
+    "path": "/wait-for-drain",
+    "port": 8013,
+    "httpHeaders": [{"name": "K-Network-Probe", "value": WAIT_DRAIN_HEADER_VALUE.decode()}],
+}
 SIDECAR = ko.QueueSidecar(
     image="ebb:0.1.0",
     image_pull_policy="Always",
@@ -241,8 +248,7 @@ def test_revision_deployment_exactly():
                     "ports": [{"name": "user-port", "containerPort": 9000, "protocol": "TCP"}],
                     "resources": {"limits": {"memory": "128Mi"}, "requests": {"cpu": "100m"}},
                     "livenessProbe": {"httpGet": {"path": "/healthz", "port": 9000}, "periodSeconds": 5},
-                    # the queue's drain: timeoutSeconds 120 + 10
-                    "lifecycle": {"preStop": {"sleep": {"seconds": 130}}},
+                    "lifecycle": {"preStop": {"httpGet": WAIT_FOR_DRAIN}},
                     "terminationMessagePolicy": "FallbackToLogsOnError",
                 },
                 {
@@ -329,7 +335,7 @@ def test_defaults_of_a_minimal_revision():
             {"name": "K_SERVICE", "value": ""},
         ],
         "ports": [{"name": "user-port", "containerPort": 8080, "protocol": "TCP"}],
-        "lifecycle": {"preStop": {"sleep": {"seconds": 310}}},  # timeoutSeconds 300 + 10
+        "lifecycle": {"preStop": {"httpGet": WAIT_FOR_DRAIN}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     assert queue["args"][-6:] == [

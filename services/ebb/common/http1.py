@@ -203,6 +203,12 @@ class _HeadTooLarge(Exception):
     pass
 
 
+# What a `K-Network-Probe` request asks of the proxy itself (`ClientConnection._probe`):
+# its health, answered at once, or (the queue) an answer once its drain has ended.
+PROBE_HEALTH = 1
+PROBE_WAIT_DRAIN = 2
+
+
 # Which timeout ended an exchange (`Limits.kind_of`, `Handler.timed_out`).
 TIMEOUT_WAITING = "waiting"
 TIMEOUT_REQUEST = "request"
@@ -314,6 +320,10 @@ class Handler:
 
     connection_class: type[ClientConnection]
     probe_value: bytes  # the `K-Network-Probe` value this proxy answers itself
+    # The `K-Network-Probe` value answered 200 only once the drain has ended (None: not
+    # served): a pod's preStop hook waits on it, so the app gets SIGTERM only after the
+    # proxy in front of it has finished what it accepted (Knative's /wait-for-drain).
+    wait_drain_value: bytes | None = None
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.loop = asyncio.get_running_loop()
@@ -328,6 +338,8 @@ class Handler:
         self._unix_paths: list[str] = []  # removed at close
         # An enabled ebb.common.tracing.Tracing, or None: the only check the hot path makes.
         self.tracing = None
+        self.drained = False  # the drain has ended
+        self._drain_waiters: list[Exchange] = []
 
     # -- hooks
 
@@ -396,9 +408,26 @@ class Handler:
         os.chmod(path, 0o600)
         self._unix_paths.append(path)
 
+    def wait_drained(self, ex: Exchange) -> None:
+        """Answer `ex` (a PROBE_WAIT_DRAIN request) once the drain has ended; at once if it
+        has. It is not counted in flight, so it never holds the drain up."""
+        if self.drained:
+            ex.respond_local(200, b"drained\n")
+        else:
+            self._drain_waiters.append(ex)
+
     async def drain(self, quiet_s: float, max_s: float) -> None:
         """Answer probes 503 and keep serving until no request has arrived for quiet_s and
-        none is in flight, or max_s has passed."""
+        none is in flight, or max_s has passed; then answer whoever waits for the end."""
+        try:
+            await self._drain(quiet_s, max_s)
+        finally:
+            self.drained = True
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for ex in waiters:
+                ex.respond_local(200, b"drained\n")
+
+    async def _drain(self, quiet_s: float, max_s: float) -> None:
         loop = self.loop
         self.draining = True
         start = loop.time()
@@ -722,7 +751,7 @@ class Exchange:
         is_head: bool,
         http11: bool,
         keep_alive: bool,
-        probe: bool,
+        probe: int,  # 0, PROBE_HEALTH or PROBE_WAIT_DRAIN
         proxied: bool,
         route: object,
         method: bytes = b"",
@@ -777,6 +806,9 @@ class Exchange:
         """Called when this request becomes the one the connection is answering."""
         proxy = self.proxy
         if self.probe:
+            if self.probe == PROBE_WAIT_DRAIN:
+                proxy.wait_drained(self)
+                return
             status, body = proxy.probe_answer()
             self.respond_local(status, body)
             return
@@ -1414,7 +1446,7 @@ class ClientConnection(asyncio.Protocol):
         )
         self._chunked = False
         self._drop: set[bytes] | None = None
-        self._probe = False
+        self._probe = 0
         self._proxy_req = self._route_ns = self._route_rev = None
         self._route = None
         self._tag = self._tp = self._tstate = self._upgrade = None
@@ -1460,8 +1492,11 @@ class ClientConnection(asyncio.Protocol):
         elif kind == _K_CONN:
             self._drop = _connection_tokens(value, self._drop)
         elif kind == _K_PROBE:
-            if value.strip().lower() == self.proxy.probe_value:
-                self._probe = True
+            asked = value.strip().lower()
+            if asked == self.proxy.probe_value:
+                self._probe = PROBE_HEALTH
+            elif asked == self.proxy.wait_drain_value:
+                self._probe = PROBE_WAIT_DRAIN
             else:
                 self._parts.extend((name, SEP, value, CRLF))
         elif kind == _K_XFH:

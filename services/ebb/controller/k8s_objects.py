@@ -314,9 +314,19 @@ def user_container(rev: r.Revision, spec: InstanceSpec, sidecar: QueueSidecar) -
     if container.HasField("liveness_probe"):
         out["livenessProbe"] = _probe(container.liveness_probe, port)
     # Readiness is the queue's job: it probes the app and answers the kubelet for the pod.
-    # The queue drains for up to `queue_drain_max_s` after SIGTERM; the app must outlive it
-    # to answer what the queue still holds.
-    out["lifecycle"] = {"preStop": {"sleep": {"seconds": queue_drain_max_s(spec)}}}
+    # The app must outlive the queue's drain to answer what the queue still holds: its
+    # preStop hook asks the queue, which answers once its drain has ended (Knative's
+    # /wait-for-drain), and only then does the kubelet send the app SIGTERM.
+    out["lifecycle"] = {
+        "preStop": {
+            "httpGet": {
+                "path": "/wait-for-drain",
+                "port": sidecar.http_port,
+                # the queue's WAIT_DRAIN_HEADER_VALUE (services never import each other)
+                "httpHeaders": [{"name": "K-Network-Probe", "value": "wait-for-drain"}],
+            }
+        }
+    }
     # A crashing app's last log lines become the revision's failure message.
     out["terminationMessagePolicy"] = "FallbackToLogsOnError"
     return out
@@ -375,8 +385,9 @@ def pod_template(rev: r.Revision, spec: InstanceSpec, sidecar: QueueSidecar, aut
     pod: dict = {
         "containers": [user_container(rev, spec, sidecar), queue_container(spec, sidecar, autoscaler)],
         "enableServiceLinks": False,
-        # preStop wait (the queue's drain: timeoutSeconds + 10 s) + time for the app to exit
-        # on SIGTERM (10 s): 320 s for the default timeout.
+        # The longest preStop wait (the queue's drain: timeoutSeconds + 10 s) + time for the
+        # app to exit on SIGTERM (10 s): 320 s for the default timeout. An idle pod's drain
+        # ends after the queue's quiet period, so it goes in seconds.
         "terminationGracePeriodSeconds": queue_drain_max_s(spec) + APP_STOP_GRACE_S,
     }
     if rev.spec.service_account_name:

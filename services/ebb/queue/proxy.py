@@ -38,6 +38,9 @@ from ebb.queue.metrics import REJECT_OVERLOAD, REJECT_REASONS
 __all__ = ["Proxy", "QueueConnection", "forwarded_header", "forwarded_node"]
 
 PROBE_HEADER_VALUE = b"queue"
+# `K-Network-Probe: wait-for-drain` is answered once the drain has ended: the user
+# container's preStop hook on Kubernetes (k8s_objects.user_container).
+WAIT_DRAIN_HEADER_VALUE = b"wait-for-drain"
 
 
 class QueueConnection(ClientConnection):
@@ -99,6 +102,7 @@ class Proxy(Handler):
 
     connection_class = QueueConnection
     probe_value = PROBE_HEADER_VALUE
+    wait_drain_value = WAIT_DRAIN_HEADER_VALUE
 
     def __init__(
         self,

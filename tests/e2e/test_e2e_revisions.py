@@ -247,7 +247,10 @@ def test_configuration_and_route_manifest(mesh):
         {"revisionName": "greeter-config-00001", "latestRevision": True, "percent": 100}]
     listed = mesh.ebb("route", "list").stdout
     assert "100% greeter-config-00001" in listed
-    # Applying it again changes nothing.
+    # Applying it again changes nothing, and a dry run says so too.
+    assert mesh.ebb("apply", "-f", str(path), "--dry-run").stdout.splitlines() == [
+        "configuration.serving.knative.dev/greeter-config unchanged (dry run)",
+        "route.serving.knative.dev/greeter unchanged (dry run)"]
     assert mesh.ebb("apply", "-f", str(path)).stdout.splitlines() == [
         "configuration.serving.knative.dev/greeter-config unchanged", "route.serving.knative.dev/greeter unchanged"]
 

@@ -20,7 +20,7 @@ from ebb.controller.resources import (
     kind_of,
     to_resource,
 )
-from ebb.controller.store import Store
+from ebb.controller.store import Store, same_content
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,9 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"webhook unavailable: {exc.details()}")
         if errors:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(errors))
-        if request.dry_run:
-            return serving_pb2.ApplyResponse(resource=to_resource(obj), created=old is None, changed=True)
+        if request.dry_run:  # what a real apply would say: unchanged when nothing would be
+            changed = old is None or not same_content(old, obj)
+            return serving_pb2.ApplyResponse(resource=to_resource(obj), created=old is None, changed=changed)
         stored, changed = self._store.put(obj, now_s=self._clock())
         log.info("applied", extra={"resource": str(key_of(stored)), "changed": changed})
         return serving_pb2.ApplyResponse(resource=to_resource(stored), created=old is None, changed=changed)

@@ -67,6 +67,12 @@ def _meta_bytes(obj: Object) -> bytes:
     return repr((sorted(m.labels.items()), sorted(m.annotations.items()), list(m.owner_references))).encode()
 
 
+def same_content(old: Object, new: Object) -> bool:
+    """Whether writing `new` over `old` would change nothing: the same spec, labels,
+    annotations and owner references (what `put` replaces)."""
+    return _spec_bytes(old) == _spec_bytes(new) and _meta_bytes(old) == _meta_bytes(new)
+
+
 class SqliteStore:
     """Resources as JSON rows in one SQLite table under the data dir; survives restarts.
 
@@ -160,10 +166,10 @@ class SqliteStore:
                 self._write(key, obj)
                 event = Event("ADDED", obj)
             else:
-                spec_changed = _spec_bytes(old) != _spec_bytes(obj)
-                if not spec_changed and _meta_bytes(old) == _meta_bytes(obj):
+                if same_content(old, obj):
                     self._db.execute("COMMIT")
                     return old, False
+                spec_changed = _spec_bytes(old) != _spec_bytes(obj)
                 merged = _copy(old)
                 merged.spec.CopyFrom(obj.spec)
                 merged.metadata.ClearField("labels")

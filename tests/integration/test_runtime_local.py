@@ -279,3 +279,54 @@ async def test_the_revisions_http_readiness_probe_decides_when_an_instance_is_re
         await eventually(lambda: runtime.view(KEY).ready == 1, "ready once /healthz says 200")
     finally:
         await runtime.close(stop_instances=True)
+
+
+# Serves on PORT for 3 s, then exits with code 3: every instance of it, every time.
+CRASHING_APP = (
+    "import http.server, os, threading\n"
+    "server = http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), http.server.BaseHTTPRequestHandler)\n"
+    "threading.Timer(3.0, lambda: os._exit(3)).start()\n"
+    "server.serve_forever()\n"
+)
+
+
+async def test_a_revision_that_was_ready_and_then_crash_loops_is_reported_not_ready(rt):
+    """What the runtime reports of an app that exits after serving makes the revision
+    Ready=False (ContainerHealthy ExitCode3) while no instance is ready, and Ready again when
+    the restarted one is (Knative: reconcileDeployment's crash-loop check)."""
+    import dataclasses
+    import time
+
+    from ebb.controller.reconcile import revision_status
+    from ebb.controller.resources import condition, new
+
+    spec = dataclasses.replace(SPEC, command=(sys.executable, "-c", CRASHING_APP), env=())
+    rev = new("Revision")
+    rev.metadata.name, rev.metadata.namespace = KEY.name, KEY.namespace
+
+    def status() -> tuple[str, str, str]:
+        out = revision_status(rev, runtime.view(KEY), now_s=time.time())
+        ready, healthy = condition(out, "Ready"), condition(out, "ContainerHealthy")
+        return ready.status, healthy.status, healthy.reason
+
+    runtime = rt.new()
+    try:
+        await runtime.ensure(KEY, spec, 1, now_s=time.time())
+        await eventually(lambda: runtime.view(KEY).ready == 1, "the instance to be ready")
+        rt.note(runtime)
+        assert status() == ("True", "True", "")
+
+        await eventually(lambda: runtime.view(KEY).failure_reason == "ExitCode3", "the app to exit")
+        view = runtime.view(KEY)
+        assert (view.desired, view.ready, view.ever_ready) == (1, 0, True)
+        assert status() == ("False", "False", "ExitCode3")
+        assert "exited with code 3" in view.failure_message
+
+        # The controller asks again once the crash backoff (1 s after a first failure) is over.
+        await runtime.ensure(KEY, spec, 1, now_s=time.time() + 2.0)
+        await eventually(lambda: runtime.view(KEY).ready == 1, "the restarted instance to be ready")
+        rt.note(runtime)
+        assert status() == ("True", "True", "")
+    finally:
+        await runtime.close(stop_instances=True)
+    assert [pid for pid in rt.seen if pid_alive(pid)] == []

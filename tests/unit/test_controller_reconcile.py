@@ -1,5 +1,8 @@
 """Reconcilers: Service children, revision naming, statuses and traffic resolution (tables)."""
 
+import hashlib
+import re
+
 import pytest
 
 from ebb.api.serving.v1 import resources_pb2 as r
@@ -80,10 +83,11 @@ def test_one_revision_per_generation():
     assert rc.revision_for(cfg, [rev]).metadata.name == "hello-00002"
 
 
-def _rev(name, generation, ready="True", message=""):
+def _rev(name, generation, ready="True", message="", config="hello"):
     rev = new("Revision")
     rev.metadata.name, rev.metadata.namespace = name, "default"
     rev.metadata.labels["serving.knative.dev/configurationGeneration"] = str(generation)
+    rev.metadata.labels["serving.knative.dev/configuration"] = config
     return _ready(rev, ready, "ExitCode1" if ready == "False" else "", message)
 
 
@@ -112,12 +116,24 @@ def test_configuration_status_failed_revision_keeps_previous_ready():
         (rc.InstanceView(desired=0, actual=0, ready=0, ever_ready=True), "True", ""),
         (rc.InstanceView(desired=1, actual=1, ready=0), "Unknown", "Deploying"),
         (rc.InstanceView(desired=1, actual=0, failure_reason="ExitCode3", failure_message="boom"), "False", "ExitCode3"),
+        # Once ready, then crash-looping: wanted, none ready, the last one exited (Knative's
+        # reconcileDeployment: ContainerHealthy=False, ExitCode<n>)...
+        (rc.InstanceView(desired=1, actual=0, ever_ready=True, failure_reason="ExitCode3", failure_message="boom"),
+         "False", "ExitCode3"),
+        # ...also while the next attempt starts...
+        (rc.InstanceView(desired=1, actual=1, ever_ready=True, failure_reason="ExitCode3"), "False", "ExitCode3"),
+        # ...but not when one instance of several crashed, nor at zero, nor once one is ready again.
+        (rc.InstanceView(desired=2, actual=1, ready=1, ever_ready=True, failure_reason="ExitCode3"), "True", ""),
+        (rc.InstanceView(desired=0, actual=0, ever_ready=True, failure_reason="ExitCode3"), "True", ""),
+        (rc.InstanceView(desired=1, actual=1, ready=1, ever_ready=True), "True", ""),
     ],
 )
 def test_revision_status(view, ready, reason):
     out = rc.revision_status(_rev("hello-00001", 1, "Unknown"), view, now_s=NOW)
     cond = condition(out, "Ready")
     assert (cond.status, cond.reason) == (ready, reason)
+    if ready != "Unknown":  # Ready = ResourcesAvailable ∧ ContainerHealthy; here the container decides
+        assert (condition(out, "ContainerHealthy").status, condition(out, "ContainerHealthy").reason) == (ready, reason)
     assert (out.status.desired_replicas, out.status.actual_replicas, out.status.ready_replicas) == (
         view.desired, view.actual, view.ready)
 
@@ -363,3 +379,212 @@ def test_serving_mode(decision, desired, ready, has_activator, mode):
 )
 def test_instances_stop_only_after_the_activator_is_acked(desired, running, acked, expected):
     assert rc.hold_instances_for_switch(desired, running, acked) == expected
+
+
+# ---- generated names fit 63 characters (Knative's kmeta.ChildName)
+
+
+def _md5(text):
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "parent,suffix,expected",
+    [
+        ("hello", "-00001", "hello-00001"),
+        ("a" * 57, "-00001", "a" * 57 + "-00001"),  # 63: as is
+        ("a" * 58, "-00001", "a" * 25 + _md5("a" * 58) + "-00001"),  # 64: cut, hashed
+        ("a" * 60, "-00012", "a" * 25 + _md5("a" * 60) + "-00012"),
+        ("b" * 63, "-123456", "b" * 24 + _md5("b" * 63) + "-123456"),  # a longer suffix cuts more
+    ],
+)
+def test_child_name(parent, suffix, expected):
+    assert rc.child_name(parent, suffix) == expected
+    assert len(expected) <= 63
+
+
+def test_a_long_configurations_revisions_are_dns_labels_and_distinct():
+    long_a, long_b = "x" * 59 + "a", "x" * 59 + "b"  # the same first 25 characters
+    names = {rc.revision_for(_cfg(name, generation=g), []).metadata.name for name in (long_a, long_b) for g in (1, 2)}
+    assert len(names) == 4
+    assert all(re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", n) for n in names), names
+
+
+# ---- a revision name that is taken (Knative's CheckNameAvailability)
+
+
+def _cfg_with(generation, template_name="", env=None, status=None):
+    cfg = _cfg(generation=generation, template_name=template_name)
+    if env is not None:
+        cfg.spec.template.spec.containers[0].env.add(name="V", value=env)
+    if status is not None:
+        cfg.status.CopyFrom(status.status)
+    return cfg
+
+
+def _stamp(cfg, ready="True"):
+    """The revision the controller makes for `cfg`, owned by it, with a Ready condition."""
+    rev = rc.revision_for(cfg, [])
+    return _ready(rev, ready)
+
+
+def _reconcile(cfg, revisions):
+    """One pass: make the revision if due (ready at once), then the Configuration's status."""
+    made = rc.revision_for(cfg, revisions)
+    if made is not None:
+        revisions.append(_ready(made))
+    return rc.configuration_status(cfg, revisions, now_s=NOW)
+
+
+def test_a_user_chosen_name_with_another_spec_fails_the_configuration():
+    revisions = []
+    st1 = _reconcile(_cfg_with(1, "hello-a", env="1"), revisions)
+    st2 = _reconcile(_cfg_with(2, "hello-b", env="2", status=st1), revisions)
+    assert (st2.status.latest_created_revision_name, st2.status.latest_ready_revision_name) == ("hello-b", "hello-b")
+    back = _cfg_with(3, "hello-a", env="3", status=st2)  # the old name, a new template
+    assert rc.revision_for(back, revisions) is None
+    st3 = rc.configuration_status(back, revisions, now_s=NOW)
+    cond = condition(st3, "Ready")
+    assert (cond.status, cond.reason, cond.message) == (
+        "False", "RevisionFailed",
+        'Revision creation failed with message: revisions.serving.knative.dev "hello-a" already exists.')
+    # The previous revisions are kept as they were: traffic stays on hello-b.
+    assert (st3.status.latest_created_revision_name, st3.status.latest_ready_revision_name) == ("hello-b", "hello-b")
+    assert st3.status.observed_generation == 3
+    route = _ready(_route())
+    svc = rc.service_status(_service(), st3, route, now_s=NOW)
+    assert (condition(svc, "Ready").status, condition(svc, "Ready").reason) == ("False", "RevisionFailed")
+    assert svc.status.latest_created_revision_name == "hello-b"
+
+
+def test_rolling_back_to_a_user_chosen_name_with_the_same_spec_reuses_it():
+    revisions = []
+    st1 = _reconcile(_cfg_with(1, "hello-a", env="1"), revisions)
+    st2 = _reconcile(_cfg_with(2, "hello-b", env="2", status=st1), revisions)
+    back = _cfg_with(3, "hello-a", env="1", status=st2)  # hello-a's very template again
+    assert rc.revision_for(back, revisions) is None
+    st3 = rc.configuration_status(back, revisions, now_s=NOW)
+    assert condition(st3, "Ready").status == "True"
+    # hello-a (generation 1) is latest created and, being ready, latest ready: not hello-b.
+    assert (st3.status.latest_created_revision_name, st3.status.latest_ready_revision_name) == ("hello-a", "hello-a")
+    assert [v.metadata.name for v in revisions] == ["hello-a", "hello-b"]
+    assert rc.latest_created(back, revisions).metadata.name == "hello-a"
+
+
+def test_a_reused_revision_not_ready_yet_leaves_latest_ready_alone():
+    revisions = []
+    st1 = _reconcile(_cfg_with(1, "hello-a", env="1"), revisions)
+    st2 = _reconcile(_cfg_with(2, "hello-b", env="2", status=st1), revisions)
+    _ready(revisions[0], "Unknown")  # say hello-a is deploying again
+    st3 = rc.configuration_status(_cfg_with(3, "hello-a", env="1", status=st2), revisions, now_s=NOW)
+    assert (st3.status.latest_created_revision_name, st3.status.latest_ready_revision_name) == ("hello-a", "hello-b")
+    assert condition(st3, "Ready").status == "Unknown"
+
+
+def test_a_generated_name_taken_by_a_user_chosen_one_fails_the_configuration():
+    revisions = []
+    st1 = _reconcile(_cfg_with(1, "hello-00002"), revisions)
+    nxt = _cfg_with(2, env="2", status=st1)  # no name: wants hello-00002
+    assert rc.revision_for(nxt, revisions) is None
+    st2 = rc.configuration_status(nxt, revisions, now_s=NOW)
+    cond = condition(st2, "Ready")
+    assert (cond.status, cond.reason) == ("False", "RevisionFailed")
+    assert '"hello-00002" already exists' in cond.message
+    assert st2.status.latest_created_revision_name == "hello-00002"  # as the status said
+
+
+def test_a_user_chosen_name_of_another_configurations_revision_is_a_conflict():
+    other = _rev("hello-x", 1, config="other")
+    other.metadata.owner_references.add(kind="Configuration", name="other", uid="uid-other", controller=True)
+    cfg = _cfg_with(1, "hello-x")
+    assert rc.revision_for(cfg, [other]) is None
+    st = rc.configuration_status(cfg, [other], now_s=NOW)
+    assert condition(st, "Ready").status == "False"
+    assert (st.status.latest_created_revision_name, st.status.latest_ready_revision_name) == ("", "")
+
+
+def test_the_same_user_chosen_name_at_its_own_generation_is_the_revision():
+    cfg = _cfg_with(4, "hello-a", env="1")
+    rev = _stamp(cfg)
+    cfg.spec.template.spec.containers[0].env[0].value = "2"  # a defaulted field, say: same generation
+    assert rc.latest_created_revision(cfg, [rev]) == (rev, "")
+
+
+# ---- latest ready moves forward only (Knative's findAndSetLatestReadyRevision)
+
+
+def test_latest_ready_stays_on_a_revision_that_fails_after_being_ready():
+    revisions = []
+    st1 = _reconcile(_cfg_with(1), revisions)
+    st2 = _reconcile(_cfg_with(2, env="2", status=st1), revisions)
+    assert st2.status.latest_ready_revision_name == "hello-00002"
+    _ready(revisions[1], "False", "ExitCode3", "Container exited with code 3.")  # it crash-loops now
+    st3 = rc.configuration_status(_cfg_with(2, env="2", status=st2), revisions, now_s=NOW)
+    # Not back to hello-00001: its traffic stays; Ready says why.
+    assert st3.status.latest_ready_revision_name == "hello-00002"
+    cond = condition(st3, "Ready")
+    assert (cond.status, cond.reason) == ("False", "RevisionFailed")
+    assert "Container exited with code 3" in cond.message
+
+
+def test_latest_ready_of_a_deleted_revision_is_recomputed():
+    revisions = []
+    st1 = _reconcile(_cfg_with(1), revisions)
+    st2 = _reconcile(_cfg_with(2, env="2", status=st1), revisions)
+    del revisions[1]
+    st3 = rc.configuration_status(_cfg_with(2, env="2", status=st2), revisions, now_s=NOW)
+    assert st3.status.latest_ready_revision_name == "hello-00001"
+
+
+# ---- traffic to revisions not ready (Knative's addRevisionTarget, traffic/errors.go)
+
+
+R1, R2 = "hello-00001", "hello-00002"
+
+
+@pytest.mark.parametrize(
+    "states,targets,status,reason,message",
+    [
+        ({R1: "True", R2: "Unknown"}, [(R1, 50), (R2, 50)], "Unknown", "RevisionMissing",
+         'Revision "hello-00002" is not yet ready.'),
+        ({R1: "True", R2: None}, [(R2, 100)], "Unknown", "RevisionMissing",  # no conditions yet
+         'Revision "hello-00002" is not yet ready.'),
+        ({R1: "True", R2: "False"}, [(R1, 50), (R2, 50)], "False", "RevisionMissing",
+         'Revision "hello-00002" failed to become ready.'),
+        # A failure wins over one still deploying, whatever the order...
+        ({R1: "Unknown", R2: "False"}, [(R1, 50), (R2, 50)], "False", "RevisionMissing",
+         'Revision "hello-00002" failed to become ready.'),
+        ({R1: "Unknown"}, [(R1, 50), ("hello-00009", 50)], "False", "RevisionMissing",
+         'Revision "hello-00009" referenced in traffic not found.'),
+        # ...and the first of several still deploying is named.
+        ({R1: "Unknown", R2: "Unknown"}, [(R1, 50), (R2, 50)], "Unknown", "RevisionMissing",
+         'Revision "hello-00001" is not yet ready.'),
+    ],
+)
+def test_pinned_revisions_not_ready_do_not_assign_traffic(states, targets, status, reason, message):
+    revisions = {}
+    for name, state in states.items():
+        rev = _rev(name, int(name[-1]))
+        if state is None:
+            del rev.status.conditions[:]
+        else:
+            _ready(rev, state)
+        revisions[name] = rev
+    route = _route(*(r.TrafficTarget(revision_name=name, percent=pct) for name, pct in targets))
+    res = rc.resolve_traffic(route, {}, revisions)
+    assert (res.status, res.reason, res.message, res.targets) == (status, reason, message, ())
+    assert set(res.referenced) == {name for name, _ in targets if name in revisions}
+    out = rc.route_status(route, res, True, 8080, now_s=NOW)
+    for cond_type in ("AllTrafficAssigned", "Ready"):
+        cond = condition(out, cond_type)
+        assert (cond.status, cond.reason, cond.message) == (status, reason, message)
+
+
+def test_traffic_names_every_revision_it_references():
+    cfg = _cfg()
+    cfg.status.latest_ready_revision_name = R2
+    route = _route(r.TrafficTarget(configuration_name="hello", latest_revision=True, percent=50),
+                   r.TrafficTarget(revision_name=R1, percent=50))
+    res = rc.resolve_traffic(route, {"hello": cfg}, {R1: _rev(R1, 1), R2: _rev(R2, 2)})
+    assert res.reason == ""
+    assert res.referenced == (R2, R1)

@@ -129,6 +129,7 @@ class Controller:
         self._activator = activator
         self._acked_spec = None  # the GatewaySpec Envoy last ACKed
         self._last_good_hosts: dict = {}
+        self._last_good: dict = {}  # route key -> the last Resolution served (rc.Resolution)
         self._dirty = asyncio.Event()
         self._stopped = False
         self._snapshot_version = ""
@@ -222,15 +223,16 @@ class Controller:
         configurations = store.list("Configuration")
         revisions = store.list("Revision")
 
-        # 3. One revision per Configuration generation.
-        by_config: dict[tuple[str, str], list[r.Revision]] = {}
+        # 3. One revision per Configuration generation (its name may be taken by any
+        #    revision of the namespace).
+        by_namespace: dict[str, list[r.Revision]] = {}
         for rev in revisions:
-            by_config.setdefault((rev.metadata.namespace, rev.metadata.labels.get(LABEL_CONFIGURATION, "")), []).append(rev)
+            by_namespace.setdefault(rev.metadata.namespace, []).append(rev)
         for cfg in configurations:
-            new_rev = rc.revision_for(cfg, by_config.get((cfg.metadata.namespace, cfg.metadata.name), []))
+            new_rev = rc.revision_for(cfg, by_namespace.get(cfg.metadata.namespace, []))
             if new_rev is not None:
                 stored, _ = store.put(new_rev, now_s=now)
-                by_config.setdefault((cfg.metadata.namespace, cfg.metadata.name), []).append(stored)
+                by_namespace.setdefault(cfg.metadata.namespace, []).append(stored)
                 log.info("revision created", extra={"revision": stored.metadata.name})
 
         # 4. Which revisions are routed (they need instances) - resolve with current statuses.
@@ -239,19 +241,15 @@ class Controller:
         revisions = {(v.metadata.namespace, v.metadata.name): v for v in store.list("Revision")}
         resolutions = {key_of(rt): self._resolve(rt, configurations, revisions) for rt in routes}
         routed = {
-            RevisionKey(k.namespace, t.revision) for k, res in resolutions.items() for t in res.targets
+            RevisionKey(k.namespace, name) for k, res in resolutions.items() for name in self._routed_names(k, res)
         }
-        # The newest revision of each configuration (it needs instances to become ready even
-        # before any route sends it traffic), from this pass's revisions, not last status.
+        # The latest created revision of each configuration (it needs instances to become
+        # ready even before any route sends it traffic), from this pass's revisions, not
+        # last status.
         latest_created = set()
         for c in configurations.values():
-            mine = [
-                v for v in revisions.values()
-                if v.metadata.namespace == c.metadata.namespace
-                and v.metadata.labels.get(LABEL_CONFIGURATION) == c.metadata.name
-            ]
-            if mine:
-                newest = max(mine, key=rc.generation_of)
+            newest = rc.latest_created(c, self._in_namespace(revisions, c.metadata.namespace))
+            if newest is not None:
                 latest_created.add(RevisionKey(newest.metadata.namespace, newest.metadata.name))
 
         # 5. Instances, serving mode and revision status.
@@ -309,21 +307,26 @@ class Controller:
 
         # 6. Configuration status (latest created / ready).
         for (ns, name), cfg in configurations.items():
-            mine = [v for v in revisions.values() if v.metadata.namespace == ns and v.metadata.labels.get(LABEL_CONFIGURATION) == name]
-            configurations[(ns, name)] = self._put_status(rc.configuration_status(cfg, mine, now_s=now))
+            status = rc.configuration_status(cfg, self._in_namespace(revisions, ns), now_s=now)
+            configurations[(ns, name)] = self._put_status(status)
 
         # 7. Gateway: resolve again with fresh statuses, build and push the snapshot.
         resolutions = {key_of(rt): self._resolve(rt, configurations, revisions) for rt in routes}
         hosts_by_route = {}
+        last_good = {}
         for rt in routes:
             k = key_of(rt)
             if resolutions[k].reason:
-                # Like Knative, a route whose traffic cannot be resolved leaves the gateway
-                # alone: the last good config keeps serving while the status says why.
+                # Like Knative, a route whose traffic cannot be resolved (a target missing,
+                # failed, or still deploying) leaves the gateway alone: the last good config
+                # keeps serving while the status says why.
                 hosts_by_route[k] = self._last_good_hosts.get(k, ())
+                last_good[k] = self._last_good.get(k, rc.Resolution())
             else:
                 hosts_by_route[k] = route_virtual_hosts(rt, resolutions[k])
+                last_good[k] = resolutions[k]
         self._last_good_hosts = dict(hosts_by_route)
+        self._last_good = last_good
         endpoints = {
             key: [self._activator] if modes.get(key) == rc.PROXY else self._runtime.ready_addresses(key)
             for key in (RevisionKey(ns, n) for ns, n in revisions)
@@ -349,6 +352,17 @@ class Controller:
 
         # 9. Endpoints for activators.
         self._publish_endpoints(revisions)
+
+    def _routed_names(self, route_key, resolution: rc.Resolution) -> set[str]:
+        """Revisions of a route that need instances: those it serves, or while it cannot be
+        resolved those its last good config still serves, and every revision it names (one
+        pinned while deploying must run to become ready)."""
+        served = self._last_good.get(route_key, rc.Resolution()) if resolution.reason else resolution
+        return {t.revision for t in served.targets} | set(resolution.referenced)
+
+    @staticmethod
+    def _in_namespace(revisions: dict, namespace: str) -> list[r.Revision]:
+        return [v for (ns, _), v in revisions.items() if ns == namespace]
 
     def _put_status(self, obj):
         """Write status; an object deleted during the pass is simply skipped."""

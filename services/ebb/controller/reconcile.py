@@ -6,6 +6,7 @@ runtime, and write what these functions return.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from ebb.api.serving.v1 import resources_pb2 as r
@@ -66,10 +67,27 @@ def service_route(svc: r.Service) -> r.Route:
 
 # ---------------------------------------------------------------- Configuration -> Revision
 
+# A Kubernetes name (and a DNS-1035 label) has at most 63 characters.
+MAX_NAME_LENGTH = 63
+_MD5_HEX_LENGTH = 32
+
+
+def child_name(parent: str, suffix: str) -> str:
+    """`parent + suffix`, or, when that is longer than 63, the parent cut short with the MD5
+    of the whole parent in between, so the name fits and stays unique (Knative's
+    kmeta.ChildName). e.g. a 60-character Service's first revision: 60 + 6 = 66 > 63, so
+    the first 63 - 32 - 6 = 25 characters, the 32 hex digits, then `-00001`: 63 exactly.
+    """
+    if len(parent) + len(suffix) <= MAX_NAME_LENGTH:
+        return parent + suffix
+    digest = hashlib.md5(parent.encode(), usedforsecurity=False).hexdigest()
+    return parent[: MAX_NAME_LENGTH - _MD5_HEX_LENGTH - len(suffix)] + digest + suffix
+
 
 def revision_name(cfg: r.Configuration) -> str:
-    """`NAME-0000N` by generation, unless the template chooses a name."""
-    return cfg.spec.template.metadata.name or f"{cfg.metadata.name}-{cfg.metadata.generation:05d}"
+    """`NAME-0000N` by generation (shortened by `child_name` to fit 63), unless the
+    template chooses a name."""
+    return cfg.spec.template.metadata.name or child_name(cfg.metadata.name, f"-{cfg.metadata.generation:05d}")
 
 
 def generation_of(rev: r.Revision) -> int:
@@ -79,25 +97,84 @@ def generation_of(rev: r.Revision) -> int:
         return 0
 
 
+def _controlled_by(rev: r.Revision, cfg: r.Configuration) -> bool:
+    """The revision's controlling owner is this Configuration (by uid, as Kubernetes does;
+    by its configuration label when it names no controller)."""
+    owners = [o for o in rev.metadata.owner_references if o.controller]
+    if owners:
+        return any(o.kind == "Configuration" and o.uid == cfg.metadata.uid for o in owners)
+    return rev.metadata.labels.get(LABEL_CONFIGURATION) == cfg.metadata.name
+
+
+def _name_taken(name: str) -> str:
+    """Knative's message when the revision to create is in the way (the API server's
+    AlreadyExists, wrapped by MarkRevisionCreationFailed)."""
+    return f'Revision creation failed with message: revisions.serving.knative.dev "{name}" already exists.'
+
+
+def latest_created_revision(cfg: r.Configuration, revisions: list[r.Revision]) -> tuple[r.Revision | None, str]:
+    """The revision that stands for the Configuration's current generation, as
+    (revision, "") when it exists, (None, "") when it is still to be made, or (None, why)
+    when a revision of its name is in the way. `revisions`: the namespace's.
+
+    As Knative: a user-chosen name (`spec.template.metadata.name`) is looked up by name; a
+    revision of that name made from this Configuration at this generation, or with the very
+    same spec (rolling back to an earlier template), is reused; one of another
+    Configuration, or with another spec, is a conflict. A generated name is looked up by
+    the generation label; if its name is already taken (say the user named generation 1
+    `hello-00002`; generation 2 wants that name) that is a conflict too. Knative retries
+    that one silently; Ebb reports it the same way.
+    """
+    name = cfg.spec.template.metadata.name
+    if name:
+        existing = next((rev for rev in revisions if rev.metadata.name == name), None)
+        if existing is None:
+            return None, ""
+        if not _controlled_by(existing, cfg):
+            return None, _name_taken(name)
+        if generation_of(existing) == cfg.metadata.generation or existing.spec == cfg.spec.template.spec:
+            return existing, ""
+        return None, _name_taken(name)
+    for rev in revisions:
+        if _controlled_by(rev, cfg) and generation_of(rev) == cfg.metadata.generation:
+            return rev, ""
+    name = revision_name(cfg)
+    if any(rev.metadata.name == name for rev in revisions):
+        return None, _name_taken(name)
+    return None, ""
+
+
+def latest_created(cfg: r.Configuration, revisions: list[r.Revision]) -> r.Revision | None:
+    """The Configuration's latest created revision (`revisions`: the namespace's): the one
+    for its generation; while that is in the way, the one its status last named; while it
+    is not made yet, its newest."""
+    rev, conflict = latest_created_revision(cfg, revisions)
+    if rev is not None:
+        return rev
+    mine = [v for v in revisions if _controlled_by(v, cfg)]
+    if conflict:
+        return next((v for v in mine if v.metadata.name == cfg.status.latest_created_revision_name), None)
+    return max(mine, key=generation_of, default=None)
+
+
 def revision_for(cfg: r.Configuration, revisions: list[r.Revision]) -> r.Revision | None:
-    """The Revision to create for the Configuration's current generation, or None if it exists.
+    """The Revision to create for the Configuration's current generation, or None if it
+    exists or cannot be made (`latest_created_revision`; `configuration_status` says why).
+    `revisions`: the namespace's.
 
     A revision is stamped once per generation of the Configuration; metadata-only changes do
     not bump the generation and so make no revision.
     """
-    generation = cfg.metadata.generation
-    if any(generation_of(rev) == generation for rev in revisions):
+    existing, conflict = latest_created_revision(cfg, revisions)
+    if existing is not None or conflict:
         return None
-    name = revision_name(cfg)
-    if any(rev.metadata.name == name for rev in revisions):
-        return None  # a user-chosen name that already exists: validation reports it
     rev = new("Revision")
-    rev.metadata.name = name
+    rev.metadata.name = revision_name(cfg)
     rev.metadata.namespace = cfg.metadata.namespace
     rev.metadata.labels.update(cfg.spec.template.metadata.labels)
     rev.metadata.annotations.update(cfg.spec.template.metadata.annotations)
     rev.metadata.labels[LABEL_CONFIGURATION] = cfg.metadata.name
-    rev.metadata.labels[LABEL_CONFIGURATION_GENERATION] = str(generation)
+    rev.metadata.labels[LABEL_CONFIGURATION_GENERATION] = str(cfg.metadata.generation)
     service = cfg.metadata.labels.get(LABEL_SERVICE)
     if service:
         rev.metadata.labels[LABEL_SERVICE] = service
@@ -106,24 +183,45 @@ def revision_for(cfg: r.Configuration, revisions: list[r.Revision]) -> r.Revisio
     return rev
 
 
+def _latest_ready(cfg: r.Configuration, mine: list[r.Revision], created: r.Revision | None) -> str:
+    """Knative's findAndSetLatestReadyRevision: the newest ready revision from the one the
+    status names on (the latest created first when it has a user-chosen name, since a
+    reused one carries an older generation); none newer ready keeps the one named, even
+    while it fails (its traffic stays; the Configuration's Ready says why). A name whose
+    revision was deleted is recomputed from all of them (Knative keeps it dangling).
+    """
+    previous = next((v for v in mine if v.metadata.name == cfg.status.latest_ready_revision_name), None)
+    candidates = mine
+    if previous is not None:
+        start = generation_of(previous)
+        candidates = [v for v in mine if start <= generation_of(v) <= cfg.metadata.generation]
+    byo = created.metadata.name if created is not None and created.metadata.name == cfg.spec.template.metadata.name else ""
+    if previous is not None and byo and created not in candidates:
+        candidates.append(created)
+    ordered = sorted(candidates, key=lambda v: (v.metadata.name == byo, generation_of(v)), reverse=True)
+    ready = next((v for v in ordered if _ready(v) == "True"), previous)
+    return ready.metadata.name if ready is not None else ""
+
+
 def configuration_status(cfg: r.Configuration, revisions: list[r.Revision], *, now_s: float) -> r.Configuration:
-    """Configuration with latestCreated/latestReady revision names and its Ready condition."""
+    """Configuration with latestCreated/latestReady revision names and its Ready condition.
+    `revisions`: the namespace's (a revision of another Configuration may be in the way)."""
     out = r.Configuration()
     out.CopyFrom(cfg)
-    ordered = sorted(revisions, key=generation_of)
-    current = [rev for rev in ordered if generation_of(rev) == cfg.metadata.generation]
-    latest_created = current[-1] if current else (ordered[-1] if ordered else None)
-    ready = [rev for rev in ordered if _ready(rev) == "True"]
+    mine = [v for v in revisions if _controlled_by(v, cfg)]
+    _, conflict = latest_created_revision(cfg, revisions)
+    created = latest_created(cfg, revisions)
     out.status.observed_generation = cfg.metadata.generation
-    out.status.latest_created_revision_name = latest_created.metadata.name if latest_created else ""
-    # Recomputed every pass: a deleted or failed revision stops being "latest ready".
-    out.status.latest_ready_revision_name = ready[-1].metadata.name if ready else ""
-    if latest_created is None:
+    out.status.latest_created_revision_name = created.metadata.name if created else ""
+    out.status.latest_ready_revision_name = _latest_ready(cfg, mine, created)
+    if conflict:
+        set_condition(out, "Ready", "False", "RevisionFailed", conflict, now_s=now_s)
+    elif created is None:
         set_condition(out, "Ready", "Unknown", "RevisionMissing", "Configuration has no revision yet.", now_s=now_s)
     else:
-        state = _ready(latest_created)
-        cond = condition(latest_created, "Ready")
-        name = latest_created.metadata.name
+        state = _ready(created)
+        cond = condition(created, "Ready")
+        name = created.metadata.name
         if state == "True":
             set_condition(out, "Ready", "True", now_s=now_s)
         elif state == "False":
@@ -159,20 +257,27 @@ class InstanceView:
 def revision_status(rev: r.Revision, view: InstanceView, *, now_s: float) -> r.Revision:
     """Revision Ready = ResourcesAvailable ∧ ContainerHealthy (Knative).
 
-    A revision that once became ready stays Ready when scaled to zero; a failure before it
-    was ever ready fails it with the reason the runtime saw.
+    A failure before the revision was ever ready fails it with the reason the runtime saw.
+    One that once became ready stays Ready when scaled to zero, but not while it crash-loops:
+    as Knative's reconcileDeployment, wanting instances with none ready while the last one
+    exited (say min-scale 1 and an app that exits with code 3 after serving a while) is
+    ContainerHealthy=False with reason ExitCode3, until an instance is ready again.
     """
     out = r.Revision()
     out.CopyFrom(rev)
     st = out.status
     st.observed_generation = rev.metadata.generation
     st.desired_replicas, st.actual_replicas, st.ready_replicas = view.desired, view.actual, view.ready
-    if view.ever_ready or view.ready > 0:
+    crash_looping = view.desired > 0 and view.ready == 0 and bool(view.failure_reason)
+    if view.ready > 0 or (view.ever_ready and not crash_looping):
         set_condition(out, "ResourcesAvailable", "True", now_s=now_s)
         set_condition(out, "ContainerHealthy", "True", now_s=now_s)
         set_condition(out, "Ready", "True", now_s=now_s)
     elif view.failure_reason:
-        set_condition(out, "ResourcesAvailable", "Unknown", "Deploying", now_s=now_s)
+        if view.ever_ready:  # it had its resources; its container is what fails
+            set_condition(out, "ResourcesAvailable", "True", now_s=now_s)
+        else:
+            set_condition(out, "ResourcesAvailable", "Unknown", "Deploying", now_s=now_s)
         set_condition(out, "ContainerHealthy", "False", view.failure_reason, view.failure_message, now_s=now_s)
         set_condition(out, "Ready", "False", view.failure_reason, view.failure_message, now_s=now_s)
     else:
@@ -212,52 +317,89 @@ class Resolution:
     reason: str = ""  # empty when all traffic is assigned
     message: str = ""
     # "False" when a target failed for good (missing, or its revision failed); "Unknown"
-    # while a configuration's first revision is still deploying (Knative does the same).
+    # while one is still on its way (a revision, or a configuration's first, deploying).
     status: str = "False"
+    # Every existing revision the traffic names, ready or not: a revision pinned while it
+    # deploys needs instances to become ready (Knative marks all of them routed).
+    referenced: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _TargetError:
+    reason: str
+    message: str
+    failure: bool  # False: not ready yet (AllTrafficAssigned Unknown)
+
+
+def _target_error(
+    target: r.TrafficTarget, configurations: dict[str, r.Configuration], revisions: dict[str, r.Revision]
+) -> tuple[str, _TargetError | None]:
+    """(the revision the target resolves to, or "", and why it cannot be served, or None),
+    as Knative's addRevisionTarget / addConfigurationTarget with the errors of traffic/errors.go."""
+    if target.revision_name:
+        name = target.revision_name
+        rev = revisions.get(name)
+        if rev is None:
+            return "", _TargetError("RevisionMissing", f'Revision "{name}" referenced in traffic not found.', True)
+        state = _ready(rev)
+        if state == "False":
+            return name, _TargetError("RevisionMissing", f'Revision "{name}" failed to become ready.', True)
+        if state != "True":
+            return name, _TargetError("RevisionMissing", f'Revision "{name}" is not yet ready.', False)
+        return name, None
+    cfg = configurations.get(target.configuration_name)
+    if cfg is None:
+        message = f'Configuration "{target.configuration_name}" referenced in traffic not found.'
+        return "", _TargetError("ConfigurationMissing", message, True)
+    ready = cfg.status.latest_ready_revision_name
+    if ready and ready not in revisions:
+        return "", _TargetError("RevisionMissing", f'Revision "{ready}" referenced in traffic not found.', True)
+    if not ready:
+        cond = condition(cfg, "Ready")
+        message = (cond.message if cond and cond.message else "") or (
+            f'Configuration "{target.configuration_name}" does not have any ready Revision.'
+        )
+        return "", _TargetError("RevisionMissing", message, cond is not None and cond.status == "False")
+    return ready, None
 
 
 def resolve_traffic(
     route: r.Route, configurations: dict[str, r.Configuration], revisions: dict[str, r.Revision]
 ) -> Resolution:
-    """Resolve every target to a revision name (same namespace maps keyed by name)."""
+    """Resolve every target to a revision name (same namespace maps keyed by name).
+
+    Every target is looked at, as in Knative: the first problem is reported, unless a later
+    one is a failure (False), which wins over one still on its way (Unknown). e.g. a pinned
+    revision still deploying and a missing one: AllTrafficAssigned=False, "... not found".
+    """
     targets = []
+    referenced: list[str] = []
+    error: _TargetError | None = None
     for target in route.spec.traffic:
+        if not (target.revision_name or target.configuration_name):
+            continue
+        revision, problem = _target_error(target, configurations, revisions)
+        if revision and revision not in referenced:
+            referenced.append(revision)
+        if problem is not None:
+            if error is None or problem.failure:
+                error = problem
+            continue
         percent = target.percent if target.HasField("percent") else 0
         if target.revision_name:
-            rev = revisions.get(target.revision_name)
-            if rev is None:
-                return Resolution(
-                    reason="RevisionMissing", message=f'Revision "{target.revision_name}" referenced in traffic not found.'
-                )
-            if _ready(rev) == "False":
-                return Resolution(
-                    reason="RevisionMissing", message=f'Revision "{target.revision_name}" failed to become ready.'
-                )
-            targets.append(ResolvedTarget(target.revision_name, percent, target.tag))
-        elif target.configuration_name:
-            cfg = configurations.get(target.configuration_name)
-            if cfg is None:
-                return Resolution(
-                    reason="ConfigurationMissing",
-                    message=f'Configuration "{target.configuration_name}" referenced in traffic not found.',
-                )
-            ready = cfg.status.latest_ready_revision_name
-            if ready and ready not in revisions:
-                return Resolution(
-                    reason="RevisionMissing", message=f'Revision "{ready}" referenced in traffic not found.'
-                )
-            if not ready:
-                cond = condition(cfg, "Ready")
-                return Resolution(
-                    reason="RevisionMissing",
-                    message=(cond.message if cond and cond.message else "")
-                    or f'Configuration "{target.configuration_name}" does not have any ready Revision.',
-                    status="False" if cond is not None and cond.status == "False" else "Unknown",
-                )
+            targets.append(ResolvedTarget(revision, percent, target.tag))
+        else:
             targets.append(
-                ResolvedTarget(ready, percent, target.tag, latest_revision=True, configuration=target.configuration_name)
+                ResolvedTarget(revision, percent, target.tag, latest_revision=True, configuration=target.configuration_name)
             )
-    return Resolution(targets=tuple(targets))
+    if error is not None:
+        return Resolution(
+            reason=error.reason,
+            message=error.message,
+            status="False" if error.failure else "Unknown",
+            referenced=tuple(referenced),
+        )
+    return Resolution(targets=tuple(targets), referenced=tuple(referenced))
 
 
 def host_of(name: str, namespace: str, tag: str = "") -> str:

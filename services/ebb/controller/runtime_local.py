@@ -516,6 +516,11 @@ class LocalRuntime:
                         st.consecutive_failures = 0
                         st.failure_reason = st.failure_message = ""
                     self._listener()
+                elif ok and st.failure_reason and not inst.stopping:
+                    # An instance serves: an earlier crash of another one is over, and must
+                    # not read as a crash loop when the revision next starts from zero.
+                    st.failure_reason = st.failure_message = ""
+                    self._listener()
                 if not inst.ready and not st.ever_ready and loop.time() > deadline:
                     self._fail(
                         inst, st, "ProgressDeadlineExceeded", "Instance did not become ready in time.", self._clock()

@@ -13,6 +13,7 @@ import json
 import signal
 import socket
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -445,6 +446,44 @@ async def test_controller_restart_keeps_the_last_state_then_takes_the_new_snapsh
                     await asyncio.to_thread(wait_until, lambda: act.get("old")[0] == 404, what="the new snapshot")
                     assert (await act.aget("r2"))[::2] == (200, HELLO)
                     assert (await act.aget("r1"))[::2] == (200, HELLO)
+
+
+def _raw(port: int, *pieces: bytes, half_close: bool = False) -> bytes:
+    """Send `pieces` a moment apart on one connection; what comes back until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=GUARD_S) as sock:
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(0.1)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+        return b"".join(chunks)
+
+
+async def test_a_malformed_or_cut_short_body_frees_the_revisions_only_slot_at_once(tmp_path):
+    head = (
+        b"POST /echo HTTP/1.1\r\nHost: hello.default.example\r\nKnative-Serving-Namespace: default\r\n"
+        b"Knative-Serving-Revision: r1\r\n"
+    )
+    chunked = head + b"Transfer-Encoding: chunked\r\n\r\n"
+    async with (
+        instance(tmp_path) as (address, _, _),
+        mesh(tmp_path, controller_with(r1={"ready": [address], "cc": 1})) as m,
+    ):
+        port = m.activator.http_port
+        answer = await asyncio.to_thread(_raw, port, chunked + b"3\r\nabc\r\n", b"zz\r\n")
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        cut = head + b"Content-Length: 100\r\n\r\n" + b"x" * 40
+        assert await asyncio.to_thread(_raw, port, cut, half_close=True) == b""
+        answer = await asyncio.to_thread(
+            _raw, port, head + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+        )
+        assert answer.startswith(b"HTTP/1.1 501 Not Implemented\r\n")
+        # the only slot is free: answered now, not after timeoutSeconds
+        status, _, body = await asyncio.wait_for(m.activator.aget("r1"), 10)
+        assert (status, body) == (200, HELLO)
 
 
 # -- the process

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import http.client
@@ -30,6 +31,9 @@ from queue_helpers import (
     run_queue,
     wait_until,
 )
+
+from ebb.common import http1
+from ebb.queue.proxy import Proxy
 
 pattern_bytes = hello_module().pattern_bytes
 HELLO = f"Hello from {REVISION}!\n".encode()
@@ -250,6 +254,116 @@ def test_bad_request_is_refused(queue):
     status_line, headers, _ = split_response(raw_exchange(queue.http_port, b"NOT HTTP AT ALL\r\n\r\n"))
     assert status_line.split()[1] == b"400"
     assert headers["connection"] == "close"
+
+
+# -- input that cannot be served lets go of the slot at once (container-concurrency 1)
+
+CHUNKED_ECHO = b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def queue_cc1(app, tmp_path_factory):
+    args = ("--container-concurrency", "1", "--timeout-seconds", "60")
+    with run_queue(tmp_path_factory.mktemp("queue-cc1"), app.port, *args) as queue:
+        yield queue
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    chunks = []
+    while data := sock.recv(65536):
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def served_at_once(queue) -> None:
+    """The only slot is free: a request is answered now, not after timeoutSeconds."""
+    status, _, body = queue.request("GET", "/", timeout_s=5)
+    assert (status, body) == (200, HELLO)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"zz\r\nabc\r\n", b"-3\r\nabc\r\n", b"FFFFFFFFFFFFFFFFFFFF\r\n", b"3;x\nabc\r\n", b"3\r\nabcX"],
+    ids=["hex", "negative", "overflow", "ext_bare_lf", "data_without_crlf"],
+)
+def test_a_malformed_body_after_the_head_went_to_the_app_is_400_and_frees_the_slot(queue_cc1, bad):
+    with socket.create_connection(("127.0.0.1", queue_cc1.http_port), timeout=5) as sock:
+        sock.sendall(CHUNKED_ECHO + b"3\r\nabc\r\n")  # admitted: its head goes to the app
+        time.sleep(0.1)
+        sock.sendall(bad)
+        status_line, headers, _ = split_response(read_until_closed(sock))
+    assert status_line.split()[1] == b"400" and headers["connection"] == "close"
+    served_at_once(queue_cc1)
+
+
+@pytest.mark.parametrize(
+    "head, part",
+    [
+        (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n", b"x" * 40),
+        (CHUNKED_ECHO, b"10\r\n12345"),
+    ],
+    ids=["content_length", "chunked"],
+)
+@pytest.mark.parametrize("how", ["close", "half_close"])
+def test_a_client_gone_mid_body_frees_the_slot_at_once_and_is_logged_499(queue_cc1, head, part, how):
+    with socket.create_connection(("127.0.0.1", queue_cc1.http_port), timeout=5) as sock:
+        sock.sendall(head + part)
+        time.sleep(0.1)
+        if how == "half_close":
+            sock.shutdown(socket.SHUT_WR)
+            assert read_until_closed(sock) == b""  # no answer can come: closed at once
+    served_at_once(queue_cc1)
+    wait_until(lambda: '"status":499' in queue_cc1.log(), timeout_s=5, what="the 499 log line")
+
+
+def test_a_header_that_never_ends_is_431_within_max_head_bytes(queue_cc1):
+    with socket.create_connection(("127.0.0.1", queue_cc1.http_port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Huge: ")
+        sent, piece = 0, b"z" * 16384
+        try:
+            while sent < 4 * MB:  # far more than the 64 KB allowed: refused well before
+                sock.sendall(piece)
+                sent += len(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            answer = read_until_closed(sock)
+        except ConnectionResetError:  # closed with our unread bytes in its buffer
+            answer = b""
+    assert sent < 4 * MB
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431 ")
+    served_at_once(queue_cc1)
+
+
+def test_a_transfer_coding_other_than_chunked_is_501_and_not_sent_to_the_app(queue_cc1):
+    raw = raw_exchange(
+        queue_cc1.http_port,
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    assert raw.startswith(b"HTTP/1.1 501 Not Implemented\r\n")
+    assert raw.endswith(b"unsupported transfer encoding: gzip, chunked\n")
+
+
+async def test_a_head_incomplete_for_head_timeout_s_is_408_an_idle_connection_stays(app, monkeypatch):
+    # In this process, so that the 60 s bound can be made short.
+    monkeypatch.setattr(http1, "HEAD_TIMEOUT_S", 0.3)
+    proxy = Proxy(app_port=app.port)
+    port = await proxy.listen("127.0.0.1", 0)
+    try:
+        idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
+        idle_w.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        await idle_r.readuntil(HELLO)
+        for partial in (b"GET / HTTP/1.1\r\nHost: a\r\n", b"GET /\r\n"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(partial)
+            answer = await asyncio.wait_for(reader.read(), 5)
+            assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+            writer.close()
+        idle_w.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")  # kept open between requests
+        assert (await asyncio.wait_for(idle_r.readuntil(HELLO), 5)).startswith(b"HTTP/1.1 200")
+        idle_w.close()
+    finally:
+        await proxy.close()
 
 
 # -- the queue's own answers

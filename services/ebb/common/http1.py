@@ -14,6 +14,15 @@ Bodies stream both ways (Content-Length or chunked, re-framed as needed) with fl
 a side whose peer cannot keep up stops being read. Pipelined requests are answered in
 order; at most MAX_PIPELINE parsed ahead.
 
+Input that cannot be served ends what it touches at once, whatever state it comes in:
+a malformed head is answered 400 (431 past MAX_HEAD_BYTES, fed or complete; 501 for a
+transfer-coding other than chunked, as Go's net/http) in its turn, and the connection
+closes; a body that turns out malformed, or that the client stops sending (EOF before
+its end), ends its exchange then and there (400 while nothing of the response has gone,
+else the connection is cut; 499 for the client that left), closing the app connection
+that saw the broken body, so no slot waits for bytes that cannot come. A head left
+incomplete for HEAD_TIMEOUT_S closes the connection (408 when nothing else is owed).
+
 A service plugs in with two subclasses: a `Handler` (admission: which upstream pool, when,
 and what to release at the end; its probe answer) and a `ClientConnection` (how the
 upstream request head is built from the captured headers).
@@ -42,6 +51,11 @@ log = logging.getLogger(__name__)
 
 HIGH_WATER = 256 * 1024  # bytes buffered toward one side before the other side stops being read
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; beyond: 431
+# A request head begun and not finished for this long closes its connection (Knative's
+# queue-proxy sets the same bound, ReadHeaderTimeout, on its server): a client trickling
+# a head, or one that sent "GET / HTTP/1.1\r\nHost: a\r\n" and stopped, holds no
+# connection forever. An idle keep-alive connection (no head begun) is not concerned.
+HEAD_TIMEOUT_S = 60.0
 MAX_PIPELINE = 32  # requests parsed ahead of the one being answered
 MAX_IDLE_UPSTREAM = 256  # idle keep-alive connections kept to the app
 SMALL_JOIN = 16 * 1024  # two pieces this small together are joined: one write, not a writev
@@ -181,6 +195,9 @@ def _build_forwarded(xff: bytes | None, host: bytes | None, proto: bytes | None)
     return b", ".join([b";".join(pairs), *(b"for=" + node for node in nodes[1:])])
 
 
+_HEAD_TOO_LARGE = b"request head larger than %d bytes\n" % MAX_HEAD_BYTES
+
+
 def local_response(
     status: int, body: bytes, keep_alive: bool, http11: bool, head_only: bool
 ) -> bytes:
@@ -199,14 +216,17 @@ def local_response(
     return head + CRLF + (b"" if head_only else body)
 
 
-class _HeadTooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """Raised from a parser callback: the request is answered `args` (status, body) and
+    the connection closes (see ClientConnection._refuse)."""
 
 
 # What a `K-Network-Probe` request asks of the proxy itself (`ClientConnection._probe`):
 # its health, answered at once, or (the queue) an answer once its drain has ended.
 PROBE_HEALTH = 1
 PROBE_WAIT_DRAIN = 2
+# Not a probe: a request the proxy refuses (`Exchange.refusal`), answered in its turn.
+_REFUSED = 3
 
 
 # Which timeout ended an exchange (`Limits.kind_of`, `Handler.timed_out`).
@@ -741,6 +761,7 @@ class Exchange:
         "slot",
         "tries",
         "upgrade",  # the protocol switch asked for (Upgrade with Connection: upgrade)
+        "refusal",  # (status, body) the proxy answers instead; set only with probe _REFUSED
     )
 
     def __init__(
@@ -808,6 +829,9 @@ class Exchange:
         if self.probe:
             if self.probe == PROBE_WAIT_DRAIN:
                 proxy.wait_drained(self)
+                return
+            if self.probe == _REFUSED:
+                self.respond_local(*self.refusal)
                 return
             status, body = proxy.probe_answer()
             self.respond_local(status, body)
@@ -1117,6 +1141,14 @@ class Exchange:
         self.conn.close()
         self._finish()
 
+    def refuse(self, status: int, body: bytes) -> None:
+        """Not to be served (it cannot be read to its end): answered `status` in its turn
+        instead, without going upstream, and the connection closes after it. Not started."""
+        self.probe = _REFUSED
+        self.refusal = (status, body)
+        self.keep_alive = False
+        self._req_buf = []  # whatever of its body was kept goes nowhere
+
     def abort(self) -> None:
         """The client went away."""
         if self.finished:
@@ -1315,6 +1347,8 @@ class ClientConnection(asyncio.Protocol):
         # parse state of the request being read
         "_in_head",
         "_head_bytes",
+        "_head_fed",
+        "_head_at",
         "_url",
         "_parts",
         "_host",
@@ -1324,7 +1358,7 @@ class ClientConnection(asyncio.Protocol):
         "_xfh",
         "_fwd",
         "_cl",
-        "_chunked",
+        "_te",
         "_drop",
         "_probe",
         "_proxy_req",
@@ -1357,8 +1391,10 @@ class ClientConnection(asyncio.Protocol):
         self._advancing = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # when `_timer` fires
-        self._in_head = False
-        self._head_bytes = 0
+        self._in_head = False  # a request head has begun and is not complete
+        self._head_bytes = 0  # its URL and complete headers so far
+        self._head_fed = 0  # bytes read while it was incomplete, after the read it began in
+        self._head_at = 0.0  # when it was first seen incomplete at the end of a read
 
     # -- transport callbacks
 
@@ -1388,6 +1424,17 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.eof = True
+        ex = self.parsing
+        if ex is not None:  # its body was cut short: it can never be complete
+            self.parsing = None
+            if ex.started and not ex.finished:
+                ex._abort_started()
+                return None
+            if self.active is not ex:  # pipelined behind the one being answered
+                with contextlib.suppress(ValueError):
+                    self.pipeline.remove(ex)
+                    self.pipeline_bytes -= ex._req_buf_bytes
+            ex.abort()  # a client that went away (499): slot and app connection let go
         if self.active is not None:  # half-closed after sending: still owed answers
             return True
         return None
@@ -1405,6 +1452,8 @@ class ClientConnection(asyncio.Protocol):
             ex.upstream.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self._in_head:  # a head left incomplete by an earlier read: count what it takes
+            self._head_fed += len(data)
         self.feeding = True
         try:
             self.parser.feed_data(data)
@@ -1416,8 +1465,8 @@ class ClientConnection(asyncio.Protocol):
             self.pause(_PAUSE_STOP)
             self.early = data[exc.args[0] :]
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
-                self._refuse(431, b"request head larger than %d bytes\n" % MAX_HEAD_BYTES)
+            if isinstance(exc.__context__, _Refused):
+                self._refuse(*exc.__context__.args)
             else:
                 log.error("internal error handling a request", exc_info=exc.__context__)
                 self.close()
@@ -1425,6 +1474,8 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(400, b"bad request: %s\n" % str(exc).encode())
         finally:
             self.feeding = False
+        if self._in_head and not self.broken:  # the read ended inside a head (not the fast path)
+            self._head_incomplete()
         ex = self.active
         if (
             ex is not None
@@ -1438,13 +1489,12 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = self._head_fed = 0
         self._url = b""
         self._parts: list[bytes] = []
         self._host = self._orig_host = self._xff = self._xfp = self._xfh = self._fwd = self._cl = (
-            None
-        )
-        self._chunked = False
+            self._te
+        ) = None
         self._drop: set[bytes] | None = None
         self._probe = 0
         self._proxy_req = self._route_ns = self._route_rev = None
@@ -1455,14 +1505,14 @@ class ClientConnection(asyncio.Protocol):
         self._url += url
         self._head_bytes += len(url)
         if self._head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge
+            raise _Refused(431, _HEAD_TOO_LARGE)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
             return  # trailers of a chunked body are not forwarded
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge
+            raise _Refused(431, _HEAD_TOO_LARGE)
         kind = _REQ_KINDS.get(name.lower())
         # The kinds nearly every request carries come first: this runs once per header.
         if kind is None:
@@ -1487,8 +1537,8 @@ class ClientConnection(asyncio.Protocol):
             self._fwd = value if self._fwd is None else self._fwd + b", " + value
         elif kind == _K_CL:
             self._cl = value
-        elif kind == _K_TE:
-            self._chunked = True  # llhttp accepts a request TE only when chunked comes last
+        elif kind == _K_TE:  # llhttp accepts a request TE only when chunked comes last
+            self._te = value if self._te is None else self._te + b", " + value
         elif kind == _K_CONN:
             self._drop = _connection_tokens(value, self._drop)
         elif kind == _K_PROBE:
@@ -1523,7 +1573,12 @@ class ClientConnection(asyncio.Protocol):
             return  # after a "Connection: close" exchange nothing more is answered
         parser = self.parser
         method = parser.get_method()
-        if self._chunked:
+        te = self._te
+        if te is not None:
+            if te.strip().lower() != b"chunked":
+                # "gzip, chunked": the app would get gzip bytes labelled plain chunked.
+                # Like Go's net/http server: one coding, chunked, or 501.
+                raise _Refused(501, b"unsupported transfer encoding: %s\n" % te)
             req_kind = BODY_CHUNKED
         elif self._cl is not None and self._cl.strip() != b"0":
             req_kind = BODY_LENGTH
@@ -1639,6 +1694,36 @@ class ClientConnection(asyncio.Protocol):
         ex = self.active
         if ex is not None and ex.limits is not None and not ex.finished:
             ex.check_timeouts()
+        if self._in_head and not self.broken and not self.closed:
+            self._check_head_timeout()
+
+    def _head_incomplete(self) -> None:
+        """A read ended inside a request head: refuse it once more than MAX_HEAD_BYTES
+        were read for it (httptools keeps a partial header value until it ends, so the
+        header-by-header count in `on_header` alone would let one unterminated header
+        grow without bound), and bound the time it may take (HEAD_TIMEOUT_S)."""
+        if self.closed:
+            return
+        if self._head_fed > MAX_HEAD_BYTES:
+            self._refuse(431, _HEAD_TOO_LARGE)
+        elif self._head_fed == 0:  # it began in this read: its clock starts now
+            now = self._head_at = self.proxy.loop.time()
+            self.watch(now + HEAD_TIMEOUT_S)
+
+    def _check_head_timeout(self) -> None:
+        """The timer fired while a head is incomplete: close if it has had its time."""
+        now = self.proxy.loop.time() + 0.001  # timers may fire a hair early (see check_timeouts)
+        if self.paused:
+            # Not read because of us (enough pipelined, a slow app): the client is not late.
+            self._head_at = now
+        deadline = self._head_at + HEAD_TIMEOUT_S
+        if now < deadline:
+            self.watch(deadline)
+        elif self.active is None and not self.pipeline:
+            self._refuse(408, b"request head not complete within %gs\n" % HEAD_TIMEOUT_S)
+        else:  # answers are owed: give them, then close; wait for no more heads
+            self.broken = True
+            self.pause(_PAUSE_STOP)
 
     # -- flow control and sequencing
 
@@ -1685,12 +1770,43 @@ class ClientConnection(asyncio.Protocol):
                 self.resume(_PAUSE_PIPELINE)
 
     def _refuse(self, status: int, body: bytes) -> None:
-        """Unparseable input: answer it if nothing else is owed, then close."""
+        """Input that cannot be served: read no more, answer it in its turn, then close.
+
+        In a head (nothing of the request admitted): `status` at once if nothing else is
+        owed, else after the answers owed. In the body of a request already parsed (llhttp
+        calls on_headers_complete before it reads the body): that request ends now, since
+        its body cannot be read to its end. Admitted, it is answered `status` if its
+        response has not started (else the connection is cut), which closes the app
+        connection that got part of the body and gives back its slot; pipelined, it is
+        answered `status` in its turn, without going upstream.
+        """
         self.broken = True
         self.pause(_PAUSE_STOP)
-        if self.active is None and not self.pipeline and not self.closed:
+        if self.closed:
+            return
+        ex = self.parsing
+        if ex is not None:
+            self.parsing = None
+            if ex.finished:  # answered already (early answer, 503, 504): nothing to add
+                self.close_after = True
+                if self.active is None:
+                    self.close()
+            elif ex is self.active:
+                self.close_after = True
+                if ex.started:
+                    ex._abort_started()
+                else:
+                    ex.respond_local(status, body)  # its exchange_done closes
+            else:
+                ex.refuse(status, body)
+            return
+        if self.active is None and not self.pipeline:
             self.transport.write(local_response(status, body, False, True, False))
             self.close()
+            return
+        refused = Exchange(self, b"", BODY_NONE, False, True, False, 0, False, None)
+        refused.refuse(status, body)
+        self.pipeline.append(refused)
 
     def close(self) -> None:
         if not self.closed:

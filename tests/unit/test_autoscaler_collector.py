@@ -8,15 +8,23 @@ import random
 import pytest
 
 from ebb.autoscaler.collector import (
+    MAX_CONCURRENCY,
+    MAX_PERIOD_S,
+    MAX_REQUEST_COUNT,
+    MAX_UPTIME_S,
+    MIN_PERIOD_S,
     MISSING_INSTANCE,
     MISSING_REVISION,
     NEGATIVE,
     NOT_A_NUMBER,
     NOT_FINITE,
+    OUT_OF_RANGE,
     UNKNOWN_REVISION,
     Collector,
     StatValue,
+    _plainly_valid,
     contribution,
+    invalid_reason,
 )
 
 KEY = ("default", "hello-00001")
@@ -142,7 +150,53 @@ MALFORMED = [
     (stat(concurrency=True), NOT_A_NUMBER),
     (stat(namespace=None), MISSING_REVISION),
     (stat(name="hello-00002"), UNKNOWN_REVISION),
+    # Finite but absurd: no instance ever carries these (and 1e300 broke the decisions).
+    (stat(concurrency=1e300), OUT_OF_RANGE),
+    (stat(concurrency=MAX_CONCURRENCY * 1.01), OUT_OF_RANGE),
+    (stat(proxied=1e7), OUT_OF_RANGE),
+    (stat(requests=1e308), OUT_OF_RANGE),
+    (stat(proxied_requests=MAX_REQUEST_COUNT * 2), OUT_OF_RANGE),
+    (stat(process_uptime_s=1e11), OUT_OF_RANGE),
+    (stat(period_s=1e-300), OUT_OF_RANGE),  # 1 request in 1e-300 s: an absurd rate
+    (stat(period_s=MIN_PERIOD_S / 2), OUT_OF_RANGE),
+    (stat(period_s=MAX_PERIOD_S + 1), OUT_OF_RANGE),
+    (stat(period_s=math.nan), NOT_FINITE),
+    (stat(period_s=-1e-300), NEGATIVE),
+    # An out-of-range value with a worse fault elsewhere: the first field's reason wins.
+    (stat(concurrency=1e300, requests=math.nan), OUT_OF_RANGE),
+    (stat(instance="", concurrency=1e300), MISSING_INSTANCE),
 ]
+
+# Every bound itself is accepted, as are the defaults and a legitimately short period
+# (the activator's first period of a spell can be a fraction of a millisecond).
+ACCEPTED = [
+    stat(),
+    stat(concurrency=MAX_CONCURRENCY, proxied=MAX_CONCURRENCY),
+    stat(requests=MAX_REQUEST_COUNT, proxied_requests=MAX_REQUEST_COUNT),
+    stat(process_uptime_s=MAX_UPTIME_S),
+    stat(period_s=0.0),  # 0 = the default 1 s
+    stat(period_s=-0.0),
+    stat(period_s=MIN_PERIOD_S),
+    stat(period_s=0.0004, concurrency=1.0, requests=1.0),
+    stat(period_s=MAX_PERIOD_S),
+    stat(concurrency=5, requests=3, period_s=1),  # ints, as a caller other than the proto may pass
+]
+
+
+@pytest.mark.parametrize("value", ACCEPTED)
+def test_stats_within_bounds_are_accepted(value):
+    c = collector()
+    assert invalid_reason(value) is None
+    assert c.record(100.0, value) is None
+    assert (c.accepted, dict(c.dropped)) == (1, {})
+
+
+@pytest.mark.parametrize(("value", "reason"), MALFORMED)
+def test_the_fast_check_never_vouches_for_a_bad_stat(value, reason):
+    # `_plainly_valid` and `invalid_reason` must agree: the first skips the second. (An
+    # unknown revision is a well-formed stat; the collector finds it has no such window.)
+    assert _plainly_valid(value) == (reason == UNKNOWN_REVISION)
+    assert invalid_reason(value) == (None if reason == UNKNOWN_REVISION else reason)
 
 
 @pytest.mark.parametrize(("value", "reason"), MALFORMED)

@@ -325,3 +325,72 @@ def test_unknown_desired_passes_through():
         -1, 5.0, Activity(), enable_scale_to_zero=True, stable_window_s=60, grace_period_s=30
     )
     assert (result.scale, result.activity, result.activator_in_path) == (-1, Activity(), False)
+
+
+# ---------------------------------------------------------------------------------------
+# Numbers that fit the proto: desired scale is sent as an int32, EBC as an int64
+
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+
+
+@pytest.mark.parametrize(
+    ("settings", "annotations", "ready", "stable", "panic", "desired"),
+    [
+        # A rate that lets any load through: ceil(1e300 / 7) is far past int32.
+        ({"max_scale_up_rate": 1e300}, TARGET7, 1, 1e300, 1e300, INT32_MAX),
+        ({"max_scale_up_rate": 1e300}, TARGET7, 1, 1e300, 0.0, INT32_MAX),  # stable alone
+        ({"max_scale_up_rate": 1e300}, TARGET7, 1, 0.0, 1e300, INT32_MAX),  # panic alone
+        ({"max_scale_up_rate": 1e300}, TARGET7, 5, 7.0 * INT32_MAX, 0.0, INT32_MAX),
+        ({"max_scale_up_rate": 1e300}, TARGET7, 5, 7.0 * (INT32_MAX - 1), 0.0, INT32_MAX - 1),
+        (
+            {"max_scale_up_rate": 1e300},
+            {**TARGET7, A + "scale-down-delay": "10s"},
+            1,
+            1e300,
+            1e300,
+            INT32_MAX,
+        ),
+        # At the default rate the rate itself bounds it: ceil(1000 x 1).
+        ({}, TARGET7, 1, 1e300, 1e300, 1000),
+        ({}, TARGET7, INT32_MAX, 1e300, 1e300, INT32_MAX),  # ceil(1000 x INT32_MAX) is not
+    ],
+)
+def test_desired_scale_never_leaves_int32(settings, annotations, ready, stable, panic, desired):
+    d = decider(cfg(annotations, **settings), ready=min(ready, 1))
+    decision = d.scale(100.0, obs(stable, panic), ready_instances=ready, reachable=True)
+    assert decision.desired == desired
+    assert d.desired == desired
+    # Later ticks keep it there, in panic (max_panic) and out of it.
+    for now in (101.0, 200.0):
+        assert 0 <= d.scale(now, obs(stable, panic), ready, True).desired <= INT32_MAX
+
+
+@pytest.mark.parametrize(
+    ("annotations", "ready", "panic", "ebc"),
+    [
+        ({}, 1, 1e300, INT64_MIN),  # floor(100 - 211 - 1e300)
+        ({A + "target": "1e300"}, 1, 0.0, INT64_MAX),  # floor(1e300 - 211)
+        ({A + "target-burst-capacity": "1e300"}, 1, 0.0, INT64_MIN),
+        ({}, 1, 9.3e18, INT64_MIN),  # just past the bound
+        ({}, 1, 9.2e18, -9_200_000_000_000_000_000),  # just within (111 lost to float)
+    ],
+)
+def test_ebc_never_leaves_int64(annotations, ready, panic, ebc):
+    config = cfg(annotations)
+    assert excess_burst_capacity(config, ready, panic) == ebc
+    d = decider(config, ready=ready)
+    assert d.scale(0, obs(0.0, panic), ready_instances=ready, reachable=True).ebc == ebc
+
+
+@pytest.mark.parametrize(
+    ("annotations", "ebc"),
+    [
+        ({A + "target": "1e300"}, INT64_MAX),  # 1 x 1e300 - 211
+        ({A + "target-burst-capacity": "1e300"}, INT64_MIN),
+    ],
+)
+def test_initial_ebc_never_leaves_int64(annotations, ebc):
+    assert initial_ebc(cfg(annotations)) == ebc
+    assert decider(cfg(annotations)).ebc == ebc

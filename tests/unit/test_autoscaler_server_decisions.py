@@ -66,3 +66,66 @@ def test_ebc_only_changes_are_published_but_not_logged(decision_log):
 
     run(4, 300.0)  # desired and panic move: logged again
     assert decision_log[-1].desired > 1 and decision_log[-1].panic
+
+
+def test_a_verdict_that_cannot_be_sent_costs_only_its_own_revision(monkeypatch, caplog):
+    # Should a verdict still not fit the proto, the pass goes on for the other revisions,
+    # the failure is logged and counted, and snapshots (a reconnecting controller's first
+    # message) leave that one revision out instead of failing the whole watch.
+    from ebb.autoscaler import server as server_mod
+
+    now = [1000.0]
+    server = AutoscalerServer(AutoscalerSettings(), clock=lambda: now[0], wall_clock=lambda: 0.0)
+    names = ("a-00001", "bad-00001", "c-00001")
+    for name in names:
+        server.register(RevisionSpec("default", name, ready_instances=1, reachable=True))
+    watcher = _Watcher("")
+    server._watchers.add(watcher)
+    real = server_mod.decision_to_proto
+
+    def to_proto(verdict, decided_at_s, config):
+        if verdict.key[1] == "bad-00001":
+            raise ValueError("Value out of range")
+        return real(verdict, decided_at_s, config)
+
+    monkeypatch.setattr(server_mod, "decision_to_proto", to_proto)
+    for name in names:
+        rev = pb.RevisionKey(namespace="default", name=name)
+        server.take_stats([pb.Stat(instance="i1", revision=rev, average_concurrency=30.0)])
+    with caplog.at_level(logging.ERROR, logger="ebb.autoscaler"):
+        assert server.tick() == 3
+    assert sorted(key[1] for key in watcher.pending) == ["a-00001", "c-00001"]
+    assert server.counters["publish_errors"] == 1
+    assert server.counters["tick_errors"] == 0
+    assert [r.revision for r in caplog.records if r.getMessage() == "cannot publish decision"] == [
+        "default/bad-00001"
+    ]
+    assert [d.revision.name for d in server.snapshot("default")] == ["a-00001", "c-00001"]
+    assert server.counters["publish_errors"] == 2
+
+
+def test_huge_load_reaches_the_watchers_as_a_valid_decision():
+    # One stat per revision: an absurd one is dropped; one at the concurrency bound
+    # yields a decision that fits the proto; the other revision is decided as usual.
+    now = [1000.0]
+    server = AutoscalerServer(
+        AutoscalerSettings(max_scale_up_rate=1e300), clock=lambda: now[0], wall_clock=lambda: 0.0
+    )
+    for name in ("big-00001", "huge-00001", "ok-00001"):
+        server.register(RevisionSpec("default", name, ready_instances=1, reachable=True))
+
+    def stat(name: str, concurrency: float) -> pb.Stat:
+        rev = pb.RevisionKey(namespace="default", name=name)
+        return pb.Stat(instance="i1", revision=rev, average_concurrency=concurrency)
+
+    accepted, dropped = server.take_stats(
+        [stat("big-00001", 1e6), stat("huge-00001", 1e300), stat("ok-00001", 3.0)]
+    )
+    assert (accepted, dropped) == (2, 1)
+    assert dict(server.scaler.collector.dropped) == {"out_of_range": 1}
+    server.tick()
+    decisions = {d.revision.name: d for d in server.snapshot("default")}
+    assert decisions["big-00001"].desired_scale == 14286  # ceil(1e6 / 70)
+    assert decisions["huge-00001"].desired_scale == -1  # no data: not decided yet
+    assert decisions["ok-00001"].desired_scale == 1
+    assert server.counters["publish_errors"] == 0

@@ -1,10 +1,19 @@
-"""The ScaleDecision an AutoscalerServer streams: fields, timestamp and bounds (no gRPC)."""
+"""The ScaleDecision an AutoscalerServer streams: fields, timestamp and bounds; and the
+StreamStats request deserializer (no gRPC)."""
 
 from __future__ import annotations
 
+import pytest
+
 from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
 from ebb.autoscaler.multiscaler import RevisionSpec, Verdict
-from ebb.autoscaler.server import AutoscalerServer, _Watcher, decision_to_proto
+from ebb.autoscaler.server import (
+    UNDECODABLE_MESSAGE,
+    AutoscalerServer,
+    _Watcher,
+    decision_to_proto,
+    decode_stats_request,
+)
 from ebb.autoscaler.settings import AutoscalerSettings, resolve
 
 KEY = ("default", "hello-00001")
@@ -58,3 +67,24 @@ def test_one_tick_stamps_its_verdicts_with_one_wall_time():
     assert server.tick() == 2
     stamps = {d.decided_at.ToNanoseconds() for d in watcher.pending.values()}
     assert len(watcher.pending) == 2 and len(stamps) == 1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff\xff\xff\xff\xff garbage",
+        b"\x0a\x05\x0a\x03abc\xff",  # a stat cut short
+        b"\x0a\xff\xff\xff\xff\x0f",  # a length past the end
+        b"\x0a\x02\x19\x00",  # a stat holding a cut-off double
+    ],
+)
+def test_bytes_that_do_not_decode_become_the_marker(data):
+    assert decode_stats_request(data) is UNDECODABLE_MESSAGE
+
+
+def test_messages_that_decode_are_returned_as_they_are():
+    request = pb.StreamStatsRequest(
+        stats=[pb.Stat(instance="i1", revision=pb.RevisionKey(namespace="n", name="r"))]
+    )
+    assert decode_stats_request(request.SerializeToString()) == request
+    assert decode_stats_request(b"") == pb.StreamStatsRequest()  # empty is a valid message

@@ -154,6 +154,17 @@ def test_stats_received_and_dropped_by_reason(server):
     assert value(server, "ebb_autoscaler_stats_dropped_total", reason="missing_revision") == 1
 
 
+def test_absurd_and_undecodable_are_reasons_of_their_own(server):
+    server.register(RevisionSpec(*KEY, reachable=True))
+    tiny_period = stat()
+    tiny_period.period_seconds = 1e-300  # 10 requests in it: 1e301 requests a second
+    server.take_stats([stat(concurrency=1e300), tiny_period])
+    server.drop_undecodable()  # what StreamStats does with a message that does not decode
+    assert value(server, "ebb_autoscaler_stats_dropped_total", reason="out_of_range") == 2
+    assert value(server, "ebb_autoscaler_stats_dropped_total", reason="undecodable") == 1
+    assert value(server, "ebb_autoscaler_stats_received_total") == 3
+
+
 def test_internal_error_reason_matches_the_server(server):
     assert am.INTERNAL_ERROR == srv.INTERNAL_ERROR
 
@@ -174,6 +185,8 @@ def test_errors_by_stage(server):
     server.counters["tick_errors"] += 2
     assert value(server, "ebb_autoscaler_errors_total", stage="tick") == 2
     assert value(server, "ebb_autoscaler_errors_total", stage="decide") == 0
+    server.counters["publish_errors"] += 1
+    assert value(server, "ebb_autoscaler_errors_total", stage="publish") == 1
 
 
 def test_each_server_has_its_own_registry(clock):

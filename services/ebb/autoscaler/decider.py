@@ -15,6 +15,14 @@ from typing import NamedTuple
 
 from ebb.autoscaler.collector import Observation
 from ebb.autoscaler.settings import RevisionScalingConfig
+from ebb.common.goparse import INT32_MAX
+
+# A decision is streamed with desired scale as an int32 and EBC as an int64; a number
+# outside them cannot be sent at all (the proto raises "Value out of range"). Desired
+# scale is capped at INT32_MAX (a max-scale, when set, clamps it further in the
+# controller); EBC is kept within int64, where its sign, all it is read for, survives.
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
 
 
 class Decision(NamedTuple):
@@ -40,7 +48,17 @@ def initial_ebc(config: RevisionScalingConfig) -> int:
     tbc = config.target_burst_capacity
     if tbc in (0, -1):
         return int(tbc)
-    return int(config.initial_scale * config.total_value - tbc)  # int() truncates as Go's int32()
+    ebc = int(config.initial_scale * config.total_value - tbc)  # int() truncates as Go's int32()
+    return _int64(ebc)
+
+
+def _int64(value: int) -> int:
+    """`value` clamped to the int64 range it is streamed in."""
+    if value > INT64_MAX:
+        return INT64_MAX
+    if value < INT64_MIN:
+        return INT64_MIN
+    return value
 
 
 def excess_burst_capacity(
@@ -55,7 +73,12 @@ def excess_burst_capacity(
         return 0
     if tbc < 0:
         return -1
-    return math.floor(ready_instances * config.total_value - tbc - panic_value)
+    ebc = math.floor(ready_instances * config.total_value - tbc - panic_value)
+    # Inline rather than _int64(): this runs per revision per tick, and it is never out
+    # of range but for absurd settings (a target of 1e300).
+    if INT64_MIN <= ebc <= INT64_MAX:
+        return ebc
+    return _int64(ebc)
 
 
 class TrailingMax:
@@ -178,6 +201,10 @@ class Decider:
             self._delay.record(now_s, desired)
             if reachable:
                 desired = self._delay.current(now_s)
+        if desired > INT32_MAX:
+            # Only absurd load and settings get here: at the default max-scale-up-rate
+            # of 1000, max_up passes INT32_MAX only from 2,147,484 ready instances on.
+            desired = INT32_MAX
 
         ebc = excess_burst_capacity(c, ready_instances, panic)
         self.desired, self.ebc = desired, ebc

@@ -41,7 +41,7 @@ FLAGS = (
         "EBB_AUTOSCALER_TICK_SLICES",
         "1",
         "spread each tick's revisions over this many passes within the interval (1..100;"
-        " more passes hold the loop for less time each but cost ~15-25 % more CPU)",
+        " more passes hold the loop for less time each but cost ~15-25 %% more CPU)",
     ),
     Flag(
         "ready-file", "EBB_AUTOSCALER_READY_FILE", "", "write the bound address here once serving"

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 REVISION_LABELS = ("namespace", "revision")
 INTERNAL_ERROR = "internal_error"  # a stat whose handling raised (a bug): see server.py
-ERROR_STAGES = ("tick", "decide")  # server.counters keys: tick_errors, decide_errors
+# server.counters keys: tick_errors, decide_errors, publish_errors
+ERROR_STAGES = ("tick", "decide", "publish")
 
 
 class AutoscalerMetrics:

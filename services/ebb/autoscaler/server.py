@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
 from ebb.api.autoscaler.v1 import autoscaler_pb2_grpc as pb_grpc
-from ebb.autoscaler.collector import StatValue
+from ebb.autoscaler.collector import UNDECODABLE, StatValue
 from ebb.autoscaler.metrics import AutoscalerMetrics
 from ebb.autoscaler.multiscaler import MultiScaler, RevisionSpec, Verdict
 from ebb.autoscaler.settings import RPS, AutoscalerSettings, RevisionScalingConfig
@@ -33,6 +33,47 @@ SCALING_SERVICE = pb.DESCRIPTOR.services_by_name["ScalingService"].full_name
 
 INTERNAL_ERROR = "internal_error"  # a stat whose handling raised (a bug); counted as dropped
 _NANOS_PER_SECOND = 1_000_000_000
+
+
+class _Undecodable:
+    """What `decode_stats_request` returns for bytes that are not a StreamStatsRequest."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNDECODABLE_MESSAGE"
+
+
+UNDECODABLE_MESSAGE = _Undecodable()
+
+
+def decode_stats_request(data: bytes) -> pb.StreamStatsRequest | _Undecodable:
+    """StreamStats' request deserializer: the message, or UNDECODABLE_MESSAGE.
+
+    gRPC ends the whole call when a deserializer raises, so one corrupt message would
+    cost a reporter its stream (and every stat queued behind it) without being counted.
+    gRPC frames each message by length, so the next one is read intact: the handler
+    counts this one as dropped and reads on.
+    """
+    try:
+        return pb.StreamStatsRequest.FromString(data)
+    except Exception:  # DecodeError, or anything else the parser may raise on garbage
+        return UNDECODABLE_MESSAGE
+
+
+def add_stats_servicer(servicer: pb_grpc.StatsServiceServicer, server: grpc.aio.Server) -> None:
+    """`add_StatsServiceServicer_to_server`, with the forgiving deserializer."""
+    handlers = {
+        "StreamStats": grpc.stream_unary_rpc_method_handler(
+            servicer.StreamStats,
+            request_deserializer=decode_stats_request,
+            response_serializer=pb.StreamStatsResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(STATS_SERVICE, handlers),)
+    )
+    server.add_registered_method_handlers(STATS_SERVICE, handlers)
 
 
 def stat_from_proto(stat: pb.Stat) -> StatValue:
@@ -159,10 +200,7 @@ class AutoscalerServer:
 
     def add_to(self, core: ServiceCore) -> None:
         """Register both services on a ServiceCore (for health and reflection by name)."""
-        core.add(
-            lambda s: pb_grpc.add_StatsServiceServicer_to_server(StatsServicer(self), s),
-            STATS_SERVICE,
-        )
+        core.add(lambda s: add_stats_servicer(StatsServicer(self), s), STATS_SERVICE)
         core.add(
             lambda s: pb_grpc.add_ScalingServiceServicer_to_server(ScalingServicer(self), s),
             SCALING_SERVICE,
@@ -279,6 +317,20 @@ class AutoscalerServer:
             return 1
         return 0
 
+    def _to_proto(self, verdict: Verdict, decided_at: float) -> pb.ScaleDecision | None:
+        """The verdict as streamed, or None (logged and counted) when it cannot be built.
+
+        The decider keeps every number within the proto's types; should one still not
+        fit, only this revision's verdict is lost: the pass goes on for the others and
+        the watchers' snapshots leave it out.
+        """
+        try:
+            return decision_to_proto(verdict, decided_at, self.scaler.config(verdict.key))
+        except Exception:
+            self.counters["publish_errors"] += 1
+            log.exception("cannot publish decision", extra={"revision": "/".join(verdict.key)})
+            return None
+
     def _log_decision(self, verdict: Verdict) -> None:
         """Log a verdict whose desired scale or panic mode moved.
 
@@ -306,7 +358,9 @@ class AutoscalerServer:
     def _publish(self, verdict: Verdict, decided_at: float) -> None:
         if not self._watchers:
             return  # nobody to tell: the proto would be built for nothing
-        decision = decision_to_proto(verdict, decided_at, self.scaler.config(verdict.key))
+        decision = self._to_proto(verdict, decided_at)
+        if decision is None:
+            return
         for watcher in list(self._watchers):
             watcher.offer(verdict.key, decision)
 
@@ -337,6 +391,10 @@ class AutoscalerServer:
             self.counters["pokes"] += 1
             self._decide(key, now, self._wall_clock())
         return accepted, dropped
+
+    def drop_undecodable(self) -> None:
+        """Count a stream message that did not decode as a StreamStatsRequest."""
+        self.scaler.collector.dropped[UNDECODABLE] += 1
 
     def register(self, spec: RevisionSpec) -> tuple[str, ...]:
         warnings, verdict = self.scaler.register(spec, self.now())
@@ -373,10 +431,12 @@ class AutoscalerServer:
 
     def snapshot(self, namespace: str) -> list[pb.ScaleDecision]:
         now = self._wall_clock()
-        return [
-            decision_to_proto(v, self._decided_at.get(v.key, now), self.scaler.config(v.key))
-            for v in self.scaler.latest(namespace)
-        ]
+        decisions = []
+        for verdict in self.scaler.latest(namespace):
+            decision = self._to_proto(verdict, self._decided_at.get(verdict.key, now))
+            if decision is not None:
+                decisions.append(decision)
+        return decisions
 
     # -- watchers ----------------------------------------------------------------------
 
@@ -409,13 +469,16 @@ class StatsServicer(pb_grpc.StatsServiceServicer):
     async def StreamStats(self, request_iterator, context):
         """Take every message until the client ends the stream or the server closes.
 
+        A message that did not decode (see `decode_stats_request`) is dropped and counted
+        as `undecodable`, and the stream reads on.
+
         A reader task per stream runs a plain `async for`, and the handler waits once for
         either that task or close(), answering with the totals so far either way. Racing
         every single read against close() instead (a task and an `asyncio.wait` per
         message) cost about a third of the CPU of a one-stat message.
         """
-        totals = [0, 0]  # accepted, dropped
-        reader = asyncio.ensure_future(self._read(request_iterator, totals))
+        totals = [0, 0, 0]  # accepted, dropped, of which undecodable messages
+        reader = asyncio.ensure_future(self._read(request_iterator, totals, context))
         closed = asyncio.ensure_future(self._owner.wait_closed())
         try:
             await asyncio.wait({reader, closed}, return_when=asyncio.FIRST_COMPLETED)
@@ -426,9 +489,17 @@ class StatsServicer(pb_grpc.StatsServiceServicer):
             reader.cancel()
         return pb.StreamStatsResponse(accepted=totals[0], dropped=totals[1])
 
-    async def _read(self, request_iterator, totals: list[int]) -> None:
-        take_stats = self._owner.take_stats
+    async def _read(self, request_iterator, totals: list[int], context) -> None:
+        owner = self._owner
+        take_stats = owner.take_stats
         async for request in request_iterator:
+            if request is UNDECODABLE_MESSAGE:
+                owner.drop_undecodable()
+                if totals[2] == 0:  # once per stream: a broken reporter repeats every second
+                    log.warning("undecodable stats message dropped", extra={"peer": context.peer()})
+                totals[1] += 1
+                totals[2] += 1
+                continue
             accepted, dropped = take_stats(request.stats)
             totals[0] += accepted
             totals[1] += dropped

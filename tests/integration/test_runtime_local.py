@@ -327,6 +327,12 @@ async def test_a_revision_that_was_ready_and_then_crash_loops_is_reported_not_re
         await eventually(lambda: runtime.view(KEY).ready == 1, "the restarted instance to be ready")
         rt.note(runtime)
         assert status() == ("True", "True", "")
+
+        # Serving a few seconds does not start the backoff over (only BACKOFF_RESET_S of it
+        # does, as Kubernetes' 10 minutes): the second crash waits 2 s, not 1 s again.
+        state = runtime._revs[KEY]
+        await eventually(lambda: state.failure_reason == "ExitCode3", "the app to exit again")
+        assert state.consecutive_failures == 2
     finally:
         await runtime.close(stop_instances=True)
     assert [pid for pid in rt.seen if pid_alive(pid)] == []

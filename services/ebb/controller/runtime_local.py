@@ -46,6 +46,10 @@ PROBE_SLOW_S = 1.0
 PROBE_TIMEOUT_S = 0.3
 START_DEADLINE_S = 120.0  # an instance not ready by then is failed and replaced
 BACKOFF_MAX_S = 30.0
+# The crash backoff starts over only once an instance has served this long (Kubernetes'
+# CrashLoopBackOff: 10 minutes). Reset at the first ready probe, an app that crashes a
+# few seconds after it starts was restarted about once a second forever.
+BACKOFF_RESET_S = 600.0
 QUEUE_DRAIN_MAX_S = 30.0  # the queue's own --drain-max-s default
 APP_STOP_GRACE_S = 5.0
 # A replacement standby waits this long after one is taken, so its imports (CPU) do not
@@ -157,6 +161,7 @@ class Instance:
     drain_max_s: float = QUEUE_DRAIN_MAX_S
     # runtime-only state
     ready: bool = field(default=False, compare=False)
+    ready_since: float = field(default=0.0, compare=False)  # loop time it last became ready
     stopping: bool = field(default=False, compare=False)
     failed: str = field(default="", compare=False)
     failed_message: str = field(default="", compare=False)
@@ -512,8 +517,8 @@ class LocalRuntime:
                 if ok != inst.ready and not inst.stopping:
                     inst.ready = ok
                     if ok:
+                        inst.ready_since = loop.time()
                         st.ever_ready = True
-                        st.consecutive_failures = 0
                         st.failure_reason = st.failure_message = ""
                     self._listener()
                 elif ok and st.failure_reason and not inst.stopping:
@@ -521,6 +526,8 @@ class LocalRuntime:
                     # not read as a crash loop when the revision next starts from zero.
                     st.failure_reason = st.failure_message = ""
                     self._listener()
+                if inst.ready and st.consecutive_failures and loop.time() - inst.ready_since >= BACKOFF_RESET_S:
+                    st.consecutive_failures = 0  # it has served long enough: crashes start over
                 if not inst.ready and not st.ever_ready and loop.time() > deadline:
                     self._fail(
                         inst, st, "ProgressDeadlineExceeded", "Instance did not become ready in time.", self._clock()

@@ -634,6 +634,33 @@ def close_delimited(n: int, head: bytes):
     )
 
 
+def test_heads_gos_server_refuses_never_reach_the_app_and_absolute_form_goes_on(tmp_path):
+    heads = []
+
+    def record(n: int, head: bytes):
+        heads.append(head)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", False
+
+    pipelined = (
+        b"GET http://a.example:8080/abs?q=1 HTTP/1.1\r\nHost: h\r\n\r\n"  # goes on
+        b"GET /refused-no-host HTTP/1.1\r\n\r\n"  # 400, then the connection closes
+        b"GET /never-read HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
+    with raw_app(record) as port, run_queue(tmp_path, port) as queue:
+        raw = raw_exchange(queue.http_port, pipelined)
+        alone = raw_exchange(queue.http_port, b"GET /refused-two HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    first, _, rest = raw.partition(b"ok")
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    status_line, headers, body = split_response(rest)
+    assert status_line == b"HTTP/1.1 400 Bad Request" and headers["connection"] == "close"
+    assert body == b"bad request: missing required Host header\n"
+    assert alone.startswith(b"HTTP/1.1 400 ") and alone.endswith(b"too many Host headers\n")
+    sent = [head for head in heads if b"/abs" in head or b"/refused" in head or b"/never" in head]
+    assert len(sent) == 1, sent  # the refused ones (and what followed) never reached the app
+    lines = sent[0].split(b"\r\n")
+    assert lines[0] == b"GET /abs?q=1 HTTP/1.1" and b"Host: a.example:8080" in lines
+
+
 def test_request_without_body_is_retried_once_when_a_pooled_connection_was_closed(tmp_path):
     with raw_app(first_only) as port, run_queue(tmp_path, port) as queue:
         assert queue.request("GET", "/")[::2] == (200, b"first")

@@ -317,3 +317,176 @@ async def test_a_pipelined_transfer_coding_other_than_chunked_is_501_in_its_turn
     assert down.out.startswith(b"HTTP/1.1 200 OK")
     assert b"HTTP/1.1 501 Not Implemented\r\n" in down.out and down.closed
     assert app.transport.out.count(b"HTTP/1.1\r\n") == 1
+
+
+# -- heads Go's net/http server refuses (what Knative's queue-proxy and activator run on)
+
+ROUTE = b"Knative-Serving-Namespace: default\r\nKnative-Serving-Revision: r1\r\n"
+# request line, header lines (without the routing pair the activator needs), status, body
+REFUSED_HEADS = {
+    "missing_host": (b"GET / HTTP/1.1", b"", 400, b"missing required Host header"),
+    "absolute_form_missing_host": (
+        b"GET http://a.example/x HTTP/1.1", b"", 400, b"missing required Host header"
+    ),
+    "two_hosts": (b"GET / HTTP/1.1", b"Host: a\r\nHost: b\r\n", 400, b"too many Host headers"),
+    "two_hosts_differing_in_case": (
+        b"GET / HTTP/1.1", b"host: a\r\nHOST: a\r\n", 400, b"too many Host headers"
+    ),
+    "connect": (b"CONNECT a.example:443 HTTP/1.1", b"Host: a.example:443\r\n", 405, b"CONNECT"),
+    "connect_origin_form": (b"CONNECT /x HTTP/1.1", b"Host: h\r\n", 405, b"CONNECT"),
+    "asterisk_get": (b"GET * HTTP/1.1", b"Host: h\r\n", 400, b"OPTIONS only"),
+    "asterisk_post": (b"POST * HTTP/1.1", b"Host: h\r\nContent-Length: 0\r\n", 400, b"OPTIONS only"),
+    "http2": (b"GET / HTTP/2.0", b"Host: h\r\n", 505, b"HTTP/2.0"),
+    "http09": (b"GET / HTTP/0.9", b"Host: h\r\n", 505, b"HTTP/0.9"),
+    "no_version": (b"GET /", b"Host: h\r\n", 505, b"HTTP/0.9"),  # llhttp reads it as 0.9
+}
+
+
+def head_for(kind: str, line: bytes, headers: bytes) -> bytes:
+    return line + b"\r\n" + headers + (ROUTE if kind == "activator" else b"") + b"\r\n"
+
+
+def proxy_and_app(kind: str):
+    """The queue (container-concurrency 1) or the activator (one instance), each with one
+    idle app connection."""
+    if kind == "queue":
+        return queue_cc1()
+    act = activator_with(RevisionSpec("default", "r1", addresses=(ADDRESS,), timeout_s=60))
+    return act, instance_app(act)
+
+
+def get_for(kind: str) -> bytes:
+    return head_for(kind, b"GET / HTTP/1.1", b"Host: h\r\n")
+
+
+@pytest.mark.parametrize("kind", ["queue", "activator"])
+@pytest.mark.parametrize(
+    "line, headers, status, body", REFUSED_HEADS.values(), ids=REFUSED_HEADS.keys()
+)
+async def test_a_head_gos_server_refuses_is_refused_and_never_sent(
+    kind, line, headers, status, body
+):
+    proxy, app = proxy_and_app(kind)
+    conn, down = client(proxy)
+    conn.data_received(head_for(kind, line, headers))
+    out = bytes(down.out)
+    assert status_of(out) == status and b"Connection: close\r\n" in out and body in out
+    assert down.closed and not app.transport.out and proxy.in_flight == 0
+
+
+@pytest.mark.parametrize("kind", ["queue", "activator"])
+@pytest.mark.parametrize(
+    "line, headers, status, body", REFUSED_HEADS.values(), ids=REFUSED_HEADS.keys()
+)
+async def test_a_pipelined_head_gos_server_refuses_is_refused_in_its_turn(
+    kind, line, headers, status, body
+):
+    proxy, app = proxy_and_app(kind)
+    conn, down = client(proxy)
+    conn.data_received(get_for(kind) + head_for(kind, line, headers) + get_for(kind))
+    assert not down.out and not down.closed  # the first one is owed its answer first
+    app.data_received(OK)
+    out = bytes(down.out)
+    assert out.startswith(b"HTTP/1.1 200 OK") and out.count(b"HTTP/1.1 ") == 2
+    assert b"HTTP/1.1 %d " % status in out and out.endswith(body + b"\n") and down.closed
+    assert app.transport.out.count(b"HTTP/1.1\r\n") == 1  # only the first GET went to the app
+
+
+async def test_a_version_llhttp_rejects_itself_is_a_plain_400():
+    queue, app = queue_cc1()
+    conn, down = client(queue)
+    conn.data_received(b"GET / HTTP/1.2\r\nHost: h\r\n\r\n")
+    assert status_of(bytes(down.out)) == 400 and b"Invalid HTTP version" in down.out
+    assert down.closed and not app.transport.out
+
+
+def sent_head(app) -> dict[bytes, bytes]:
+    """The request line (key b"") and headers (lowercased names) of what the app got."""
+    lines = bytes(app.transport.out).split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    head = {b"": lines[0]}
+    for line in lines[1:]:
+        name, _, value = line.partition(b": ")
+        assert name.lower() not in head, "one of each here"
+        head[name.lower()] = value
+    return head
+
+
+@pytest.mark.parametrize(
+    "kind, default", [("queue", b"127.0.0.1:9"), ("activator", b"r1.default")]
+)
+async def test_http10_without_host_still_goes_on_with_the_default_host(kind, default):
+    proxy, app = proxy_and_app(kind)
+    conn, down = client(proxy)
+    conn.data_received(head_for(kind, b"GET /p HTTP/1.0", b""))
+    assert sent_head(app)[b""] == b"GET /p HTTP/1.1" and sent_head(app)[b"host"] == default
+    app.data_received(OK)
+    assert down.out.startswith(b"HTTP/1.1 200 OK")
+
+
+ABSOLUTE_FORMS = {
+    "path_and_query": (b"http://a.example:8080/x/y?q=1&r", b"a.example:8080", b"/x/y?q=1&r"),
+    "no_path": (b"http://a.example", b"a.example", b"/"),
+    "query_no_path": (b"http://a.example?q", b"a.example", b"/?q"),
+    "https_ipv6": (b"https://[::1]:8443/x", b"[::1]:8443", b"/x"),
+    "userinfo": (b"http://u:p@a.example/x", b"a.example", b"/x"),
+    "upper_case_scheme": (b"HTTP://A.example/x", b"A.example", b"/x"),
+    "no_authority": (b"http:///x", b"h", b"/x"),  # names no host: the Host header stands
+}
+
+
+@pytest.mark.parametrize("kind", ["queue", "activator"])
+@pytest.mark.parametrize("target, host, origin", ABSOLUTE_FORMS.values(), ids=ABSOLUTE_FORMS.keys())
+async def test_an_absolute_form_target_goes_on_in_origin_form_with_its_host(
+    kind, target, host, origin
+):
+    proxy, app = proxy_and_app(kind)
+    conn, down = client(proxy)
+    conn.data_received(head_for(kind, b"GET " + target + b" HTTP/1.1", b"Host: h\r\n"))
+    head = sent_head(app)
+    assert head[b""] == b"GET " + origin + b" HTTP/1.1" and head[b"host"] == host
+    assert conn.active.url == origin  # and it is logged and traced so
+    app.data_received(OK)
+    assert down.out.startswith(b"HTTP/1.1 200 OK") and not down.closed
+
+
+async def test_an_absolute_form_target_keeps_k_original_host_first_in_the_queue():
+    queue, app = queue_cc1()
+    conn, _ = client(queue)
+    conn.data_received(
+        b"GET http://a.example/x HTTP/1.1\r\nHost: h\r\nK-Original-Host: o.example\r\n\r\n"
+    )
+    head = sent_head(app)
+    assert head[b""] == b"GET /x HTTP/1.1" and head[b"host"] == b"o.example"
+
+
+async def test_an_absolute_form_target_leaves_k_original_host_as_it_came_in_the_activator():
+    act, app = proxy_and_app("activator")
+    conn, _ = client(act)
+    conn.data_received(
+        head_for(
+            "activator", b"GET http://a.example/x HTTP/1.1", b"Host: h\r\nK-Original-Host: o\r\n"
+        )
+    )
+    head = sent_head(app)
+    assert head[b""] == b"GET /x HTTP/1.1" and head[b"host"] == b"a.example"
+    assert head[b"k-original-host"] == b"o"
+
+
+@pytest.mark.parametrize("kind", ["queue", "activator"])
+async def test_options_asterisk_goes_on_as_it_came(kind):
+    proxy, app = proxy_and_app(kind)
+    conn, down = client(proxy)
+    conn.data_received(head_for(kind, b"OPTIONS * HTTP/1.1", b"Host: h\r\n"))
+    assert sent_head(app)[b""] == b"OPTIONS * HTTP/1.1"
+    app.data_received(OK)
+    assert down.out.startswith(b"HTTP/1.1 200 OK") and not down.closed
+
+
+async def test_a_host_in_a_chunked_bodys_trailers_is_not_a_second_host():
+    queue, app = queue_cc1()
+    conn, down = client(queue)
+    conn.data_received(CHUNKED_HEAD + b"3\r\nabc\r\n0\r\nHost: other\r\n\r\n" + GET)
+    assert sent_head(app)[b"host"] == b"h" and not down.out
+    app.data_received(OK)
+    app.data_received(OK)
+    assert down.out.count(b"HTTP/1.1 200 OK") == 2 and not down.closed

@@ -16,8 +16,11 @@ order; at most MAX_PIPELINE parsed ahead.
 
 Input that cannot be served ends what it touches at once, whatever state it comes in:
 a malformed head is answered 400 (431 past MAX_HEAD_BYTES, fed or complete; 501 for a
-transfer-coding other than chunked, as Go's net/http) in its turn, and the connection
-closes; a body that turns out malformed, or that the client stops sending (EOF before
+transfer-coding other than chunked, as Go's net/http), and so is a head Go's net/http
+server refuses (`ClientConnection._check_head`: no Host in HTTP/1.1 or more than one, `*`
+but for OPTIONS; 405 for CONNECT, 505 for a version other than 1.0 and 1.1), in its turn,
+and the connection closes (an absolute-form target goes on in origin form, its authority
+the Host); a body that turns out malformed, or that the client stops sending (EOF before
 its end), ends its exchange then and there (400 while nothing of the response has gone,
 else the connection is cut; 499 for the client that left), closing the app connection
 that saw the broken body, so no slot waits for bytes that cannot come. A head left
@@ -196,6 +199,7 @@ def _build_forwarded(xff: bytes | None, host: bytes | None, proto: bytes | None)
 
 
 _HEAD_TOO_LARGE = b"request head larger than %d bytes\n" % MAX_HEAD_BYTES
+_TOO_MANY_HOSTS = b"bad request: too many Host headers\n"
 
 
 def local_response(
@@ -1518,6 +1522,8 @@ class ClientConnection(asyncio.Protocol):
         if kind is None:
             self._parts.extend((name, SEP, value, CRLF))
         elif kind == _K_HOST:
+            if self._host is not None:  # which one is meant? Go's server will not guess either
+                raise _Refused(400, _TOO_MANY_HOSTS)
             self._host = value
         elif kind == _K_ROUTE_NS:  # routing, not for the app: a service sends it on itself
             self._route_ns = value
@@ -1573,6 +1579,12 @@ class ClientConnection(asyncio.Protocol):
             return  # after a "Connection: close" exchange nothing more is answered
         parser = self.parser
         method = parser.get_method()
+        version = parser.get_http_version()
+        # The usual request (HTTP/1.1, a Host, an origin-form target) passes these four
+        # cheap checks; anything else is checked in full (maybe refused) by `_check_head`.
+        # (llhttp completes no head without a target: `_url[0]` exists; 47 is "/".)
+        if self._host is None or version != "1.1" or self._url[0] != 47 or method == b"CONNECT":
+            self._check_head(method, version)
         te = self._te
         if te is not None:
             if te.strip().lower() != b"chunked":
@@ -1604,7 +1616,7 @@ class ClientConnection(asyncio.Protocol):
             head,
             req_kind,
             method == b"HEAD",
-            parser.get_http_version() != "1.0",
+            version != "1.0",
             parser.should_keep_alive(),
             self._probe,
             proxy_req is not None and proxy_req.strip().lower() == b"activator",
@@ -1625,6 +1637,47 @@ class ClientConnection(asyncio.Protocol):
             ex.start()
         else:
             self.pipeline.append(ex)
+
+    def _check_head(self, method: bytes, version: str) -> None:
+        """The head just parsed is not the usual one: refuse what Go's net/http server
+        (Knative's queue-proxy and activator) refuses, and turn an
+        absolute-form target into the origin-form one the app is sent.
+
+        - a version other than HTTP/1.0 and 1.1 that llhttp lets through (0.9, 2.0): 505;
+        - CONNECT: 405 (a reverse proxy in front of one app has nothing to tunnel to);
+        - HTTP/1.1 without Host: 400 (HTTP/1.0 may omit it: the service's default is used);
+        - the asterisk form `*` other than `OPTIONS *`: 400;
+        - an absolute-form target (`GET http://a.example/x?y`): sent on as `/x?y`, and its
+          authority is the request's Host, whatever the Host header says (RFC 9112 3.2.2,
+          Go's `req.Host = req.URL.Host`); the queue's K-Original-Host still comes first.
+        """
+        if version != "1.1" and version != "1.0":
+            raise _Refused(505, b"unsupported protocol version: HTTP/%s\n" % version.encode())
+        if method == b"CONNECT":
+            raise _Refused(405, b"method not allowed: CONNECT\n")
+        if self._host is None and version == "1.1":
+            raise _Refused(400, b"bad request: missing required Host header\n")
+        url = self._url
+        if url[:1] == b"/":
+            return
+        if url == b"*":
+            if method != b"OPTIONS":
+                raise _Refused(400, b"bad request: * is a target for OPTIONS only\n")
+            return
+        # llhttp has checked the form: scheme "://" authority [path] ["?" query]
+        scheme, sep, rest = url.partition(b"://")
+        if not sep or not scheme:
+            raise _Refused(400, b"bad request: invalid request target\n")
+        end = len(rest)
+        for stop in (b"/", b"?"):
+            at = rest.find(stop, 0, end)
+            if at >= 0:
+                end = at
+        authority = rest[:end].rpartition(b"@")[2]  # without any userinfo, as Go's URL.Host
+        target = rest[end:]
+        self._url = target if target[:1] == b"/" else b"/" + target
+        if authority:  # "http:///x" names none: the Host header stands, as in Go
+            self._host = authority
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing

@@ -14,6 +14,7 @@ from ebb.autoscaler.decider import (
     initial_ebc,
 )
 from ebb.autoscaler.settings import AutoscalerSettings, revision_config
+from ebb.common.goparse import INT32_MAX, INT64_MAX, INT64_MIN
 
 A = "autoscaling.knative.dev/"
 
@@ -330,9 +331,6 @@ def test_unknown_desired_passes_through():
 # ---------------------------------------------------------------------------------------
 # Numbers that fit the proto: desired scale is sent as an int32, EBC as an int64
 
-INT32_MAX = 2**31 - 1
-INT64_MAX = 2**63 - 1
-INT64_MIN = -(2**63)
 
 
 @pytest.mark.parametrize(

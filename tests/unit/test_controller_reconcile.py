@@ -213,6 +213,22 @@ def test_service_status_merges_children():
 A = "autoscaling.knative.dev/"
 
 
+def desired_for(annotations, decision, *, reachable=True, latest=True, zero_ok=True, initialized=False, running=0):
+    """`rc.desired_instances` with the common case as defaults: routed, the newest, an
+    activator in front, not yet scale-target initialized, nothing running."""
+    return rc.desired_instances(
+        annotations,
+        reachable=reachable,
+        latest=latest,
+        decision=decision,
+        can_scale_to_zero=zero_ok,
+        scale_target_initialized=initialized,
+        running=running,
+    )
+
+
+
+
 @pytest.mark.parametrize(
     "annotations,reachable,latest,decision,zero_ok,expected",
     [
@@ -230,15 +246,7 @@ A = "autoscaling.knative.dev/"
     ],
 )
 def test_desired_instances(annotations, reachable, latest, decision, zero_ok, expected):
-    assert rc.desired_instances(
-        annotations,
-        reachable=reachable,
-        latest=latest,
-        decision=decision,
-        can_scale_to_zero=zero_ok,
-        scale_target_initialized=False,
-        running=0,
-    ) == expected
+    assert desired_for(annotations, decision, reachable=reachable, latest=latest, zero_ok=zero_ok) == expected
 
 
 def _bounded(desired, min_scale=0, max_scale=0, initial_scale=1):
@@ -263,15 +271,7 @@ def _bounded(desired, min_scale=0, max_scale=0, initial_scale=1):
     ],
 )
 def test_desired_instances_uses_the_autoscalers_bounds(annotations, reachable, decision, expected):
-    assert rc.desired_instances(
-        annotations,
-        reachable=reachable,
-        latest=True,
-        decision=decision,
-        can_scale_to_zero=True,
-        scale_target_initialized=False,
-        running=0,
-    ) == expected
+    assert desired_for(annotations, decision, reachable=reachable) == expected
 
 
 INITIAL_5 = {A + "initial-scale": "5"}
@@ -314,15 +314,7 @@ def test_initial_scale_is_the_floor_until_the_scale_target_is_initialized(
         annotations, reachable=reachable, decision=decision, ready=ready, initialized=was_initialized
     )
     assert got is initialized
-    assert rc.desired_instances(
-        annotations,
-        reachable=reachable,
-        latest=True,
-        decision=decision,
-        can_scale_to_zero=True,
-        scale_target_initialized=got,
-        running=ready,
-    ) == desired
+    assert desired_for(annotations, decision, reachable=reachable, initialized=got, running=ready) == desired
 
 
 @pytest.mark.parametrize(
@@ -347,15 +339,10 @@ def test_initial_scale_is_the_floor_until_the_scale_target_is_initialized(
 def test_desired_instances_without_a_verdict(
     annotations, reachable, latest, decision, initialized, running, zero_ok, expected
 ):
-    assert rc.desired_instances(
-        annotations,
-        reachable=reachable,
-        latest=latest,
-        decision=decision,
-        can_scale_to_zero=zero_ok,
-        scale_target_initialized=initialized,
-        running=running,
-    ) == expected
+    assert desired_for(
+        annotations, decision, reachable=reachable, latest=latest, zero_ok=zero_ok,
+        initialized=initialized, running=running,
+    ) == expected  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -355,14 +355,18 @@ def proxy_and_app(kind: str):
     return act, instance_app(act)
 
 
+ON_BOTH = pytest.mark.parametrize("kind", ["queue", "activator"])
+EVERY_REFUSED_HEAD = pytest.mark.parametrize(
+    "line, headers, status, body", REFUSED_HEADS.values(), ids=REFUSED_HEADS.keys()
+)
+
+
 def get_for(kind: str) -> bytes:
     return head_for(kind, b"GET / HTTP/1.1", b"Host: h\r\n")
 
 
-@pytest.mark.parametrize("kind", ["queue", "activator"])
-@pytest.mark.parametrize(
-    "line, headers, status, body", REFUSED_HEADS.values(), ids=REFUSED_HEADS.keys()
-)
+@ON_BOTH
+@EVERY_REFUSED_HEAD
 async def test_a_head_gos_server_refuses_is_refused_and_never_sent(
     kind, line, headers, status, body
 ):
@@ -374,10 +378,8 @@ async def test_a_head_gos_server_refuses_is_refused_and_never_sent(
     assert down.closed and not app.transport.out and proxy.in_flight == 0
 
 
-@pytest.mark.parametrize("kind", ["queue", "activator"])
-@pytest.mark.parametrize(
-    "line, headers, status, body", REFUSED_HEADS.values(), ids=REFUSED_HEADS.keys()
-)
+@ON_BOTH
+@EVERY_REFUSED_HEAD
 async def test_a_pipelined_head_gos_server_refuses_is_refused_in_its_turn(
     kind, line, headers, status, body
 ):

@@ -15,14 +15,12 @@ from typing import NamedTuple
 
 from ebb.autoscaler.collector import Observation
 from ebb.autoscaler.settings import RevisionScalingConfig
-from ebb.common.goparse import INT32_MAX
+from ebb.common.goparse import INT32_MAX, INT64_MAX, INT64_MIN
 
 # A decision is streamed with desired scale as an int32 and EBC as an int64; a number
 # outside them cannot be sent at all (the proto raises "Value out of range"). Desired
 # scale is capped at INT32_MAX (a max-scale, when set, clamps it further in the
 # controller); EBC is kept within int64, where its sign, all it is read for, survives.
-INT64_MAX = 2**63 - 1
-INT64_MIN = -(2**63)
 
 
 class Decision(NamedTuple):

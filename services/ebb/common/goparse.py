@@ -28,6 +28,8 @@ _FALSE = ("0", "f", "F", "FALSE", "false", "False")
 
 SECOND_NS = 1_000_000_000
 INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
 
 
 class OutOfRange(ValueError):

@@ -225,9 +225,7 @@ class Controller:
 
         # 3. One revision per Configuration generation (its name may be taken by any
         #    revision of the namespace).
-        by_namespace: dict[str, list[r.Revision]] = {}
-        for rev in revisions:
-            by_namespace.setdefault(rev.metadata.namespace, []).append(rev)
+        by_namespace = self._by_namespace(revisions)
         for cfg in configurations:
             new_rev = rc.revision_for(cfg, by_namespace.get(cfg.metadata.namespace, []))
             if new_rev is not None:
@@ -247,8 +245,9 @@ class Controller:
         # ready even before any route sends it traffic), from this pass's revisions, not
         # last status.
         latest_created = set()
+        in_namespace = self._by_namespace(revisions.values())
         for c in configurations.values():
-            newest = rc.latest_created(c, self._in_namespace(revisions, c.metadata.namespace))
+            newest = rc.latest_created(c, in_namespace.get(c.metadata.namespace, []))
             if newest is not None:
                 latest_created.add(RevisionKey(newest.metadata.namespace, newest.metadata.name))
 
@@ -306,8 +305,9 @@ class Controller:
                 self._scaling.unregister(key)
 
         # 6. Configuration status (latest created / ready).
+        in_namespace = self._by_namespace(revisions.values())  # with this pass's statuses
         for (ns, name), cfg in configurations.items():
-            status = rc.configuration_status(cfg, self._in_namespace(revisions, ns), now_s=now)
+            status = rc.configuration_status(cfg, in_namespace.get(ns, []), now_s=now)
             configurations[(ns, name)] = self._put_status(status)
 
         # 7. Gateway: resolve again with fresh statuses, build and push the snapshot.
@@ -361,8 +361,13 @@ class Controller:
         return {t.revision for t in served.targets} | set(resolution.referenced)
 
     @staticmethod
-    def _in_namespace(revisions: dict, namespace: str) -> list[r.Revision]:
-        return [v for (ns, _), v in revisions.items() if ns == namespace]
+    def _by_namespace(revisions) -> dict[str, list[r.Revision]]:
+        """The revisions grouped by namespace (a revision's name may be taken by any of its
+        namespace's), once per step rather than once per Configuration."""
+        out: dict[str, list[r.Revision]] = {}
+        for rev in revisions:
+            out.setdefault(rev.metadata.namespace, []).append(rev)
+        return out
 
     def _put_status(self, obj):
         """Write status; an object deleted during the pass is simply skipped."""

@@ -149,9 +149,14 @@ def latest_created(cfg: r.Configuration, revisions: list[r.Revision]) -> r.Revis
     for its generation; while that is in the way, the one its status last named; while it
     is not made yet, its newest."""
     rev, conflict = latest_created_revision(cfg, revisions)
+    return _latest_created_of(cfg, [v for v in revisions if _controlled_by(v, cfg)], rev, conflict)
+
+
+def _latest_created_of(cfg: r.Configuration, mine: list[r.Revision], rev: r.Revision | None, conflict: str) -> r.Revision | None:
+    """`latest_created` from what `latest_created_revision` found; `mine`: the
+    Configuration's own revisions."""
     if rev is not None:
         return rev
-    mine = [v for v in revisions if _controlled_by(v, cfg)]
     if conflict:
         return next((v for v in mine if v.metadata.name == cfg.status.latest_created_revision_name), None)
     return max(mine, key=generation_of, default=None)
@@ -209,8 +214,8 @@ def configuration_status(cfg: r.Configuration, revisions: list[r.Revision], *, n
     out = r.Configuration()
     out.CopyFrom(cfg)
     mine = [v for v in revisions if _controlled_by(v, cfg)]
-    _, conflict = latest_created_revision(cfg, revisions)
-    created = latest_created(cfg, revisions)
+    found, conflict = latest_created_revision(cfg, revisions)
+    created = _latest_created_of(cfg, mine, found, conflict)
     out.status.observed_generation = cfg.metadata.generation
     out.status.latest_created_revision_name = created.metadata.name if created else ""
     out.status.latest_ready_revision_name = _latest_ready(cfg, mine, created)

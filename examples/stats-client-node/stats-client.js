@@ -34,6 +34,8 @@ const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDE
 const USAGE = `usage: node stats-client.js --namespace NS --name REVISION [options]
 
   --address HOST:PORT          autoscaler gRPC address (default 127.0.0.1:8091)
+  --stats-address HOST:PORT    where to stream stats: the autoscaler's stats port
+                               (e.g. 127.0.0.1:8094); default: --address
   --namespace NS               revision namespace (default "default")
   --name NAME                  revision name, e.g. hello-00001 (required)
   --target N                   annotation autoscaling.knative.dev/target (default 10)
@@ -72,6 +74,7 @@ function parseCommandLine(argv) {
     allowPositionals: false,
     options: {
       address: { type: 'string', default: '127.0.0.1:8091' },
+      'stats-address': { type: 'string' },
       namespace: { type: 'string', default: 'default' },
       name: { type: 'string' },
       target: { type: 'string', default: '10' },
@@ -102,6 +105,7 @@ function parseCommandLine(argv) {
   const concurrency = number(values, 'concurrency', { min: 0 });
   return {
     address: values.address,
+    statsAddress: values['stats-address'] || values.address,
     namespace: values.namespace,
     name: values.name,
     annotations,
@@ -158,7 +162,7 @@ class StatsClient {
     this.revision = { namespace: opts.namespace, name: opts.name };
     this.revisionId = `${opts.namespace}/${opts.name}`;
     this.scaling = new api.ScalingService(opts.address, grpc.credentials.createInsecure());
-    this.stats = new api.StatsService(opts.address, grpc.credentials.createInsecure());
+    this.stats = new api.StatsService(opts.statsAddress, grpc.credentials.createInsecure());
     this.stop = new AbortController();
     this.exitCode = null;
     this.watchCall = null;
@@ -354,7 +358,7 @@ async function main(argv) {
   const client = new StatsClient(opts, loadApi(opts.protos));
   process.once('SIGINT', () => client.finish(130, 'SIGINT'));
   process.once('SIGTERM', () => client.finish(143, 'SIGTERM'));
-  log('starting', { address: opts.address, revision: client.revisionId, instance: opts.instance,
+  log('starting', { address: opts.address, statsAddress: opts.statsAddress, revision: client.revisionId, instance: opts.instance,
     concurrency: opts.concurrency, intervalMs: opts.intervalMs, untilDesired: opts.untilDesired });
   return client.run();
 }

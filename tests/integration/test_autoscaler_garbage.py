@@ -39,6 +39,8 @@ def _autoscaler(tmp_path, *args: str):
                 "127.0.0.1",
                 "--grpc-port",
                 "0",
+                "--stats-port",
+                "0",
                 "--ready-file",
                 str(ready),
                 "--tick-interval-s",
@@ -111,11 +113,19 @@ async def _register(channel, *names: str, **annotations: str) -> None:
         await scaling.RegisterRevision(pb.RegisterRevisionRequest(spec=spec))
 
 
-async def test_undecodable_messages_are_counted_and_the_stream_stays_open(autoscaler):
+# Both listeners take stats: the gRPC port (grpcio) and the stats port (Ebb's HTTP/2).
+ON_BOTH_PORTS = pytest.mark.parametrize("port", ["grpc", "stats"])
+
+
+@ON_BOTH_PORTS
+async def test_undecodable_messages_are_counted_and_the_stream_stays_open(autoscaler, port):
     info, proc, log = autoscaler
     metrics = info["metrics"]
-    async with grpc.aio.insecure_channel(info["grpc"]) as channel:
-        await _register(channel, "ok-00001")
+    async with (
+        grpc.aio.insecure_channel(info["grpc"]) as control,
+        grpc.aio.insecure_channel(info[port]) as channel,
+    ):
+        await _register(control, "ok-00001")
         raw = channel.stream_unary(
             STREAM_STATS,
             request_serializer=None,
@@ -166,10 +176,14 @@ async def test_undecodable_messages_are_counted_and_the_stream_stays_open(autosc
     assert len(warnings) == 1
 
 
-async def test_bad_and_absurd_values_are_dropped_one_by_one(autoscaler):
+@ON_BOTH_PORTS
+async def test_bad_and_absurd_values_are_dropped_one_by_one(autoscaler, port):
     info, proc, log = autoscaler
-    async with grpc.aio.insecure_channel(info["grpc"]) as channel:
-        await _register(channel, "ok-00001")
+    async with (
+        grpc.aio.insecure_channel(info["grpc"]) as control,
+        grpc.aio.insecure_channel(info[port]) as channel,
+    ):
+        await _register(control, "ok-00001")
         stats = pb_grpc.StatsServiceStub(channel)
         bad = [
             _stat("ok-00001", float("nan"), period_seconds=1),

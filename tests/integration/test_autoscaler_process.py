@@ -6,21 +6,25 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import hard_open_files_limit_below, low_open_files_limit
+from helpers import REPO, hard_open_files_limit_below, low_open_files_limit, wait_until
 
 from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
 from ebb.api.autoscaler.v1 import autoscaler_pb2_grpc as pb_grpc
 
 # Safety net only: the waits end as soon as the process is ready / gone.
 WAIT_S = 20.0
+GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 
 
 def _env():
@@ -52,6 +56,8 @@ async def test_serves_health_and_stops_on_sigterm(tmp_path):
             "-m",
             "ebb.autoscaler",
             "--grpc-port",
+            "0",
+            "--stats-port",
             "0",
             "--ready-file",
             str(ready),
@@ -94,7 +100,8 @@ def test_invalid_config_exits_1_with_one_line(tmp_path):
     config = tmp_path / "ebb.yaml"
     config.write_text("autoscaler:\n  max-scale-down-rate: 0.5\n")
     result = subprocess.run(
-        [sys.executable, "-m", "ebb.autoscaler", "--grpc-port", "0", "--config", str(config)],
+        [sys.executable, "-m", "ebb.autoscaler", "--grpc-port", "0", "--stats-port", "0",
+         "--config", str(config)],
         env=_env(),
         capture_output=True,
         timeout=WAIT_S,
@@ -113,8 +120,8 @@ async def test_thousands_of_streams_opened_at_once_are_all_served(tmp_path):
     streams = 2500
     ready = tmp_path / "ready.json"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ebb.autoscaler", "--grpc-port", "0", "--ready-file", str(ready),
-        "--log-level", "warning", env=_env(),
+        sys.executable, "-m", "ebb.autoscaler", "--grpc-port", "0", "--stats-port", "0",
+        "--ready-file", str(ready), "--log-level", "warning", env=_env(),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )
     try:
@@ -152,9 +159,9 @@ async def test_more_connections_than_a_low_soft_open_files_limit_are_served(tmp_
     log_path = tmp_path / "autoscaler.log"
     with log_path.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ebb.autoscaler", "--grpc-port", "0", "--ready-file",
-            str(ready), env=_env(), stdout=asyncio.subprocess.DEVNULL, stderr=log_file,
-            preexec_fn=low_open_files_limit(128),
+            sys.executable, "-m", "ebb.autoscaler", "--grpc-port", "0", "--stats-port", "0",
+            "--ready-file", str(ready), env=_env(), stdout=asyncio.subprocess.DEVNULL,
+            stderr=log_file, preexec_fn=low_open_files_limit(128),
         )
     held: list[socket.socket] = []
     try:
@@ -172,6 +179,61 @@ async def test_more_connections_than_a_low_soft_open_files_limit_are_served(tmp_
     finally:
         for sock in held:
             sock.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_stats_port_serves_other_grpc_clients_and_ends_streams_cleanly(tmp_path):
+    """The stats port with two gRPC implementations that are not Ebb's: grpc-go (grpcurl,
+    with the proto file, as the port has no reflection) and grpcio. SIGTERM answers an
+    open stream with its totals, as the gRPC port does, so a queue reconnects at once."""
+    ready = tmp_path / "ready.json"
+    log_path = tmp_path / "autoscaler.log"
+    with log_path.open("wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ebb.autoscaler", "--grpc-port", "0", "--stats-port", "0",
+            "--metrics-port", "0", "--ready-file", str(ready), env=_env(),
+            stdout=asyncio.subprocess.DEVNULL, stderr=log_file,
+        )
+    try:
+        info = await _wait_for_file(ready, proc)
+        host, port = info["stats"].rsplit(":", 1)
+        assert host == "127.0.0.1" and int(port) > 0 and info["stats"] != info["grpc"]
+        stat = pb.Stat(instance="i1", average_concurrency=2.0, period_seconds=1.0)
+        stat.revision.namespace, stat.revision.name = "default", "r-00001"
+        async with grpc.aio.insecure_channel(info["grpc"]) as control:
+            spec = pb.AutoscalingSpec(revision=stat.revision, reachable=True, ready_instances=1)
+            await pb_grpc.ScalingServiceStub(control).RegisterRevision(
+                pb.RegisterRevisionRequest(spec=spec)
+            )
+        body = ('{"stats": [{"instance": "go-1", "revision": {"namespace": "default",'
+                ' "name": "r-00001"}, "averageConcurrency": 2, "periodSeconds": 1}]}')
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [GRPCURL, "-plaintext", "-import-path", str(REPO / "protos"), "-proto",
+             "ebb/api/autoscaler/v1/autoscaler.proto", "-d", body, info["stats"],
+             "ebb.api.autoscaler.v1.StatsService/StreamStats"],
+            capture_output=True, text=True, timeout=WAIT_S,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"accepted": "1"}
+        async with grpc.aio.insecure_channel(info["stats"]) as channel:
+            call = pb_grpc.StatsServiceStub(channel).StreamStats()
+            for _ in range(3):
+                await call.write(pb.StreamStatsRequest(stats=[stat]))
+            metrics = f"http://{info['metrics']}/metrics"
+
+            def open_streams() -> bool:
+                text = urllib.request.urlopen(metrics, timeout=5).read().decode()
+                return "ebb_autoscaler_stats_port_streams 1.0" in text
+
+            await asyncio.to_thread(wait_until, open_streams, WAIT_S, message="stream open")
+            proc.send_signal(signal.SIGTERM)
+            response = await asyncio.wait_for(call, WAIT_S)
+            assert (response.accepted, response.dropped) == (3, 0)
+        assert await asyncio.wait_for(proc.wait(), WAIT_S) == 0
+    finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()

@@ -79,6 +79,8 @@ async def autoscaler(tmp_path):
             "ebb.autoscaler",
             "--grpc-port",
             "0",
+            "--stats-port",
+            "0",
             "--metrics-port",
             "0",
             "--tick-interval-s",

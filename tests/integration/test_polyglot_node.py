@@ -49,8 +49,9 @@ def node_client() -> Path:
 
 
 @pytest.fixture(scope="module")
-def autoscaler(tmp_path_factory) -> str:
-    """A real autoscaler process deciding every 0.5 s; yields its gRPC address."""
+def autoscaler_ports(tmp_path_factory) -> dict:
+    """A real autoscaler process deciding every 0.5 s; yields its ready file (`grpc`,
+    `stats`: the StreamStats-only HTTP/2 port, `metrics`)."""
     ready = tmp_path_factory.mktemp("autoscaler") / "ready.json"
     log = ready.with_name("autoscaler.log")
     with log.open("wb") as out:
@@ -61,6 +62,8 @@ def autoscaler(tmp_path_factory) -> str:
                 "ebb.autoscaler",
                 "--grpc-port",
                 str(free_port()),
+                "--stats-port",
+                "0",
                 "--ready-file",
                 str(ready),
                 "--tick-interval-s",
@@ -80,7 +83,7 @@ def autoscaler(tmp_path_factory) -> str:
             raise AssertionError(
                 f"{exc}; autoscaler rc={proc.poll()}, log:\n{log.read_text()}"
             ) from None
-        yield info["grpc"]
+        yield info
     finally:
         proc.terminate()
         try:
@@ -88,6 +91,11 @@ def autoscaler(tmp_path_factory) -> str:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def autoscaler(autoscaler_ports) -> str:
+    return autoscaler_ports["grpc"]
 
 
 def _run_client(client: Path, address: str, *args: str) -> subprocess.CompletedProcess:
@@ -191,3 +199,34 @@ def test_node_client_gives_up_after_max_seconds(node_client, autoscaler):
         d["revision"] == "polyglot/idle-00001" and d["desiredScale"] < 2 for d in decisions
     ), decisions
     assert _stream_summary(done.stderr)["dropped"] == 0
+
+
+@needs_node
+def test_node_client_streams_to_the_stats_port(node_client, autoscaler_ports):
+    """grpc-js (its own HTTP/2 and HPACK) against the autoscaler's stats port: the stats
+    arrive there, the decisions come over the gRPC port, as in the test above."""
+    done = _run_client(
+        node_client,
+        autoscaler_ports["grpc"],
+        "--stats-address",
+        autoscaler_ports["stats"],
+        "--namespace",
+        "polyglot",
+        "--name",
+        "h2-00001",
+        "--concurrency",
+        "50",
+        "--interval-ms",
+        "200",
+        "--until-desired",
+        "8",
+        "--max-seconds",
+        "20",
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    decisions = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert decisions[-1]["desiredScale"] == 8 and decisions[-1]["panic"] is True
+    summary = _stream_summary(done.stderr)
+    assert summary["accepted"] >= 1 and summary["dropped"] == 0, summary
+    starting = next(json.loads(line) for line in done.stderr.splitlines() if '"starting"' in line)
+    assert starting["statsAddress"] == autoscaler_ports["stats"]

@@ -41,6 +41,8 @@ def test_health_and_reflection(component, tmp_path):
         args += ["--grpc-port", str(free_port()), "--http-port", str(free_port())]
     elif component == "controller":
         args += ["--grpc-port", str(free_port()), "--data-dir", str(tmp_path / "data"), "--gateway-port", str(free_port())]
+    elif component == "autoscaler":
+        args += ["--grpc-port", str(free_port()), "--stats-port", "0"]
     else:
         args += ["--grpc-port", str(free_port())]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

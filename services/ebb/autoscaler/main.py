@@ -15,6 +15,7 @@ import yaml
 from ebb.autoscaler.metrics import GcPauses
 from ebb.autoscaler.server import AutoscalerServer
 from ebb.autoscaler.settings import AutoscalerSettings, unknown_keys
+from ebb.autoscaler.statsport import StatsPort
 from ebb.common import tracing as tracing_mod
 from ebb.common.logs import setup_logging
 from ebb.common.metrics import MetricsServer, metrics_port_flag, parse_metrics_port
@@ -27,6 +28,13 @@ PROG = "python -m ebb.autoscaler"
 FLAGS = (
     Flag(
         "grpc-port", "EBB_AUTOSCALER_GRPC_PORT", "8091", "gRPC port: StatsService, ScalingService"
+    ),
+    Flag(
+        "stats-port",
+        "EBB_AUTOSCALER_STATS_PORT",
+        "8094",
+        "port serving only StatsService.StreamStats, read in the event loop (queues and"
+        " activators stream here; 0 = any free port)",
     ),
     Flag(
         "config",
@@ -66,6 +74,7 @@ class ServiceSettings:
     ignored_keys: tuple[str, ...] = ()
     metrics_port: int = 0
     tick_slices: int = 1
+    stats_port: int = 8094
 
 
 def read_config_file(path: str) -> tuple[AutoscalerSettings, tuple[str, ...]]:
@@ -185,6 +194,7 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ServiceSetti
         ignored_keys=ignored,
         metrics_port=parse_metrics_port(raw["metrics-port"]),
         tick_slices=_tick_slices(raw["tick-slices"]),
+        stats_port=parse_port("stats-port", raw["stats-port"]),
     )
 
 
@@ -200,11 +210,16 @@ async def serve(cfg: ServiceSettings, tracing: tracing_mod.Tracing = tracing_mod
         cfg.autoscaler, tick_interval_s=cfg.tick_interval_s, tick_slices=cfg.tick_slices
     )
     autoscaler.add_to(core)
+    stats_port = StatsPort(autoscaler, tracing)
+    autoscaler.metrics.watch_stats_port(stats_port)
     metrics = MetricsServer(autoscaler.registry, host=cfg.host, port=cfg.metrics_port)
     try:
         metrics.start()
         await core.start()
+        await stats_port.start(cfg.host, cfg.stats_port)
     except OSError as exc:
+        await stats_port.close()
+        await core.shutdown()
         await metrics.aclose()
         print(f"autoscaler: {exc}", file=sys.stderr)
         return 1
@@ -213,13 +228,17 @@ async def serve(cfg: ServiceSettings, tracing: tracing_mod.Tracing = tracing_mod
     gc_pauses.install()
     settle_gc()
     core.install_signal_handlers()
-    write_ready_file(cfg.ready_file, {"grpc": core.address, "metrics": metrics.address})
+    write_ready_file(
+        cfg.ready_file,
+        {"grpc": core.address, "stats": stats_port.address, "metrics": metrics.address},
+    )
     await core.wait_for_signal()
     # Health goes NOT_SERVING first; then the tick loop and the open streams end (watchers
     # and reporters see a clean end and reconnect elsewhere or later), so stop(grace) has
     # nothing left to wait for.
     core.set_serving(False)
     await autoscaler.close()
+    await stats_port.close()
     await core.shutdown()
     await metrics.aclose()
     await tracing.aclose()

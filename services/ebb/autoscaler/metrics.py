@@ -27,6 +27,7 @@ from ebb.common.metrics import CONTROL_BUCKETS_S
 
 if TYPE_CHECKING:
     from ebb.autoscaler.server import AutoscalerServer
+    from ebb.autoscaler.statsport import StatsPort
 
 REVISION_LABELS = ("namespace", "revision")
 INTERNAL_ERROR = "internal_error"  # a stat whose handling raised (a bug): see server.py
@@ -62,6 +63,10 @@ class AutoscalerMetrics:
             registry=registry,
         )
         registry.register(_StateCollector(server))
+
+    def watch_stats_port(self, port: StatsPort) -> None:
+        """Add the stats port's connections, streams and events to the metrics."""
+        self.registry.register(_StatsPortCollector(port))
 
     def observe_tick(self, seconds: float, cpu_seconds: float) -> None:
         self.tick_duration.observe(seconds)
@@ -224,3 +229,43 @@ class _StateCollector:
         for stage in ERROR_STAGES:
             families["errors"].add_metric([stage], counters.get(f"{stage}_errors", 0))
         return iter(families.values())
+
+
+class _StatsPortCollector:
+    """The HTTP/2 stats port (`statsport.StatsPort`), read at scrape time."""
+
+    def __init__(self, port: StatsPort) -> None:
+        self._port = port
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "ebb_autoscaler_stats_port_connections", "Open connections on the stats port."
+            ),
+            GaugeMetricFamily(
+                "ebb_autoscaler_stats_port_streams", "Open StreamStats streams on the stats port."
+            ),
+            CounterMetricFamily(
+                "ebb_autoscaler_stats_port_events",
+                "Stats port events: streams opened; streams answered with a gRPC error"
+                " (grpc_status_N) or an HTTP error (http_N); streams reset and connections"
+                " closed with GOAWAY, by HTTP/2 error code; connections that never sent the"
+                " HTTP/2 preface.",
+                labels=["event"],
+            ),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        port = self._port
+        connections, streams, events = self._families()
+        connections.add_metric([], len(port.connections))
+        streams.add_metric([], port.open_streams)
+        counters = dict(port.counters)
+        counters.setdefault("streams", 0)
+        for event, count in sorted(counters.items()):
+            events.add_metric([event], count)
+        return iter((connections, streams, events))

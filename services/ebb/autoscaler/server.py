@@ -462,6 +462,34 @@ class AutoscalerServer:
         return len(self._watchers)
 
 
+class StatsTally:
+    """One StreamStats call's totals, whichever transport carries it (grpcio's servicer
+    below, or the HTTP/2 stats port in `statsport`)."""
+
+    __slots__ = ("_owner", "_peer", "accepted", "dropped", "undecodable")
+
+    def __init__(self, owner: AutoscalerServer, peer: Callable[[], str]) -> None:
+        self._owner = owner
+        self._peer = peer  # called only to log the first undecodable message
+        self.accepted = self.dropped = self.undecodable = 0
+
+    def take(self, request: pb.StreamStatsRequest | _Undecodable) -> None:
+        """Record one decoded message (or count one that did not decode)."""
+        if request is UNDECODABLE_MESSAGE:
+            self._owner.drop_undecodable()
+            if self.undecodable == 0:  # once per stream: a broken reporter repeats every second
+                log.warning("undecodable stats message dropped", extra={"peer": self._peer()})
+            self.dropped += 1
+            self.undecodable += 1
+            return
+        accepted, dropped = self._owner.take_stats(request.stats)
+        self.accepted += accepted
+        self.dropped += dropped
+
+    def response(self) -> pb.StreamStatsResponse:
+        return pb.StreamStatsResponse(accepted=self.accepted, dropped=self.dropped)
+
+
 class StatsServicer(pb_grpc.StatsServiceServicer):
     def __init__(self, owner: AutoscalerServer) -> None:
         self._owner = owner
@@ -477,8 +505,8 @@ class StatsServicer(pb_grpc.StatsServiceServicer):
         every single read against close() instead (a task and an `asyncio.wait` per
         message) cost about a third of the CPU of a one-stat message.
         """
-        totals = [0, 0, 0]  # accepted, dropped, of which undecodable messages
-        reader = asyncio.ensure_future(self._read(request_iterator, totals, context))
+        tally = StatsTally(self._owner, context.peer)
+        reader = asyncio.ensure_future(self._read(request_iterator, tally))
         closed = asyncio.ensure_future(self._owner.wait_closed())
         try:
             await asyncio.wait({reader, closed}, return_when=asyncio.FIRST_COMPLETED)
@@ -487,22 +515,13 @@ class StatsServicer(pb_grpc.StatsServiceServicer):
         finally:
             closed.cancel()
             reader.cancel()
-        return pb.StreamStatsResponse(accepted=totals[0], dropped=totals[1])
+        return tally.response()
 
-    async def _read(self, request_iterator, totals: list[int], context) -> None:
-        owner = self._owner
-        take_stats = owner.take_stats
+    @staticmethod
+    async def _read(request_iterator, tally: StatsTally) -> None:
+        take = tally.take
         async for request in request_iterator:
-            if request is UNDECODABLE_MESSAGE:
-                owner.drop_undecodable()
-                if totals[2] == 0:  # once per stream: a broken reporter repeats every second
-                    log.warning("undecodable stats message dropped", extra={"peer": context.peer()})
-                totals[1] += 1
-                totals[2] += 1
-                continue
-            accepted, dropped = take_stats(request.stats)
-            totals[0] += accepted
-            totals[1] += dropped
+            take(request)
 
 
 class ScalingServicer(pb_grpc.ScalingServiceServicer):

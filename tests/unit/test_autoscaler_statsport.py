@@ -1,0 +1,399 @@
+"""The stats port's HTTP/2 and gRPC framing, driven byte by byte through a fake transport.
+
+No sockets: each test feeds what a client would send to `StatsConnection.data_received`
+and decodes what the connection wrote back (frames, HPACK with an independent decoder).
+The real clients (grpcio, grpc-js, grpcurl) are in tests/integration.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import hpack
+import pytest
+
+from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
+from ebb.autoscaler import statsport as sp
+from ebb.autoscaler.multiscaler import RevisionSpec
+from ebb.autoscaler.server import AutoscalerServer
+from ebb.autoscaler.settings import AutoscalerSettings
+
+PATH = b"/ebb.api.autoscaler.v1.StatsService/StreamStats"
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "write after close"
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default=None):
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+
+class Peer:
+    """A client's side: builds frames, reads the connection's answers."""
+
+    def __init__(self, conn: sp.StatsConnection, transport: FakeTransport) -> None:
+        self.conn = conn
+        self.transport = transport
+        self.encoder = hpack.Encoder()  # indexes and Huffman-codes, as real clients do
+        self.decoder = hpack.Decoder()
+        self._read = 0
+
+    def send(self, data: bytes) -> None:
+        self.conn.data_received(data)
+
+    def headers(self, stream_id: int, path: bytes = PATH, *, end_stream: bool = False, **extra):
+        fields = [
+            (b":method", extra.pop("method", b"POST")),
+            (b":scheme", b"http"),
+            (b":path", path),
+            (b":authority", b"autoscaler"),
+            (b"content-type", extra.pop("content_type", b"application/grpc")),
+            (b"te", b"trailers"),
+            *((k.replace("_", "-").encode(), v) for k, v in extra.items()),
+        ]
+        flags = sp.END_HEADERS | (sp.END_STREAM if end_stream else 0)
+        return sp.frame(sp.HEADERS, flags, stream_id, self.encoder.encode(fields))
+
+    def frames(self) -> list[tuple[int, int, int, bytes]]:
+        """Every frame written since the last call: (type, flags, stream, payload)."""
+        out, data = [], bytes(self.transport.out[self._read :])
+        offset = 0
+        while offset < len(data):
+            high, low, kind, flags, stream_id = struct.unpack_from(">BHBBI", data, offset)
+            size = high << 16 | low
+            out.append((kind, flags, stream_id, data[offset + 9 : offset + 9 + size]))
+            offset += 9 + size
+        self._read += offset
+        return out
+
+    def decode(self, payload: bytes) -> dict[bytes, bytes]:
+        return dict(self.decoder.decode(payload, raw=True))
+
+
+def stat_message(*stats: tuple[str, float], revision: str = "rev-1") -> bytes:
+    request = pb.StreamStatsRequest()
+    for instance, concurrency in stats:
+        request.stats.add(
+            instance=instance,
+            revision=pb.RevisionKey(namespace="ns", name=revision),
+            average_concurrency=concurrency,
+            request_count=concurrency,
+            process_uptime_seconds=10,
+            period_seconds=1,
+        )
+    return grpc_frame(request.SerializeToString())
+
+
+def grpc_frame(message: bytes, compressed: int = 0) -> bytes:
+    return bytes((compressed,)) + struct.pack(">I", len(message)) + message
+
+
+def data(stream_id: int, payload: bytes, *, end_stream: bool = False) -> bytes:
+    return sp.frame(sp.DATA, sp.END_STREAM if end_stream else 0, stream_id, payload)
+
+
+@pytest.fixture
+async def peer() -> Peer:
+    owner = AutoscalerServer(AutoscalerSettings(), clock=lambda: 100.0)
+    owner.register(
+        RevisionSpec(
+            namespace="ns",
+            name="rev-1",
+            annotations={},
+            container_concurrency=0,
+            reachable=True,
+            ready_instances=1,
+        )
+    )
+    port = sp.StatsPort(owner)
+    conn = sp.StatsConnection(port)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    client = Peer(conn, transport)
+    opening = client.frames()
+    assert [f[0] for f in opening] == [sp.SETTINGS, sp.WINDOW_UPDATE]
+    settings = dict(struct.iter_unpack(">HI", opening[0][3]))
+    assert settings[sp.S_INITIAL_WINDOW_SIZE] == sp.WINDOW
+    assert struct.unpack(">I", opening[1][3])[0] == sp.WINDOW - sp.DEFAULT_WINDOW
+    client.send(sp.PREFACE + sp.frame(sp.SETTINGS, 0, 0))
+    assert client.frames() == [(sp.SETTINGS, sp.ACK, 0, b"")]
+    yield client
+    conn.connection_lost(None)
+
+
+def accepted(owner: AutoscalerServer) -> int:
+    return owner.scaler.collector.accepted
+
+
+def answer(client: Peer, frames) -> tuple[dict, pb.StreamStatsResponse | None, dict]:
+    """(response headers, response message, trailers) of one answered stream."""
+    kinds = [f[0] for f in frames]
+    assert kinds == [sp.HEADERS, sp.DATA, sp.HEADERS], frames
+    head, body, tail = frames
+    assert tail[1] & sp.END_STREAM
+    assert body[3][0] == 0 and struct.unpack(">I", body[3][1:5])[0] == len(body[3]) - 5
+    return (
+        client.decode(head[3]),
+        pb.StreamStatsResponse.FromString(body[3][5:]),
+        client.decode(tail[3]),
+    )
+
+
+async def test_a_stream_is_read_and_answered_with_its_totals(peer):
+    owner = peer.conn._owner
+    two = stat_message(("a", 1.0)) + stat_message(("b", 2.0))  # two messages, one frame
+    split = stat_message(("c", 3.0), ("d", 4.0))  # one message over three frames
+    peer.send(peer.headers(1) + data(1, two))
+    peer.send(data(1, split[:3]) + data(1, split[3:20]))
+    assert accepted(owner) == 2  # the split message is not whole yet
+    padded = b"\x04" + stat_message(("e", 5.0), revision="unknown") + b"\0" * 4
+    peer.send(data(1, split[20:]) + sp.frame(sp.DATA, sp.PADDED, 1, padded))
+    assert accepted(owner) == 4
+    peer.send(data(1, b"", end_stream=True))
+    head, response, trailers = answer(peer, peer.frames())
+    assert head[b":status"] == b"200" and head[b"content-type"] == b"application/grpc"
+    assert (response.accepted, response.dropped) == (4, 1)  # "unknown" is not registered
+    assert trailers == {b"grpc-status": b"0"}
+    assert not peer.conn.streams
+
+
+async def test_fed_one_byte_at_a_time_the_same_happens(peer):
+    owner = peer.conn._owner
+    wire = peer.headers(3) + data(3, stat_message(("a", 1.0)) * 3, end_stream=True)
+    for i in range(len(wire)):
+        peer.send(wire[i : i + 1])
+    _, response, trailers = answer(peer, peer.frames())
+    assert response.accepted == 3 and accepted(owner) == 3
+    assert trailers[b"grpc-status"] == b"0"
+
+
+async def test_undecodable_message_is_counted_and_the_stream_goes_on(peer):
+    owner = peer.conn._owner
+    peer.send(peer.headers(1) + data(1, grpc_frame(b"\xff\xff\xff") + stat_message(("a", 1.0))))
+    peer.send(data(1, b"", end_stream=True))
+    _, response, _ = answer(peer, peer.frames())
+    assert (response.accepted, response.dropped) == (1, 1)
+    assert owner.scaler.collector.dropped["undecodable"] == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "message"),
+    [
+        (
+            {"path": b"/ebb.api.autoscaler.v1.ScalingService/WatchDecisions"},
+            b"12",
+            b"unknown method",
+        ),
+        ({"grpc_encoding": b"gzip"}, b"12", b"grpc-encoding gzip"),
+    ],
+)
+async def test_other_calls_get_a_grpc_error_and_the_header_table_stays_in_step(
+    peer, headers, status, message
+):
+    path = headers.pop("path", PATH)
+    peer.send(peer.headers(1, path, **headers))
+    (head, reset) = peer.frames()
+    assert head[0] == sp.HEADERS and head[1] & sp.END_STREAM  # trailers-only
+    fields = peer.decode(head[3])
+    assert fields[b"grpc-status"] == status and message in fields[b"grpc-message"]
+    assert reset[:3] == (sp.RST_STREAM, 0, 1) and reset[3] == struct.pack(">I", sp.NO_ERROR)
+    # The refused block's headers went into both dynamic tables; the next stream's block
+    # refers to them by index and must still decode.
+    peer.send(peer.headers(3) + data(3, stat_message(("a", 1.0)), end_stream=True))
+    _, response, _ = answer(peer, peer.frames())
+    assert response.accepted == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [({"method": b"GET"}, b"405"), ({"content_type": b"application/json"}, b"415")],
+)
+async def test_requests_that_are_not_grpc_get_an_http_status(peer, extra, status):
+    peer.send(peer.headers(1, end_stream=True, **extra))
+    (head,) = peer.frames()
+    assert head[1] & sp.END_STREAM and peer.decode(head[3]) == {b":status": status}
+    assert peer.conn._port.counters[f"http_{status.decode()}"] == 1
+
+
+async def test_compressed_and_oversized_messages_end_the_stream(peer):
+    peer.send(peer.headers(1) + data(1, grpc_frame(b"xx", compressed=1)))
+    head, reset = peer.frames()
+    assert peer.decode(head[3])[b"grpc-status"] == str(sp.GRPC_INTERNAL).encode()
+    assert reset[0] == sp.RST_STREAM
+    # Late DATA for that stream is ignored, the connection stays.
+    peer.send(data(1, stat_message(("a", 1.0))))
+    assert peer.frames() == [] and not peer.transport.closed
+    too_big = b"\0" + struct.pack(">I", sp.MAX_MESSAGE_BYTES + 1)
+    peer.send(peer.headers(3) + data(3, too_big))
+    head, _ = peer.frames()
+    assert peer.decode(head[3])[b"grpc-status"] == str(sp.GRPC_RESOURCE_EXHAUSTED).encode()
+    assert not peer.conn.streams and accepted(peer.conn._owner) == 0
+
+
+async def test_a_stream_ended_inside_a_message_is_an_error(peer):
+    peer.send(peer.headers(1) + data(1, stat_message(("a", 1.0))[:7], end_stream=True))
+    (head,) = peer.frames()  # the client is done sending: no reset needed
+    assert peer.decode(head[3])[b"grpc-status"] == str(sp.GRPC_INTERNAL).encode()
+
+
+async def test_ping_is_answered_and_unknown_frames_and_priority_are_ignored(peer):
+    peer.send(sp.frame(sp.PING, 0, 0, b"12345678") + sp.frame(sp.PING, sp.ACK, 0, b"abcdefgh"))
+    peer.send(sp.frame(0x42, 0, 0, b"whatever") + sp.frame(sp.PRIORITY, 0, 1, b"\0" * 5))
+    assert peer.frames() == [(sp.PING, sp.ACK, 0, b"12345678")]
+    assert not peer.transport.closed
+
+
+async def test_headers_split_over_continuation_frames(peer):
+    block = peer.headers(1)[9:]
+    peer.send(sp.frame(sp.HEADERS, 0, 1, block[:5]) + sp.frame(sp.CONTINUATION, 0, 1, block[5:9]))
+    peer.send(sp.frame(sp.CONTINUATION, sp.END_HEADERS, 1, block[9:]))
+    peer.send(data(1, stat_message(("a", 1.0)), end_stream=True))
+    _, response, _ = answer(peer, peer.frames())
+    assert response.accepted == 1
+
+
+def goaway(peer: Peer) -> tuple[int, int]:
+    frames = peer.frames()
+    assert frames[-1][0] == sp.GOAWAY and peer.transport.closed, frames
+    last_stream, code = struct.unpack_from(">II", frames[-1][3])
+    return last_stream, code
+
+
+@pytest.mark.parametrize(
+    ("wire", "code"),
+    [
+        (sp.frame(sp.DATA, 0, 0, b"x"), sp.PROTOCOL_ERROR),  # DATA on stream 0
+        (sp.frame(sp.DATA, 0, 7, b"x"), sp.PROTOCOL_ERROR),  # a stream never opened
+        (sp.frame(sp.HEADERS, sp.END_HEADERS, 2, b"\x82"), sp.PROTOCOL_ERROR),  # even id
+        (sp.frame(sp.HEADERS, sp.END_HEADERS, 1, b"\xff\xff\xff\xff"), sp.COMPRESSION_ERROR),
+        (
+            sp.frame(sp.HEADERS, 0, 1, b"\x82") + sp.frame(sp.PING, 0, 0, b"12345678"),
+            sp.PROTOCOL_ERROR,
+        ),
+        (sp.frame(sp.CONTINUATION, sp.END_HEADERS, 1, b"\x82"), sp.PROTOCOL_ERROR),
+        (sp.frame(sp.PUSH_PROMISE, sp.END_HEADERS, 1, b"\0\0\0\2"), sp.PROTOCOL_ERROR),
+        (sp.frame(sp.PING, 0, 0, b"short"), sp.FRAME_SIZE_ERROR),
+        (sp.frame(sp.SETTINGS, 0, 0, b"\0\4\x80\0\0\0"), sp.FLOW_CONTROL_ERROR),  # window 2^31
+        (sp.frame(sp.SETTINGS, 0, 0, b"\0\5\0\0\0\1"), sp.PROTOCOL_ERROR),  # MAX_FRAME_SIZE 1
+        (sp.frame(sp.WINDOW_UPDATE, 0, 0, b"\0\0\0\0"), sp.PROTOCOL_ERROR),
+        (sp.frame(sp.RST_STREAM, 0, 9, b"\0\0\0\0"), sp.PROTOCOL_ERROR),  # idle stream
+        (struct.pack(">BHBBI", 0, sp.MAX_FRAME_SIZE + 1, sp.DATA, 0, 1), sp.FRAME_SIZE_ERROR),
+    ],
+)
+async def test_connection_errors_say_goaway_and_close(peer, wire, code):
+    peer.send(wire)
+    assert goaway(peer) == (0, code)
+    assert peer.conn._port.counters[f"goaway_{sp.ERROR_NAMES[code]}"] == 1
+
+
+async def test_not_http2_is_refused():
+    port = sp.StatsPort(AutoscalerServer(AutoscalerSettings(), clock=lambda: 0.0))
+    conn, transport = sp.StatsConnection(port), FakeTransport()
+    conn.connection_made(transport)
+    client = Peer(conn, transport)
+    client.frames()
+    client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert goaway(client) == (0, sp.PROTOCOL_ERROR)
+
+
+async def test_windows_are_given_back_as_data_is_read(peer):
+    # Messages of ~16 KB, one a frame; the window comes back once half of it is read.
+    request = pb.StreamStatsRequest()
+    for i in range(160):
+        request.stats.add(instance=f"i{i:03d}" + "x" * 80, period_seconds=1)
+    message = grpc_frame(request.SerializeToString())
+    assert 15_000 < len(message) <= sp.MAX_FRAME_SIZE
+    peer.send(peer.headers(1))
+    per_frame = data(1, message)
+    frames_to_half = -(-(sp.WINDOW // 2) // len(message))
+    peer.send(per_frame * (frames_to_half - 1))
+    assert peer.frames() == []
+    peer.send(per_frame)
+    updates = peer.frames()
+    assert sorted(f[2] for f in updates) == [0, 1] and {f[0] for f in updates} == {sp.WINDOW_UPDATE}
+    assert all(struct.unpack(">I", f[3])[0] == frames_to_half * len(message) for f in updates)
+
+
+async def test_an_answer_waits_for_the_peers_window(peer):
+    peer.send(sp.frame(sp.SETTINGS, 0, 0, struct.pack(">HI", sp.S_INITIAL_WINDOW_SIZE, 0)))
+    assert peer.frames() == [(sp.SETTINGS, sp.ACK, 0, b"")]
+    peer.send(peer.headers(1) + data(1, stat_message(("a", 1.0)), end_stream=True))
+    assert peer.frames() == []  # the answer's DATA does not fit a zero window
+    peer.send(sp.frame(sp.WINDOW_UPDATE, 0, 1, struct.pack(">I", 100)))
+    _, response, _ = answer(peer, peer.frames())
+    assert response.accepted == 1
+
+
+async def test_client_reset_drops_the_stream_without_an_answer(peer):
+    peer.send(peer.headers(1) + data(1, stat_message(("a", 1.0))))
+    peer.send(sp.frame(sp.RST_STREAM, 0, 1, struct.pack(">I", 8)))  # CANCEL
+    assert peer.frames() == [] and not peer.conn.streams
+    assert accepted(peer.conn._owner) == 1  # what arrived before the reset counts
+
+
+async def test_data_after_the_client_ended_its_side_is_stream_closed(peer):
+    peer.send(sp.frame(sp.SETTINGS, 0, 0, struct.pack(">HI", sp.S_INITIAL_WINDOW_SIZE, 0)))
+    peer.frames()
+    peer.send(peer.headers(1) + data(1, b"", end_stream=True))  # answer held: no window
+    peer.send(data(1, stat_message(("a", 1.0))))
+    (reset,) = peer.frames()
+    assert reset[:3] == (sp.RST_STREAM, 0, 1)
+    assert struct.unpack(">I", reset[3])[0] == sp.STREAM_CLOSED
+
+
+async def test_after_the_clients_goaway_new_streams_are_refused(peer):
+    peer.send(sp.frame(sp.GOAWAY, 0, 0, struct.pack(">II", 0, 0)))
+    peer.send(peer.headers(1))
+    (reset,) = peer.frames()
+    assert reset[0] == sp.RST_STREAM and struct.unpack(">I", reset[3])[0] == sp.REFUSED_STREAM
+
+
+async def test_shut_down_answers_open_streams_then_says_goaway(peer):
+    peer.send(peer.headers(1) + data(1, stat_message(("a", 1.0))))
+    peer.send(peer.headers(3) + data(3, stat_message(("b", 1.0))[:4]))  # mid-message
+    peer.conn.shut_down()
+    frames = peer.frames()
+    _, response, trailers = answer(peer, frames[:3])
+    assert response.accepted == 1 and trailers[b"grpc-status"] == b"0"
+    assert frames[3][:3] == (sp.RST_STREAM, 0, 1)  # the client had not ended its side
+    assert frames[4][:3] == (sp.RST_STREAM, 0, 3)  # stream 3 cannot be answered whole
+    assert frames[5][0] == sp.GOAWAY and struct.unpack(">II", frames[5][3][:8]) == (3, 0)
+    assert peer.transport.closed
+
+
+async def test_a_connection_that_never_speaks_is_closed(monkeypatch):
+    monkeypatch.setattr(sp, "PREFACE_TIMEOUT_S", 0.01)
+    port = sp.StatsPort(AutoscalerServer(AutoscalerSettings(), clock=lambda: 0.0))
+    conn, transport = sp.StatsConnection(port), FakeTransport()
+    conn.connection_made(transport)
+    import asyncio
+
+    for _ in range(100):
+        if transport.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert transport.closed and port.counters["no_preface"] == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "encoded"),
+    [("plain text", b"plain text"), ("100% é\n", b"100%25 %C3%A9%0A")],
+)
+def test_grpc_message_is_percent_encoded(text, encoded):
+    assert sp.grpc_message(text) == encoded
+
+
+@pytest.mark.parametrize("size", [0, 126, 127, 128, 300, 16_384])
+def test_header_lengths_decode_with_an_independent_hpack(size):
+    value = b"v" * size
+    block = sp.encode_headers([(b":status", b"200"), (b"x-long", value)])
+    assert hpack.Decoder().decode(block, raw=True) == [(b":status", b"200"), (b"x-long", value)]

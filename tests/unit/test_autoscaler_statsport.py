@@ -397,3 +397,15 @@ def test_header_lengths_decode_with_an_independent_hpack(size):
     value = b"v" * size
     block = sp.encode_headers([(b":status", b"200"), (b"x-long", value)])
     assert hpack.Decoder().decode(block, raw=True) == [(b":status", b"200"), (b"x-long", value)]
+
+
+async def test_bytes_held_in_unfinished_messages_are_bounded(peer, monkeypatch):
+    monkeypatch.setattr(sp, "MAX_HELD_BYTES", 10_000)
+    start = b"\0" + struct.pack(">I", 1_000_000)  # a message announced, never finished
+    for stream_id in (1, 3):
+        peer.send(peer.headers(stream_id) + data(stream_id, start + b"x" * 4_000))
+    assert not peer.transport.closed and peer.conn._held == 2 * 4_005
+    peer.send(sp.frame(sp.RST_STREAM, 0, 3, struct.pack(">I", 8)))  # its bytes are let go
+    assert peer.conn._held == 4_005
+    peer.send(data(1, b"x" * 3_000) + peer.headers(5) + data(5, start + b"x" * 3_000))
+    assert goaway(peer) == (5, sp.ENHANCE_YOUR_CALM)

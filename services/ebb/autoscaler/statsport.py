@@ -87,6 +87,10 @@ WINDOW = 1 << 24  # granted to each stream and to the connection
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default receive limit, as on the gRPC port
 MAX_HEADER_LIST_BYTES = 16_384
 MAX_STREAMS = 65_536  # per connection; a queue opens one, a multiplexing client a few
+# Bytes a connection may hold in messages not yet whole, over all its streams. The windows
+# are given back as bytes are read, so without this a client could park 4 MiB on each of
+# thousands of streams. A queue's message is ~100 bytes, an activator's batch ~10 KB.
+MAX_HELD_BYTES = 16 * 1024 * 1024
 PREFACE_TIMEOUT_S = 10.0  # a connection that never speaks HTTP/2 is closed
 
 _FRAME_HEAD = struct.Struct(">BHBBI")  # length (24 bits as 8 + 16), type, flags, stream id
@@ -234,6 +238,7 @@ class StatsConnection(asyncio.Protocol):
         self._decoder.max_header_list_size = MAX_HEADER_LIST_BYTES
         self._block: tuple[int, int, bytearray] | None = None  # HEADERS awaiting CONTINUATION
         self._unacked = 0  # bytes read since the last connection WINDOW_UPDATE
+        self._held = 0  # bytes of unfinished messages, over every stream (MAX_HELD_BYTES)
         self._send_window = DEFAULT_WINDOW
         self._peer_initial_window = DEFAULT_WINDOW
         self._going_away = False
@@ -268,8 +273,7 @@ class StatsConnection(asyncio.Protocol):
         if self._preface_timer is not None:
             self._preface_timer.cancel()
         for stream in list(self.streams.values()):
-            self._end_span(stream, "connection lost")
-        self.streams.clear()
+            self._forget(stream, "connection lost")
         self._transport = None
 
     def data_received(self, data: bytes) -> None:
@@ -360,6 +364,7 @@ class StatsConnection(asyncio.Protocol):
         """Take the gRPC messages `payload` completes; False when the stream was ended."""
         pending = stream.pending
         if pending:
+            self._held -= len(pending)
             pending += payload
             payload = bytes(pending)
             pending.clear()
@@ -385,6 +390,9 @@ class StatsConnection(asyncio.Protocol):
             offset = stop
         if offset < end:
             pending += memoryview(payload)[offset:]
+        self._held += len(pending)
+        if self._held > MAX_HELD_BYTES:
+            raise ConnectionError_(ENHANCE_YOUR_CALM, "too many bytes held in unfinished messages")
         return True
 
     def _headers(self, stream_id: int, flags: int, payload: bytes) -> None:
@@ -488,9 +496,9 @@ class StatsConnection(asyncio.Protocol):
             raise ConnectionError_(FRAME_SIZE_ERROR, "RST_STREAM of the wrong size")
         if stream_id > self._last_stream:
             raise ConnectionError_(PROTOCOL_ERROR, f"RST_STREAM on idle stream {stream_id}")
-        stream = self.streams.pop(stream_id, None)
+        stream = self.streams.get(stream_id)
         if stream is not None:  # the client cancelled: what it sent is already taken
-            self._end_span(stream, "cancelled by the client")
+            self._forget(stream, "cancelled by the client")
 
     def _settings(self, stream_id: int, flags: int, payload: bytes) -> None:
         if stream_id != 0:
@@ -598,15 +606,13 @@ class StatsConnection(asyncio.Protocol):
             if not stream.remote_done:  # answered early (shut_down): the client may stop
                 out += frame(RST_STREAM, 0, stream.id, _U32.pack(NO_ERROR))
             self._write(out)
-            del self.streams[stream.id]
-            self._end_span(stream, None)
+            self._forget(stream, None)
 
     def _refuse(self, stream: _Stream, status: int, message: str) -> None:
         """End a stream with a gRPC error (trailers-only) and reset it if the client is
         still sending, so that it stops."""
-        self.streams.pop(stream.id, None)
+        self._forget(stream, message)
         self._answer_error(stream.id, status, message, stream.remote_done)
-        self._end_span(stream, message)
 
     def _answer_error(self, stream_id: int, status: int, message: str, remote_done: bool) -> None:
         self._port.counters[f"grpc_status_{status}"] += 1
@@ -624,10 +630,9 @@ class StatsConnection(asyncio.Protocol):
             self._write(frame(RST_STREAM, 0, stream_id, _U32.pack(NO_ERROR)))
 
     def _reset(self, stream: _Stream, code: int) -> None:
-        self.streams.pop(stream.id, None)
+        self._forget(stream, f"reset: {ERROR_NAMES.get(code, code)}")
         self._port.counters[f"reset_{ERROR_NAMES.get(code, code)}"] += 1
         self._write(frame(RST_STREAM, 0, stream.id, _U32.pack(code)))
-        self._end_span(stream, f"reset: {ERROR_NAMES.get(code, code)}")
 
     def _fail(self, code: int, reason: str) -> None:
         """A connection error: GOAWAY naming the last stream taken, then close."""
@@ -644,8 +649,7 @@ class StatsConnection(asyncio.Protocol):
             return
         transport.write(frame(GOAWAY, 0, 0, _U32.pack(self._last_stream) + _U32.pack(code) + debug))
         for stream in list(self.streams.values()):
-            self._end_span(stream, "connection closed")
-        self.streams.clear()
+            self._forget(stream, "connection closed")
         self._buf.clear()
         transport.close()  # flushes what is written, then connection_lost
         self._transport = None
@@ -676,7 +680,13 @@ class StatsConnection(asyncio.Protocol):
     def _peer_name(self) -> str:
         return self._peer
 
-    def _end_span(self, stream: _Stream, error: str | None) -> None:
+    def _forget(self, stream: _Stream, error: str | None) -> None:
+        """The stream is over (answered, refused, reset or cut off): drop it, its
+        unfinished message and its span (`error` None = it ended well)."""
+        if self.streams.pop(stream.id, None) is None:
+            return
+        self._held -= len(stream.pending)
+        stream.pending.clear()
         if stream.span is not None:
             span, stream.span = stream.span, None
             self._port.tracing.end_http_span(span, error=error)  # type: ignore[union-attr]

@@ -25,6 +25,7 @@ class FakeTransport:
     def __init__(self) -> None:
         self.out = bytearray()
         self.closed = False
+        self.reading = True
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "write after close"
@@ -32,6 +33,12 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def get_extra_info(self, name: str, default=None):
         return ("127.0.0.1", 40000) if name == "peername" else default
@@ -409,3 +416,12 @@ async def test_bytes_held_in_unfinished_messages_are_bounded(peer, monkeypatch):
     assert peer.conn._held == 4_005
     peer.send(data(1, b"x" * 3_000) + peer.headers(5) + data(5, start + b"x" * 3_000))
     assert goaway(peer) == (5, sp.ENHANCE_YOUR_CALM)
+
+
+async def test_a_peer_that_does_not_read_is_not_read_either(peer):
+    # The transport calls pause_writing past its high-water mark: PINGs from a client that
+    # never reads the ACKs would otherwise grow the write buffer without bound.
+    peer.conn.pause_writing()
+    assert not peer.transport.reading
+    peer.conn.resume_writing()
+    assert peer.transport.reading

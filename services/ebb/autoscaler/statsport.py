@@ -293,6 +293,16 @@ class StatsConnection(asyncio.Protocol):
         if used < len(data):
             self._buf += memoryview(data)[used:]
 
+    def pause_writing(self) -> None:
+        """The peer is not reading what we write (PING ACKs, SETTINGS ACKs, answers): stop
+        reading its frames until it does, so our write buffer cannot grow without bound."""
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
     def eof_received(self) -> bool:
         return False  # the client is done sending: close our side too
 

@@ -4,9 +4,12 @@ counters move when traffic goes through the gateway."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 from helpers import ACTIVATOR_METRIC_NAMES, QUEUE_METRIC_NAMES, SAMPLE_APP, wait_until
@@ -62,6 +65,23 @@ def total(families: dict, family: str, sample: str, **labels) -> float:
     )
 
 
+def connected_to(pid: int, port: int) -> bool:
+    """Whether process `pid` holds an established TCP connection to local port `port`."""
+    inodes = set()
+    # gRPC's sockets are dual-stack: 127.0.0.1 shows in tcp6 as ::ffff:127.0.0.1.
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            # rem_address is HEXIP:HEXPORT; st 01 = ESTABLISHED; field 9 is the socket's inode.
+            if fields[3] == "01" and fields[2].endswith(f":{port:04X}"):
+                inodes.add(f"socket:[{fields[9]}]")
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed since listed
+            if os.readlink(fd) in inodes:
+                return True
+    return False
+
+
 def test_every_service_and_queue_serves_metrics_and_counters_move(mesh):
     run = mesh.data_dir / "run"
     ready = {path.stem: json.loads(path.read_text()) for path in run.glob("*.json")}
@@ -79,6 +99,13 @@ def test_every_service_and_queue_serves_metrics_and_counters_move(mesh):
     (queue_ready,) = [json.loads(path.read_text()) for path in queues]
     queue_before = scrape(queue_ready["metrics"])
     assert NAMES["queue"] <= set(queue_before)
+    # The queue and the activator stream their stats to the autoscaler's stats port.
+    stats_port = mesh.ports["autoscaler-stats"]
+    assert published["autoscaler_stats"] == ready["autoscaler"]["stats"]
+    assert published["autoscaler_stats"] == f"127.0.0.1:{stats_port}"
+    (instance,) = json.loads((mesh.data_dir / "instances.json").read_text())
+    for pid in (instance["queue_pid"], ready["activator"]["pid"]):
+        wait_until(lambda p=pid: connected_to(p, stats_port), 10, message=f"{pid} streaming stats")
 
     for _ in range(REQUESTS):
         assert mesh.get("hello.default.localhost") == (200, "Hello from hello-00001!\n")
@@ -114,3 +141,4 @@ def test_every_service_and_queue_serves_metrics_and_counters_move(mesh):
     status = json.loads(mesh.ebb("status", "-o", "json").stdout)["components"]
     for name in ("webhook", "autoscaler", "controller", "activator"):
         assert status[f"{name}_metrics"]["status"] == "SERVING"
+    assert status["autoscaler_stats"]["status"] == "LISTENING"

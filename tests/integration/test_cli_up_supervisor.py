@@ -159,15 +159,25 @@ def test_up_starts_in_order_writes_mesh_json_and_stops_clean_on_sigint(tmp_path,
         wait_for(mesh_path.exists)
         mesh = json.loads(mesh_path.read_text())
         assert mesh["pid"] == proc.pid and mesh["data_dir"] == str(data_dir)
-        for key in ("gateway", "envoy_admin", "controller", "autoscaler", "activator", "activator_grpc", "webhook"):
+        for key in ("gateway", "envoy_admin", "controller", "autoscaler", "autoscaler_stats",
+                    "activator", "activator_grpc", "webhook"):
             assert mesh[key].startswith("127.0.0.1:") and int(mesh[key].rsplit(":", 1)[1]) > 0
         started = records(record)
         order = [r["name"] for r in started if r["name"] != "orphan"]
         assert set(order[:2]) == {"webhook", "autoscaler"}
         assert order[2:] == ["controller", "activator", "envoy"]
-        controller_argv = next(r["argv"] for r in started if r["name"] == "controller")
-        assert controller_argv[controller_argv.index("--autoscaler") + 1] == mesh["autoscaler"]
-        assert controller_argv[controller_argv.index("--gateway-port") + 1] == mesh["gateway"].rsplit(":", 1)[1]
+        argv = {r["name"]: r["argv"] for r in started if r["name"] != "orphan"}
+
+        def flag(name: str, key: str) -> str:
+            return argv[name][argv[name].index(key) + 1]
+
+        assert flag("controller", "--autoscaler") == mesh["autoscaler"]
+        # Stats go to the stats port: the queues' (the controller passes it on) and the activator's.
+        assert flag("controller", "--autoscaler-stats") == mesh["autoscaler_stats"]
+        assert flag("activator", "--autoscaler") == mesh["autoscaler_stats"]
+        stats_port = flag("autoscaler", "--stats-port")
+        assert mesh["autoscaler_stats"] == f"127.0.0.1:{stats_port}" != mesh["autoscaler"]
+        assert flag("controller", "--gateway-port") == mesh["gateway"].rsplit(":", 1)[1]
         for r in started:  # each component leads its own process group
             if r["name"] != "orphan":
                 assert os.getpgid(r["pid"]) == r["pid"]

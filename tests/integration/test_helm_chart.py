@@ -73,6 +73,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
         "autoscaler": {
             "grpcPort": 9191,
+            "statsPort": 9194,
             "config": {
                 "stable-window": "90s",
                 "scale-to-zero-grace-period": "45s",
@@ -482,15 +483,36 @@ def test_services_find_each_other_by_service_dns(set_name):
     ctl = container(set_name, "controller")["args"]
     assert flag(ctl, "backend") == "kubernetes"
     assert flag(ctl, "autoscaler") == address("autoscaler", "grpcPort")
+    assert flag(ctl, "autoscaler-stats") == address("autoscaler", "statsPort")
     assert flag(ctl, "activator") == address("activator", "httpPort")
     assert flag(ctl, "activator-grpc") == address("activator", "grpcPort")
     assert flag(ctl, "webhook") == address("webhook", "grpcPort")
     assert flag(ctl, "gateway-port") == str(vals["gateway"]["port"])
     act = container(set_name, "activator")["args"]
     assert flag(act, "controller") == address("controller", "grpcPort")
-    assert flag(act, "autoscaler") == address("autoscaler", "grpcPort")
+    assert flag(act, "autoscaler") == address("autoscaler", "statsPort")  # it only streams stats
     for component in EBB_COMPONENTS:
         assert flag(container(set_name, component)["args"], "host") == "0.0.0.0"
+
+
+@pytest.mark.parametrize("set_name", SETS)
+def test_autoscaler_serves_stats_on_its_own_port(set_name):
+    """Queues and activators stream to the stats port; the Service exposes it beside gRPC."""
+    port = values(set_name)["autoscaler"]["statsPort"]
+    assert port == (9194 if set_name == "custom" else 8094)
+    c = container(set_name, "autoscaler")
+    assert flag(c["args"], "stats-port") == str(port)
+    assert {"name": "stats", "containerPort": port, "protocol": "TCP"} in c["ports"]
+    service = one(manifests(set_name), "Service", component_name(set_name, "autoscaler"))
+    assert [p for p in service["spec"]["ports"] if p["name"] == "stats"] == [
+        {
+            "name": "stats",
+            "port": port,
+            "targetPort": "stats",
+            "protocol": "TCP",
+            "appProtocol": "kubernetes.io/h2c",
+        }
+    ]
 
 
 # Flags the chart passes that a service does not parse yet; cluster mode (issue 6) adds them.
@@ -1039,6 +1061,7 @@ def test_notes_tell_how_to_reach_the_gateway_and_the_controller():
             "additional properties 'stable-windw' not allowed",
         ),
         ({"activator": {"hpa": {"minReplicas": 0}}}, "at '/activator/hpa/minReplicas'"),
+        ({"autoscaler": {"statsPort": 70000}}, "at '/autoscaler/statsPort'"),
         ({"gateway": {"service": {"type": "Ingress"}}}, "at '/gateway/service/type'"),
         ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy'"),
         (

@@ -37,6 +37,8 @@ def test_kubernetes_backend_process_reconciles_a_service_applied_through_the_cli
     env = {
         "KUBECONFIG": str(kubeconfig),
         "EBB_QUEUE_SIDECAR_IMAGE": "ghcr.io/ebb/ebb:0.1.0",
+        # --autoscaler-stats from the environment: what the queues stream to.
+        "EBB_AUTOSCALER_STATS": "ebb-autoscaler.ebb-system.svc:8094",
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path),
     }
@@ -64,7 +66,9 @@ def test_kubernetes_backend_process_reconciles_a_service_applied_through_the_cli
         containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
         assert containers["user-container"]["image"] == "ghcr.io/example/hello:1"
         assert containers["queue-proxy"]["image"] == "ghcr.io/ebb/ebb:0.1.0"
-        assert "--host" in containers["queue-proxy"]["args"]
+        queue = containers["queue-proxy"]["args"]
+        assert "--host" in queue
+        assert queue[queue.index("--autoscaler") + 1] == "ebb-autoscaler.ebb-system.svc:8094"
         listed = subprocess.run(
             [sys.executable, "-m", "ebb.cli", "--server", f"127.0.0.1:{port}", "revision", "list", "-o", "json"],
             capture_output=True, text=True, timeout=30,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -12,7 +13,7 @@ from google.protobuf.json_format import MessageToDict
 
 from ebb.api.serving.v1 import resources_pb2
 from ebb.cli import main as cli
-from ebb.cli import mesh, output, resources, up
+from ebb.cli import mesh, output, resources, status, up
 from ebb.cli.errors import CliError
 from ebb.webhook.admission import admit
 
@@ -28,6 +29,7 @@ def test_up_defaults_follow_the_design_ports():
     args = parse("up")
     assert (args.http_port, args.admin_port, args.controller_port, args.autoscaler_port) == (8080, 9901, 8090, 8091)
     assert (args.activator_port, args.activator_grpc_port, args.webhook_port) == (8012, 8092, 8093)
+    assert args.autoscaler_stats_port == 8094
     assert args.data_dir is None and args.config is None
     assert not args.tracing and not args.sample
 
@@ -245,6 +247,7 @@ def test_plan_orders_components_and_wires_addresses(tmp_path):
     assert flag(controller, "--data-dir") == str(tmp_path)
     assert flag(controller, "--grpc-port") == "8090" and flag(controller, "--gateway-port") == "8080"
     assert flag(controller, "--autoscaler") == "127.0.0.1:8091"
+    assert flag(controller, "--autoscaler-stats") == "127.0.0.1:8094"
     assert flag(controller, "--webhook") == "127.0.0.1:8093"
     assert flag(controller, "--activator") == "127.0.0.1:8012"
     assert flag(controller, "--activator-grpc") == "127.0.0.1:8092"
@@ -254,7 +257,10 @@ def test_plan_orders_components_and_wires_addresses(tmp_path):
     activator = by_name["activator"].argv
     assert flag(activator, "--http-port") == "8012" and flag(activator, "--grpc-port") == "8092"
     assert flag(activator, "--controller") == "127.0.0.1:8090"
-    assert flag(by_name["autoscaler"].argv, "--config") == str(tmp_path / "as.yaml")
+    assert flag(activator, "--autoscaler") == "127.0.0.1:8094"  # it only streams stats
+    autoscaler = by_name["autoscaler"].argv
+    assert flag(autoscaler, "--grpc-port") == "8091" and flag(autoscaler, "--stats-port") == "8094"
+    assert flag(autoscaler, "--config") == str(tmp_path / "as.yaml")
     assert by_name["webhook"].env["OTEL_SERVICE_NAME"] == "ebb-webhook"
     assert by_name["envoy"].argv == ["envoy", "-c", "x"] and by_name["envoy"].ready_file is None
 
@@ -263,9 +269,29 @@ def test_mesh_document(tmp_path):
     doc = up.mesh_document(_settings(tmp_path), pid=42)
     assert doc == {
         "gateway": "127.0.0.1:8080", "envoy_admin": "127.0.0.1:9901", "controller": "127.0.0.1:8090",
-        "autoscaler": "127.0.0.1:8091", "activator": "127.0.0.1:8012", "activator_grpc": "127.0.0.1:8092",
-        "webhook": "127.0.0.1:8093", "pid": 42, "data_dir": str(tmp_path),
+        "autoscaler": "127.0.0.1:8091", "autoscaler_stats": "127.0.0.1:8094", "activator": "127.0.0.1:8012",
+        "activator_grpc": "127.0.0.1:8092", "webhook": "127.0.0.1:8093", "pid": 42, "data_dir": str(tmp_path),
     }
+
+
+def test_banner_lists_both_autoscaler_ports(tmp_path):
+    out = io.StringIO()
+    up.print_banner(_settings(tmp_path), out)
+    assert "  autoscaler   127.0.0.1:8091 (grpc), 127.0.0.1:8094 (stats)\n" in out.getvalue()
+
+
+def test_status_checks_the_stats_port_by_tcp():
+    """The stats port serves StreamStats only (no grpc.health.v1): a listener is its health."""
+    seen = []
+
+    def check(kind):
+        return lambda address: seen.append((kind, address)) or ("SERVING", "")
+
+    checks = {kind: check(kind) for kind in status.CHECKS}
+    results = status.check_all({"autoscaler": "a:1", "autoscaler_stats": "a:2"}, checks)
+    assert [(r.name, r.check) for r in results] == [
+        ("autoscaler", "grpc"), ("autoscaler_stats", "tcp")]
+    assert seen == [("grpc", "a:1"), ("tcp", "a:2")]
 
 
 def test_config_is_validated(tmp_path):
@@ -316,9 +342,12 @@ def test_log_tail_renders_json_lines(tmp_path):
 
 
 def test_settings_from_args(tmp_path):
-    args = parse("up", "--data-dir", str(tmp_path), "--webhook-port", "0", "--max-restarts", "0")
+    args = parse("up", "--data-dir", str(tmp_path), "--webhook-port", "0", "--max-restarts", "0",
+                 "--autoscaler-stats-port", "18094")
     settings = up.settings_from_args(args, {"HOME": "/nowhere"})
     assert settings.data_dir == tmp_path and settings.ports["webhook"] == 0
+    assert settings.ports["autoscaler-stats"] == 18094
+    assert settings.ports.keys() == up.DEFAULT_PORTS.keys()
     assert settings.max_restarts == 0
     assert settings.hint_data_dir  # not the default dir: the hint must carry --data-dir
 
@@ -453,7 +482,8 @@ def test_missing_envoy_is_a_one_line_error(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(envoy, "find_envoy", no_envoy)
     ports = [f"--{name}" for name in ("http-port", "admin-port", "controller-port", "autoscaler-port",
-                                       "activator-port", "activator-grpc-port", "webhook-port")]
+                                       "autoscaler-stats-port", "activator-port", "activator-grpc-port",
+                                       "webhook-port")]
     argv = ["up", "--data-dir", str(tmp_path)] + [item for flag in ports for item in (flag, "0")]
     assert cli.main(argv, environ={}) == 1
     assert capsys.readouterr().err == (

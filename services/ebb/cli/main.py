@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--admin-port", type=_port, default=9901, help="Envoy admin port (default 9901)")
     up.add_argument("--controller-port", type=_port, default=8090, help="controller gRPC port (default 8090)")
     up.add_argument("--autoscaler-port", type=_port, default=8091, help="autoscaler gRPC port (default 8091)")
+    up.add_argument("--autoscaler-stats-port", type=_port, default=8094,
+                    help="autoscaler port the queues and activators stream stats to (default 8094)")
     up.add_argument("--activator-port", type=_port, default=8012, help="activator HTTP port (default 8012)")
     up.add_argument("--activator-grpc-port", type=_port, default=8092, help="activator gRPC port (default 8092)")
     up.add_argument("--webhook-port", type=_port, default=8093, help="webhook gRPC port (default 8093)")

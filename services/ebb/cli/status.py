@@ -21,6 +21,7 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
     ("envoy_admin", "envoy"),
     ("controller", "grpc"),
     ("autoscaler", "grpc"),
+    ("autoscaler_stats", "tcp"),  # serves StreamStats only: no grpc.health.v1 there
     ("activator", "tcp"),
     ("activator_grpc", "grpc"),
     ("webhook", "grpc"),

@@ -37,6 +37,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "envoy-admin": 9901,
     "controller": 8090,
     "autoscaler": 8091,
+    "autoscaler-stats": 8094,  # the autoscaler's HTTP/2 listener for StatsService only
     "activator": 8012,
     "activator-grpc": 8092,
     "webhook": 8093,
@@ -165,7 +166,10 @@ def plan(settings: UpSettings, python: str, envoy_argv: list[str]) -> list[Proce
             env |= {"EBB_TRACING": "1", "OTEL_SERVICE_NAME": f"ebb-{name}"}
         return ProcessSpec(name=name, argv=argv, ready_file=ready, stop_timeout_s=stop_timeout_s, env=env)
 
-    autoscaler_args = ["--grpc-port", str(settings.ports["autoscaler"])]
+    autoscaler_args = [
+        "--grpc-port", str(settings.ports["autoscaler"]),
+        "--stats-port", str(settings.ports["autoscaler-stats"]),
+    ]
     if settings.config is not None:
         autoscaler_args += ["--config", str(settings.config)]
     return [
@@ -177,6 +181,7 @@ def plan(settings: UpSettings, python: str, envoy_argv: list[str]) -> list[Proce
             "--grpc-port", str(settings.ports["controller"]),
             "--gateway-port", str(settings.ports["gateway"]),
             "--autoscaler", addr("autoscaler"),
+            "--autoscaler-stats", addr("autoscaler-stats"),
             "--webhook", addr("webhook"),
             "--activator", addr("activator"),
             "--activator-grpc", addr("activator-grpc"),
@@ -187,7 +192,8 @@ def plan(settings: UpSettings, python: str, envoy_argv: list[str]) -> list[Proce
             "--http-port", str(settings.ports["activator"]),
             "--grpc-port", str(settings.ports["activator-grpc"]),
             "--controller", addr("controller"),
-            "--autoscaler", addr("autoscaler"),
+            # The activator only streams stats to the autoscaler.
+            "--autoscaler", addr("autoscaler-stats"),
         ),
         ProcessSpec(name="envoy", argv=envoy_argv, ready_file=None, stop_timeout_s=settings.stop_timeout_s),
     ]
@@ -205,6 +211,7 @@ def mesh_document(
         "envoy_admin": addr("envoy-admin"),
         "controller": addr("controller"),
         "autoscaler": addr("autoscaler"),
+        "autoscaler_stats": addr("autoscaler-stats"),
         "activator": addr("activator"),
         "activator_grpc": addr("activator-grpc"),
         "webhook": addr("webhook"),
@@ -570,7 +577,8 @@ def print_banner(settings: UpSettings, out: IO[str]) -> None:
         ("gateway", f"http://{settings.address('gateway')}  (apps: http://NAME.NAMESPACE.localhost:{gateway_port})"),
         ("envoy admin", f"http://{settings.address('envoy-admin')}"),
         ("controller", settings.address("controller")),
-        ("autoscaler", settings.address("autoscaler")),
+        ("autoscaler", f"{settings.address('autoscaler')} (grpc), "
+                       f"{settings.address('autoscaler-stats')} (stats)"),
         ("activator", f"{settings.address('activator')} (http), {settings.address('activator-grpc')} (grpc)"),
         ("webhook", settings.address("webhook")),
     ]
@@ -662,6 +670,7 @@ def settings_from_args(args: Any, environ: Mapping[str, str]) -> UpSettings:
             "envoy-admin": args.admin_port,
             "controller": args.controller_port,
             "autoscaler": args.autoscaler_port,
+            "autoscaler-stats": args.autoscaler_stats_port,
             "activator": args.activator_port,
             "activator-grpc": args.activator_grpc_port,
             "webhook": args.webhook_port,

@@ -27,7 +27,7 @@ def local_backend(cfg: ControllerSettings, metrics) -> Backend:
 
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(cfg.data_dir / "ebb.db")
-    runtime = LocalRuntime(cfg.data_dir, autoscaler=cfg.autoscaler, metrics=metrics)
+    runtime = LocalRuntime(cfg.data_dir, autoscaler=cfg.autoscaler_stats, metrics=metrics)
 
     async def close(stop_instances: bool) -> None:
         await runtime.close(stop_instances=stop_instances)
@@ -55,7 +55,7 @@ def kubernetes_backend(cfg: ControllerSettings, environ: Mapping[str, str]) -> B
         api,
         sidecar=sidecar,
         revision_of=lambda k: store.get("Revision", k.namespace, k.name),
-        autoscaler=cfg.autoscaler,
+        autoscaler=cfg.autoscaler_stats,
     )
     runtime_box.append(runtime)
 

@@ -76,7 +76,8 @@ class KubernetesRuntime:
 
     `revision_of(key)` returns the stored Revision (its image, command, args, ports, probes,
     resources, labels, annotations and uid build the pods); `autoscaler` is the address the
-    queues stream stats to; `namespace` limits watches to one namespace (None: all).
+    queues stream stats to (the autoscaler's stats port); `namespace` limits watches to one
+    namespace (None: all).
     Call `await start()` before use.
     """
 

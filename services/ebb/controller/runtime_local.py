@@ -199,7 +199,7 @@ class LocalRuntime:
         self,
         data_dir: Path,
         *,
-        autoscaler: str = "",
+        autoscaler: str = "",  # where the queues stream stats (the autoscaler's stats port)
         queue_command: tuple[str, ...] = (sys.executable, "-m", "ebb.queue"),
         extra_queue_args: tuple[str, ...] = (),
         clock: Callable[[], float] = time.time,

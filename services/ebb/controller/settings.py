@@ -15,6 +15,12 @@ FLAGS = (
     Flag("grpc-port", "EBB_CONTROLLER_GRPC_PORT", "8090", "gRPC port: Serving API, ADS, endpoints"),
     Flag("gateway-port", "EBB_GATEWAY_PORT", "8080", "HTTP port the Envoy gateway listens on"),
     Flag("autoscaler", "EBB_AUTOSCALER", "", "autoscaler gRPC address HOST:PORT (empty = none)"),
+    Flag(
+        "autoscaler-stats",
+        "EBB_AUTOSCALER_STATS",
+        "",
+        "autoscaler stats address HOST:PORT the queues stream to (empty = --autoscaler)",
+    ),
     Flag("webhook", "EBB_WEBHOOK", "", "webhook gRPC address HOST:PORT (empty = no admission)"),
     Flag("activator", "EBB_ACTIVATOR", "", "activator HTTP address HOST:PORT (empty = none)"),
     Flag("activator-grpc", "EBB_ACTIVATOR_GRPC", "", "activator gRPC address HOST:PORT"),
@@ -32,7 +38,8 @@ class ControllerSettings:
     host: str
     grpc_port: int
     gateway_port: int
-    autoscaler: str
+    autoscaler: str  # ScalingService, for the controller itself
+    autoscaler_stats: str  # StatsService, given to every queue; --autoscaler unless set
     webhook: str
     activator: str
     activator_grpc: str
@@ -71,6 +78,9 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> ControllerSe
         grpc_port=parse_port("grpc-port", raw["grpc-port"]),
         gateway_port=parse_port("gateway-port", raw["gateway-port"]),
         autoscaler=_address("autoscaler", raw["autoscaler"] or ""),
+        autoscaler_stats=_address(
+            "autoscaler-stats", raw["autoscaler-stats"] or raw["autoscaler"] or ""
+        ),
         webhook=_address("webhook", raw["webhook"] or ""),
         activator=_address("activator", raw["activator"] or ""),
         activator_grpc=_address("activator-grpc", raw["activator-grpc"] or ""),

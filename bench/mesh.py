@@ -29,8 +29,8 @@ ANNOTATIONS = (
     # -1: the activator stays in the request path whatever the spare capacity.
     "autoscaling.knative.dev/target-burst-capacity=-1",
 )
-PORT_NAMES = ("http", "admin", "controller", "autoscaler", "activator", "activator-grpc",
-              "webhook")
+PORT_NAMES = ("http", "admin", "controller", "autoscaler", "autoscaler-stats", "activator",
+              "activator-grpc", "webhook")
 START_TIMEOUT_S = 90.0
 CREATE_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
@@ -94,6 +94,7 @@ class Mesh:
                 "--http-port", str(p["http"]), "--admin-port", str(p["admin"]),
                 "--controller-port", str(p["controller"]),
                 "--autoscaler-port", str(p["autoscaler"]),
+                "--autoscaler-stats-port", str(p["autoscaler-stats"]),
                 "--activator-port", str(p["activator"]),
                 "--activator-grpc-port", str(p["activator-grpc"]),
                 "--webhook-port", str(p["webhook"]), "--log-level", self.log_level]

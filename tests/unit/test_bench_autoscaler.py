@@ -1,5 +1,6 @@
-"""bench.autoscaler's pure parts: Prometheus text, histograms, ingest figures, the simulated
-queue's time-weighted report, reaction milestones, summaries and verdicts."""
+"""bench.autoscaler's pure parts: Prometheus text, histograms, ingest figures (per port, and
+the target's fleet), the simulated queue's time-weighted report, reaction milestones,
+summaries, options and verdicts."""
 
 import math
 from collections import Counter
@@ -170,13 +171,35 @@ def test_stream_messages_cover_instances_in_batches():
     assert values == [0.0, 0.5, 1.0]
 
 
+def window(batch, received, cpu, port, shape="fast"):
+    """An ingest figure over a 10 s window."""
+    return ba.ingest_figures(batch, 2, {"t": 0, "received": 0, "dropped": 0, "cpu": 0},
+                             {"t": 10, "received": received, "dropped": 0, "cpu": cpu},
+                             shape=shape, port=port).to_dict()
+
+
+def scale(port, received=199_000, cpu=6.0, **extra):
+    """The target's fleet (10,000 connections at 0.5 s) on `port`: by default it kept up,
+    taking 19,900/s at 0.6 cores."""
+    fig = {**window(1, received, cpu, port, shape="scale"), "streams": 10_000,
+           "period_s": 0.5, "arriving_per_s": 20_000.0, "sent": 300_000,
+           "accepted_total": 300_000, "dropped_total": 0, "max_lag_s": 0.012,
+           "rss_before_mb": 60.0, "rss_connected_mb": 80.0, "rss_window_end_mb": 90.0,
+           "kb_per_connection": 2.0,
+           "load_cores": 0.3, "connect_s": 1.5, **extra}
+    fig.setdefault("shortfalls", ba.scale_shortfalls(fig, [{"accepted": 300_000}]))
+    return fig
+
+
 def result_with_everything():
     res = ba.Results(machine={"nproc": 2, "cpu_model": "x", "mem_total_mb": 1, "python": "3"})
-    res.ingest = [ba.ingest_figures(100, 2, {"t": 0, "received": 0, "dropped": 0, "cpu": 0},
-                                    {"t": 10, "received": 300_000, "dropped": 0, "cpu": 9}).to_dict(),
-                  ba.ingest_figures(1, 2, {"t": 0, "received": 0, "dropped": 0, "cpu": 0},
-                                    {"t": 10, "received": 90_000, "dropped": 0, "cpu": 9}).to_dict()]
-    res.ingest_clients = [[{"accepted": 1}], [{"error": "UNAVAILABLE: gone"}]]
+    res.ingest = [window(100, 300_000, 9, "stats"), window(100, 200_000, 9, "grpc"),
+                  window(1, 90_000, 9, "stats"), window(1, 60_000, 9, "grpc"),
+                  scale("stats"),
+                  scale("grpc", received=150_000, cpu=10.0, accepted_total=290_000)]
+    res.ingest_clients = [[{"accepted": 1}], [{"accepted": 1}], [{"accepted": 1}],
+                          [{"error": "UNAVAILABLE: gone"}], [{"accepted": 300_000}],
+                          [{"accepted": 290_000}]]
     phase = {"ticks": 10.0, "mean_ms": 40.0, "max_bound_s": 0.05, "stats_per_s": 5000.0,
              "autoscaler_cores": 0.3, "decisions_per_tick": 12.0}
     spread = {**phase, "slices": 4, "ticks": 40.0, "mean_ms": 12.0, "max_bound_s": 0.025,
@@ -199,9 +222,15 @@ def result_with_everything():
 
 
 def test_verdicts():
-    marks = {v.target: v.met for v in ba.verdicts(result_with_everything())}
+    found = ba.verdicts(result_with_everything())
+    marks = {v.target: v.met for v in found}
     ingest = [m for t, m in marks.items() if t.startswith("ingest")]
-    assert ingest == [True, False]  # 33,333 and 10,000 per CPU-second
+    # The target's fleet first (kept up at 33,167 per CPU-second), then the stats port's
+    # 33,333 and 10,000 per CPU-second; the gRPC port is the baseline beside them.
+    assert ingest == [True, True, False]
+    assert "the target's fleet: 10,000 connections × 1 stat per 0.5 s = 20,000/s" in found[0].target
+    assert "(stats port)" in found[0].target
+    assert "(gRPC port 22,222); 30,000/s wall at 0.90 cores" in found[1].measured
     live = [m for t, m in marks.items() if "live process" in t]
     pure = next(m for t, m in marks.items() if "pure" in t)
     assert live == [True, False, True] and pure is True
@@ -214,8 +243,93 @@ def test_render_has_every_section():
     text = ba.render(result_with_everything())
     for part in ("Ingest", "Decision tick over 5,000 revisions", "Reaction", "jitter load",
                  "target (issue 3)", "UNAVAILABLE: gone", "NOT met",
-                 "every revision once (round), CPU", "GC gen 0: 3×, 9 ms"):
+                 "every revision once (round), CPU", "GC gen 0: 3×, 9 ms",
+                 "Ingest at the target's scale", "| stats port |", "| gRPC port  |",
+                 "60 → 80 → 90", "Stats port beside gRPC port",
+                 "took 15,000/s of 20,000/s arriving"):
         assert part in text
+    side = text.split("Stats port beside gRPC port")[1].split("\n\n")[1]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in side.splitlines()]
+    assert cells[2:] == [["100 stats/message", "33,333", "22,222", "1.50×"],
+                         ["1 stat/message", "10,000", "6,667", "1.50×"],
+                         ["scale: 10,000 connections, 1 stat per 0.5 s each", "33,167",
+                          "15,000", "2.21×"]]
+
+
+def test_render_reads_figures_from_before_the_stats_port():
+    res = ba.Results(machine={"nproc": 2})
+    old = window(1, 90_000, 9, "grpc")
+    del old["port"]  # JSON of a run before the stats port: every figure is the gRPC port's
+    res.ingest, res.ingest_clients = [old], [[{"accepted": 1}]]
+    text = ba.render(res)
+    assert "| gRPC port |" in text and "beside" not in text
+    assert "(1 stat/message, gRPC port) | 10,000 per CPU-second; 9,000/s" in text
+
+
+def test_phase_label_and_by_phase():
+    assert ba.phase_label({"stats_per_message": 100}) == "100 stats/message"
+    assert ba.phase_label({"stats_per_message": 1, "shape": "fleet", "streams": 1000,
+                           "period_s": 1.0}) == "fleet: 1,000 streams, 1 stat per 1 s each"
+    figs = [window(1, 1, 1, "stats"), window(100, 1, 1, "grpc"), window(1, 2, 1, "grpc")]
+    phases = ba.by_phase(figs)
+    assert list(phases) == ["1 stat/message", "100 stats/message"]
+    assert list(phases["1 stat/message"]) == ["stats", "grpc"]
+
+
+@pytest.mark.parametrize(
+    ("total", "parts", "expected"),
+    [(10, 4, [3, 3, 2, 2]), (10_000, 4, [2500] * 4), (3, 4, [1, 1, 1]), (0, 2, [])],
+)
+def test_split_evenly(total, parts, expected):
+    assert ba.split_evenly(total, parts) == expected
+
+
+def test_scale_shortfalls():
+    assert scale("stats")["shortfalls"] == []
+    clients = [{"accepted": 300_000}]
+    assert ba.scale_shortfalls(scale("stats", accepted_total=299_000), clients) == [
+        "answered for 299,000 of 300,000 stats sent"]
+    assert ba.scale_shortfalls(scale("stats", received=150_000), clients) == [
+        "took 15,000/s of 20,000/s arriving"]
+    assert ba.scale_shortfalls(scale("stats", max_lag_s=0.2), clients) == [
+        "a message sent 200 ms late"]  # more than a quarter of the 0.5 s period
+    dropped = ba.scale_shortfalls(scale("stats", accepted_total=299_990, dropped_total=10),
+                                  clients)
+    assert dropped == ["10 dropped"]
+    failed = ba.scale_shortfalls(scale("stats"), [{"error": "RuntimeError('x')"}, {}])
+    assert failed == ["1 generator(s) failed: RuntimeError('x')"]
+    assert ba.scale_shortfalls(scale("stats"), [{}]) == ["a generator had no answer"]
+
+
+def test_scale_verdict():
+    kept = ba.scale_verdict({"stats": scale("stats"), "grpc": scale("grpc", received=80_000,
+                                                                  cpu=10.0)})
+    assert kept.met is True
+    assert kept.measured.startswith("33,167 per CPU-second: took 19,900/s at 0.60 cores; "
+                                    "300,000 of 300,000 stats sent accepted, none dropped, "
+                                    "sent ≤ 12 ms late")
+    assert "(gRPC port 8,000 per CPU-second: took 8,000/s at 1.00 cores, did not keep up)" \
+        in kept.measured
+    # Kept up, but on more than a core: 19,900/s at 1.2 cores.
+    assert ba.scale_verdict({"stats": scale("stats", cpu=12.0)}).met is False
+    behind = ba.scale_verdict({"stats": scale("stats", received=150_000, cpu=5.0)})
+    assert behind.met is False and "did not keep up: took 15,000/s" in behind.measured
+    small = scale("stats", streams=1000, arriving_per_s=2000.0, received=19_900, cpu=1.0)
+    assert ba.scale_verdict({"stats": small}).met is None  # below the target's rate: n/a
+    grpc_only = ba.scale_verdict({"grpc": scale("grpc")})
+    assert "(gRPC port)" in grpc_only.target and "gRPC port 33" not in grpc_only.measured
+
+
+def test_open_files_limit_and_scale_note():
+    limits = ("Limit                     Soft Limit           Hard Limit           Units\n"
+              "Max open files            20000                20000                files\n")
+    assert ba.open_files_limit(limits) == 20_000
+    assert ba.open_files_limit(limits.replace("20000 ", "unlimited ", 1)) is None
+    assert ba.open_files_limit("") is None
+    note = ba.scale_note(10_000, 0.5, 20_000)
+    assert note.startswith("Scale phase: 10,000 connections × 1 stat per 0.5 s = 20,000 stats/s")
+    assert "its limit here is 20,000" in note
+    assert "limit" not in ba.scale_note(20_000, 1.0, 1 << 20)
 
 
 def test_parse_args_bounds():
@@ -223,9 +337,18 @@ def test_parse_args_bounds():
     assert s.parts == ("tick",) and s.tick_revisions == 100 and s.pin is False
     assert ba.parse_args(["--quick"]).reaction_trials == 3
     assert ba.parse_args(["--fleet-period", "0.25"]).fleet_period_s == 0.25
+    default = ba.parse_args([])
+    assert default.ports == ("stats", "grpc")
+    assert (default.scale_streams, default.scale_period_s, default.scale_clients) == (
+        10_000, 0.5, 4)
+    assert ba.parse_args(["--ports", "grpc"]).ports == ("grpc",)
+    assert ba.parse_args(["--scale-streams", "0"]).scale_streams == 0
+    assert ba.parse_args(["--quick"]).scale_streams == 2000
     for bad in (["--parts", "nope"], ["--clients", "0"], ["--batches", "0"],
                 ["--ingest-duration", "1000"], ["--trials", "0"], ["--batches", "x"],
-                ["--fleet-period", "0"]):
+                ["--fleet-period", "0"], ["--ports", "http"], ["--ports", "stats,stats"],
+                ["--ports", ","], ["--scale-streams", "-1"], ["--scale-period", "0"],
+                ["--scale-clients", "0"], ["--scale-streams", "30000", "--scale-clients", "1"]):
         with pytest.raises(SystemExit):
             ba.parse_args(bad)
 
@@ -288,3 +411,12 @@ def test_gc_pause_summary_per_generation():
     assert summary["2"]["total_ms"] == pytest.approx(30.0)
     assert summary["0"]["count"] == 0.0
     assert ba.gc_pause_summary([], []) == {}
+
+
+def test_a_fleet_at_one_message_a_second_is_shown_but_not_judged():
+    res = ba.Results(machine={"nproc": 2})
+    fleet = {**window(1, 10_000, 0.8, "stats", shape="fleet"), "streams": 1000, "period_s": 1.0}
+    res.ingest, res.ingest_clients = [fleet, scale("stats")], [[{}], [{"accepted": 300_000}]]
+    targets = [v.target for v in ba.verdicts(res)]
+    assert len(targets) == 1 and "the target's fleet" in targets[0]
+    assert "| 1 (fleet: 1,000 streams) | stats port |" in ba.render(res)

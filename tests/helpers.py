@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hashlib
@@ -73,6 +74,40 @@ def wait_until(predicate, timeout_s: float, interval_s: float = 0.1, message: st
             last_exc = exc
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {message}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+async def until(condition, what: str, timeout_s: float = 20.0) -> None:
+    """Await until `condition()` is true, polling; fail after `timeout_s` (a hang guard,
+    not a performance threshold)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                if condition():
+                    return
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def autoscaler_with_revision(namespace: str = "ns", name: str = "rev-1"):
+    """An in-process AutoscalerServer (default settings, clock fixed at 100 s) with one
+    reachable revision of one ready instance registered."""
+    from ebb.autoscaler.multiscaler import RevisionSpec
+    from ebb.autoscaler.server import AutoscalerServer
+    from ebb.autoscaler.settings import AutoscalerSettings
+
+    owner = AutoscalerServer(AutoscalerSettings(), clock=lambda: 100.0)
+    owner.register(
+        RevisionSpec(
+            namespace=namespace,
+            name=name,
+            annotations={},
+            container_concurrency=0,
+            reachable=True,
+            ready_instances=1,
+        )
+    )
+    return owner
 
 
 def low_open_files_limit(soft: int = 128):

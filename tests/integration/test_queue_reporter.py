@@ -7,6 +7,7 @@ import contextlib
 import time
 
 import grpc
+import helpers
 import pytest
 from queue_helpers import REVISION, free_port, run_app, run_queue
 
@@ -49,14 +50,7 @@ async def fake_autoscaler(port: int = 0):
 
 async def until(condition, what: str) -> None:
     """Poll a condition of the fake or the reporter; fail after GUARD_S (a hang guard)."""
-    try:
-        async with asyncio.timeout(GUARD_S):
-            while True:
-                if condition():
-                    return
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+    await helpers.until(condition, what, GUARD_S)
 
 
 @contextlib.asynccontextmanager

@@ -11,10 +11,10 @@ import struct
 
 import hpack
 import pytest
+from helpers import autoscaler_with_revision
 
 from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
 from ebb.autoscaler import statsport as sp
-from ebb.autoscaler.multiscaler import RevisionSpec
 from ebb.autoscaler.server import AutoscalerServer
 from ebb.autoscaler.settings import AutoscalerSettings
 
@@ -33,6 +33,9 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
 
     def pause_reading(self) -> None:
         self.reading = False
@@ -110,18 +113,7 @@ def data(stream_id: int, payload: bytes, *, end_stream: bool = False) -> bytes:
 
 @pytest.fixture
 async def peer() -> Peer:
-    owner = AutoscalerServer(AutoscalerSettings(), clock=lambda: 100.0)
-    owner.register(
-        RevisionSpec(
-            namespace="ns",
-            name="rev-1",
-            annotations={},
-            container_concurrency=0,
-            reachable=True,
-            ready_instances=1,
-        )
-    )
-    port = sp.StatsPort(owner)
+    port = sp.StatsPort(autoscaler_with_revision())
     conn = sp.StatsConnection(port)
     transport = FakeTransport()
     conn.connection_made(transport)

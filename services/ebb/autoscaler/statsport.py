@@ -86,7 +86,12 @@ DEFAULT_WINDOW = 65_535
 WINDOW = 1 << 24  # granted to each stream and to the connection
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default receive limit, as on the gRPC port
 MAX_HEADER_LIST_BYTES = 16_384
-MAX_STREAMS = 65_536  # per connection; a queue opens one, a multiplexing client a few
+MAX_STREAMS = 1_000  # per connection (advertised); a queue opens one, grpc-js a few
+# Answers waiting for the peer's flow-control window. gRPC clients grant 64 KiB or more, so
+# none ever waits; a peer that makes many wait is refused rather than re-scanned.
+MAX_WAITING = 32
+CLOSE_GRACE_S = 2.0  # after GOAWAY, a peer that does not read what is left is cut off
+MAX_ECHO_CHARS = 200  # of a request's text echoed in grpc-message (frames stay small)
 # Bytes a connection may hold in messages not yet whole, over all its streams. The windows
 # are given back as bytes are read, so without this a client could park 4 MiB on each of
 # thousands of streams. A queue's message is ~100 bytes, an activator's batch ~10 KB.
@@ -138,6 +143,12 @@ def grpc_message(text: str) -> bytes:
     ).encode()
 
 
+def echo(text: str) -> str:
+    """A request's own text (its path, an encoding) as quoted in an error: cut short, so
+    that the answer stays one small frame whatever the request carried."""
+    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "..."
+
+
 _GRPC_HEAD = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 RESPONSE_HEADERS = encode_headers([*_GRPC_HEAD, (b"grpc-accept-encoding", b"identity")])
 OK_TRAILERS = encode_headers([(b"grpc-status", b"0")])
@@ -170,18 +181,22 @@ class _Stream:
         "tally",
         "pending",
         "unacked",
-        "send_window",
+        "window_delta",
+        "need",
         "remote_done",
         "response",
         "span",
     )
 
-    def __init__(self, stream_id: int, tally: StatsTally, send_window: int) -> None:
+    def __init__(self, stream_id: int, tally: StatsTally) -> None:
         self.id = stream_id
         self.tally = tally
         self.pending = bytearray()  # the start of a message split across frames
+        self.need = 0  # bytes `pending` must reach before the message can be read
         self.unacked = 0  # bytes read since the last WINDOW_UPDATE for this stream
-        self.send_window = send_window
+        # The stream's send window less the peer's INITIAL_WINDOW_SIZE (RFC 9113 §6.9.2):
+        # a new initial size then moves every stream's window without visiting each.
+        self.window_delta = 0
         self.remote_done = False  # the client ended its side (END_STREAM)
         self.response: bytes | None = None  # the answer's DATA payload, waiting for window
         self.span = None
@@ -241,6 +256,8 @@ class StatsConnection(asyncio.Protocol):
         self._held = 0  # bytes of unfinished messages, over every stream (MAX_HELD_BYTES)
         self._send_window = DEFAULT_WINDOW
         self._peer_initial_window = DEFAULT_WINDOW
+        self._waiting: dict[int, _Stream] = {}  # answers waiting for window, oldest first
+        self._abort_timer: asyncio.TimerHandle | None = None
         self._going_away = False
         self._peer = "?"
 
@@ -270,8 +287,9 @@ class StatsConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._port.connections.discard(self)
-        if self._preface_timer is not None:
-            self._preface_timer.cancel()
+        for timer in (self._preface_timer, self._abort_timer):
+            if timer is not None:
+                timer.cancel()
         for stream in list(self.streams.values()):
             self._forget(stream, "connection lost")
         self._transport = None
@@ -374,6 +392,9 @@ class StatsConnection(asyncio.Protocol):
         """Take the gRPC messages `payload` completes; False when the stream was ended."""
         pending = stream.pending
         if pending:
+            if len(pending) + len(payload) < stream.need:  # still not whole: just keep it
+                pending += payload
+                return self._hold(len(payload))
             self._held -= len(pending)
             pending += payload
             payload = bytes(pending)
@@ -392,6 +413,7 @@ class StatsConnection(asyncio.Protocol):
                 return False
             stop = offset + 5 + length
             if stop > end:
+                stream.need = 5 + length
                 break
             if compressed:
                 self._refuse(stream, GRPC_INTERNAL, "compressed message without grpc-encoding")
@@ -399,8 +421,14 @@ class StatsConnection(asyncio.Protocol):
             take(decode_stats_request(payload[offset + 5 : stop]))
             offset = stop
         if offset < end:
+            if end - offset < 5:
+                stream.need = 5
             pending += memoryview(payload)[offset:]
-        self._held += len(pending)
+        return self._hold(len(pending))
+
+    def _hold(self, size: int) -> bool:
+        """Count `size` more bytes held in unfinished messages; past the bound, fail."""
+        self._held += size
         if self._held > MAX_HELD_BYTES:
             raise ConnectionError_(ENHANCE_YOUR_CALM, "too many bytes held in unfinished messages")
         return True
@@ -446,6 +474,8 @@ class StatsConnection(asyncio.Protocol):
         if stream_id % 2 == 0:
             raise ConnectionError_(PROTOCOL_ERROR, f"HEADERS on server stream {stream_id}")
         if stream_id <= self._last_stream:
+            if any(name == b":method" for name, _ in headers):  # a request, not trailers
+                raise ConnectionError_(PROTOCOL_ERROR, f"stream {stream_id} reused")
             return  # a stream that is over (answered or reset): late trailers are ignored
         self._last_stream = stream_id
         if self._going_away or len(self.streams) >= MAX_STREAMS:
@@ -465,7 +495,7 @@ class StatsConnection(asyncio.Protocol):
             return
         path = headers.get(b":path", b"")
         if path != STREAM_STATS_PATH:
-            method = path.decode("utf-8", "replace")
+            method = echo(path.decode("utf-8", "replace"))
             self._answer_error(
                 stream_id, GRPC_UNIMPLEMENTED, f"unknown method {method}", remote_done
             )
@@ -475,14 +505,12 @@ class StatsConnection(asyncio.Protocol):
             self._answer_error(
                 stream_id,
                 GRPC_UNIMPLEMENTED,
-                f"grpc-encoding {encoding.decode('latin-1')} is not supported",
+                f"grpc-encoding {echo(encoding.decode('latin-1'))} is not supported",
                 remote_done,
             )
             return
         self._port.counters["streams"] += 1
-        stream = _Stream(
-            stream_id, StatsTally(self._owner, self._peer_name), self._peer_initial_window
-        )
+        stream = _Stream(stream_id, StatsTally(self._owner, self._peer_name))
         self.streams[stream_id] = stream
         tracing = self._port.tracing
         if tracing is not None:
@@ -524,12 +552,7 @@ class StatsConnection(asyncio.Protocol):
             if ident == S_INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
                     raise ConnectionError_(FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE too large")
-                delta = value - self._peer_initial_window
-                self._peer_initial_window = value
-                for stream in self.streams.values():
-                    stream.send_window += delta
-                    if stream.send_window > MAX_WINDOW:
-                        raise ConnectionError_(FLOW_CONTROL_ERROR, "stream window overflow")
+                self._peer_initial_window = value  # every stream's window moves with it
             elif ident == S_MAX_FRAME_SIZE:
                 if not MAX_FRAME_SIZE <= value < 1 << 24:
                     raise ConnectionError_(PROTOCOL_ERROR, f"MAX_FRAME_SIZE {value}")
@@ -537,7 +560,7 @@ class StatsConnection(asyncio.Protocol):
                 raise ConnectionError_(PROTOCOL_ERROR, f"ENABLE_PUSH {value}")
             # HEADER_TABLE_SIZE: our answers never index; the rest limit the peer's side
         self._write(frame(SETTINGS, ACK, 0))
-        self._flush_responses()
+        self._flush_waiting()
 
     def _push_promise(self, stream_id: int, flags: int, payload: bytes) -> None:
         raise ConnectionError_(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
@@ -567,6 +590,7 @@ class StatsConnection(asyncio.Protocol):
             self._send_window += increment
             if self._send_window > MAX_WINDOW:
                 raise ConnectionError_(FLOW_CONTROL_ERROR, "connection window overflow")
+            self._flush_waiting()
         else:
             if stream_id > self._last_stream:
                 raise ConnectionError_(PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {stream_id}")
@@ -576,11 +600,12 @@ class StatsConnection(asyncio.Protocol):
             if increment == 0:
                 self._reset(stream, PROTOCOL_ERROR)
                 return
-            stream.send_window += increment
-            if stream.send_window > MAX_WINDOW:
+            stream.window_delta += increment
+            if self._peer_initial_window + stream.window_delta > MAX_WINDOW:
                 self._reset(stream, FLOW_CONTROL_ERROR)
                 return
-        self._flush_responses()
+            if stream.id in self._waiting:
+                self._send_answer(stream)
 
     def _ignore(self, stream_id: int, flags: int, payload: bytes) -> None:
         """PRIORITY (deprecated by RFC 9113; a server may ignore it)."""
@@ -597,26 +622,43 @@ class StatsConnection(asyncio.Protocol):
         if stream.pending:
             self._refuse(stream, GRPC_INTERNAL, "stream ended inside a message")
             return
+        self._answer(stream)
+
+    def _answer(self, stream: _Stream) -> None:
+        """Send the stream's totals now, or once the peer's windows allow them."""
         message = stream.tally.response().SerializeToString()
         stream.response = b"\x00" + _U32.pack(len(message)) + message
-        self._flush_responses()
+        if not self._send_answer(stream):
+            if len(self._waiting) >= MAX_WAITING:
+                raise ConnectionError_(ENHANCE_YOUR_CALM, "too many answers waiting for window")
+            self._waiting[stream.id] = stream
 
-    def _flush_responses(self) -> None:
-        """Send every answer whose DATA the peer's windows now allow."""
-        for stream in [s for s in self.streams.values() if s.response is not None]:
-            body = stream.response
-            if body is None or len(body) > min(stream.send_window, self._send_window):
-                continue
-            self._send_window -= len(body)
-            out = (
-                frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS)
-                + frame(DATA, 0, stream.id, body)
-                + frame(HEADERS, END_HEADERS | END_STREAM, stream.id, OK_TRAILERS)
-            )
-            if not stream.remote_done:  # answered early (shut_down): the client may stop
-                out += frame(RST_STREAM, 0, stream.id, _U32.pack(NO_ERROR))
-            self._write(out)
-            self._forget(stream, None)
+    def _flush_waiting(self) -> None:
+        """The connection's window or the initial window grew: send the waiting answers
+        that now fit, oldest first (at most MAX_WAITING of them)."""
+        for stream in list(self._waiting.values()):
+            self._send_answer(stream)
+
+    def _send_answer(self, stream: _Stream) -> bool:
+        """Headers, the totals and trailers, if the windows allow the DATA; else False."""
+        body = stream.response
+        if body is None:
+            return True
+        stream_window = self._peer_initial_window + stream.window_delta
+        if len(body) > min(stream_window, self._send_window):
+            return False
+        self._send_window -= len(body)
+        stream.window_delta -= len(body)
+        out = (
+            frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS)
+            + frame(DATA, 0, stream.id, body)
+            + frame(HEADERS, END_HEADERS | END_STREAM, stream.id, OK_TRAILERS)
+        )
+        if not stream.remote_done:  # answered early (shut_down): the client may stop
+            out += frame(RST_STREAM, 0, stream.id, _U32.pack(NO_ERROR))
+        self._write(out)
+        self._forget(stream, None)
+        return True
 
     def _refuse(self, stream: _Stream, status: int, message: str) -> None:
         """End a stream with a gRPC error (trailers-only) and reset it if the client is
@@ -663,15 +705,19 @@ class StatsConnection(asyncio.Protocol):
         self._buf.clear()
         transport.close()  # flushes what is written, then connection_lost
         self._transport = None
+        # A peer that does not read would hold the connection (and a server's wait_closed)
+        # for ever: what it has not read after the grace is dropped.
+        self._abort_timer = asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.abort)
 
     def shut_down(self) -> None:
         """The autoscaler stops: every open stream gets its totals (as on the gRPC port,
         so a reporter sees a clean end and reconnects), then GOAWAY(NO_ERROR)."""
         for stream in list(self.streams.values()):
             if stream.response is None and not stream.pending:
-                message = stream.tally.response().SerializeToString()
-                stream.response = b"\x00" + _U32.pack(len(message)) + message
-        self._flush_responses()
+                try:
+                    self._answer(stream)
+                except ConnectionError_:
+                    break  # too many waiting: the rest are reset below
         for stream in list(self.streams.values()):  # no window for the answer, or mid-message
             self._reset(stream, NO_ERROR)
         self._close_with(NO_ERROR)
@@ -695,6 +741,7 @@ class StatsConnection(asyncio.Protocol):
         unfinished message and its span (`error` None = it ended well)."""
         if self.streams.pop(stream.id, None) is None:
             return
+        self._waiting.pop(stream.id, None)
         self._held -= len(stream.pending)
         stream.pending.clear()
         if stream.span is not None:

@@ -1068,7 +1068,7 @@ def _tick_live_once(s: Settings, processes: Processes, work: Path, res: Results,
         start = scaler.scrape()
         for phase, jitter in TICK_PHASES:
             total_s = s.tick_warmup_s + s.tick_duration_s + 1.0
-            streamers = start_streamers(processes, scaler.grpc, clients=1,
+            streamers = start_streamers(processes, scaler.stats, clients=1,
                                         revisions=s.tick_revisions,
                                         instances=s.tick_revisions, batch=500,
                                         duration_s=total_s, rate=s.tick_revisions,
@@ -1281,7 +1281,9 @@ def run_tick_server(s: Settings, res: Results) -> None:
         sink.close()
 
 
-async def _reaction_async(s: Settings, target: str, res: Results) -> None:
+async def _reaction_async(s: Settings, target: str, stats_target: str, res: Results) -> None:
+    """`target`: the gRPC port (registration, decisions); `stats_target`: where the
+    simulated queues stream, the stats port as a real queue's."""
     import grpc
 
     from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
@@ -1292,7 +1294,8 @@ async def _reaction_async(s: Settings, target: str, res: Results) -> None:
     rng = random.Random(s.seed)
     namespace = "react"
     channel = grpc.aio.insecure_channel(target)
-    stub = pb_grpc.StatsServiceStub(channel)
+    stats_channel = grpc.aio.insecure_channel(stats_target)
+    stub = pb_grpc.StatsServiceStub(stats_channel)
     scaling = pb_grpc.ScalingServiceStub(channel)
     loop = asyncio.get_running_loop()
     seen: dict[str, list[Seen]] = {}
@@ -1360,6 +1363,7 @@ async def _reaction_async(s: Settings, target: str, res: Results) -> None:
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await watch_task
     await channel.close()
+    await stats_channel.close()
     firsts = [t["first_scale_up_s"] for t in trials if t["first_scale_up_s"] is not None]
     covers = [t["covering_s"] for t in trials if t["covering_s"] is not None]
     res.reaction = {
@@ -1380,7 +1384,7 @@ def run_reaction(s: Settings, processes: Processes, work: Path, res: Results) ->
     scaler = Autoscaler(processes, work, "autoscaler-reaction")
     scaler.start()
     try:
-        asyncio.run(_reaction_async(s, scaler.grpc, res))
+        asyncio.run(_reaction_async(s, scaler.grpc, scaler.stats, res))
         log(f"reaction: first scale-up {res.reaction['first_scale_up_s']}, "
             f"covering {res.reaction['covering_s']}")
     finally:

@@ -417,3 +417,42 @@ async def test_a_peer_that_does_not_read_is_not_read_either(peer):
     assert not peer.transport.reading
     peer.conn.resume_writing()
     assert peer.transport.reading
+
+
+class RecordingTracing:
+    """Stands in for `ebb.common.tracing.Tracing`: records the spans the port opens."""
+
+    enabled = True
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, bytes | None, dict]] = []
+        self.ended: list[tuple[object, str | None]] = []
+
+    def start_http_span(self, name, *, traceparent=None, tracestate=None, attributes=None):
+        self.started.append((name, traceparent, dict(attributes or {})))
+        return len(self.started)
+
+    def end_http_span(self, span, status_code=None, error=None) -> None:
+        self.ended.append((span, error))
+
+
+async def test_each_stream_is_one_span_continuing_the_callers_trace():
+    tracing = RecordingTracing()
+    port = sp.StatsPort(autoscaler_with_revision(), tracing)
+    conn, transport = sp.StatsConnection(port), FakeTransport()
+    conn.connection_made(transport)
+    client = Peer(conn, transport)
+    parent = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    client.send(sp.PREFACE + sp.frame(sp.SETTINGS, 0, 0))
+    client.send(client.headers(1, traceparent=parent) + data(1, stat_message(("a", 1.0))))
+    client.send(client.headers(3) + sp.frame(sp.RST_STREAM, 0, 3, struct.pack(">I", 8)))
+    client.send(data(1, b"", end_stream=True))
+    name, traceparent, attributes = tracing.started[0]
+    assert name == "ebb.api.autoscaler.v1.StatsService/StreamStats" and traceparent == parent
+    assert attributes == {
+        "rpc.system": "grpc",
+        "rpc.service": "ebb.api.autoscaler.v1.StatsService",
+        "rpc.method": "StreamStats",
+    }
+    assert tracing.started[1][1] is None  # no traceparent: a new trace
+    assert tracing.ended == [(2, "cancelled by the client"), (1, None)]

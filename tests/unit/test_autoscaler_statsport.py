@@ -448,7 +448,7 @@ async def test_each_stream_is_one_span_continuing_the_callers_trace():
     client.send(client.headers(3) + sp.frame(sp.RST_STREAM, 0, 3, struct.pack(">I", 8)))
     client.send(data(1, b"", end_stream=True))
     name, traceparent, attributes = tracing.started[0]
-    assert name == "ebb.api.autoscaler.v1.StatsService/StreamStats" and traceparent == parent
+    assert name == "/ebb.api.autoscaler.v1.StatsService/StreamStats" and traceparent == parent
     assert attributes == {
         "rpc.system": "grpc",
         "rpc.service": "ebb.api.autoscaler.v1.StatsService",

@@ -515,7 +515,7 @@ class StatsConnection(asyncio.Protocol):
         tracing = self._port.tracing
         if tracing is not None:
             stream.span = tracing.start_http_span(
-                STREAM_STATS_PATH.decode()[1:],
+                STREAM_STATS_PATH.decode(),  # as grpcio's instrumentation names it
                 traceparent=headers.get(b"traceparent"),
                 tracestate=headers.get(b"tracestate"),
                 attributes={

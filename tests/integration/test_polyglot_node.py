@@ -129,18 +129,24 @@ def test_example_shares_only_the_protos():
 
 
 @needs_node
-def test_node_client_scales_a_revision(node_client, autoscaler):
+@pytest.mark.parametrize("stats_port", ["grpc", "stats"])
+def test_node_client_scales_a_revision(node_client, autoscaler_ports, stats_port):
     # Knative KPA with default settings: target 10 x utilization 0.7 = 7 per instance;
     # 50 in flight -> ceil(50 / 7) = 8 instances. One ready instance seeing 8 wanted is
     # 8 >= 2 x 1 (panic threshold 200 %), so the decision is in panic, and the excess
     # burst capacity is floor(1 x 10 - 211 - 50) = -251 (TBC default 211).
+    # The stats go to the gRPC port or to the stats port (grpc-js's own HTTP/2 and HPACK
+    # against Ebb's); the registration and the decisions always use the gRPC port.
+    name = f"node-{stats_port}-00001"
     done = _run_client(
         node_client,
-        autoscaler,
+        autoscaler_ports["grpc"],
+        "--stats-address",
+        autoscaler_ports[stats_port],
         "--namespace",
         "polyglot",
         "--name",
-        "node-00001",
+        name,
         "--target",
         "10",
         "--concurrency",
@@ -160,17 +166,19 @@ def test_node_client_scales_a_revision(node_client, autoscaler):
     assert all(
         set(d) == {"revision", "desiredScale", "panic", "excessBurstCapacity"} for d in decisions
     )
-    assert all(d["revision"] == "polyglot/node-00001" for d in decisions)
+    assert all(d["revision"] == f"polyglot/{name}" for d in decisions)
     # Anything before the load was seen is the decider's "unknown yet" (-1).
     assert all(d["desiredScale"] in (-1, 8) for d in decisions), decisions
     assert decisions[-1] == {
-        "revision": "polyglot/node-00001",
+        "revision": f"polyglot/{name}",
         "desiredScale": 8,
         "panic": True,
         "excessBurstCapacity": -251,
     }
     summary = _stream_summary(done.stderr)
     assert summary["accepted"] >= 1 and summary["dropped"] == 0, summary
+    starting = next(json.loads(line) for line in done.stderr.splitlines() if '"starting"' in line)
+    assert starting["statsAddress"] == autoscaler_ports[stats_port]
 
 
 @needs_node
@@ -199,34 +207,3 @@ def test_node_client_gives_up_after_max_seconds(node_client, autoscaler):
         d["revision"] == "polyglot/idle-00001" and d["desiredScale"] < 2 for d in decisions
     ), decisions
     assert _stream_summary(done.stderr)["dropped"] == 0
-
-
-@needs_node
-def test_node_client_streams_to_the_stats_port(node_client, autoscaler_ports):
-    """grpc-js (its own HTTP/2 and HPACK) against the autoscaler's stats port: the stats
-    arrive there, the decisions come over the gRPC port, as in the test above."""
-    done = _run_client(
-        node_client,
-        autoscaler_ports["grpc"],
-        "--stats-address",
-        autoscaler_ports["stats"],
-        "--namespace",
-        "polyglot",
-        "--name",
-        "h2-00001",
-        "--concurrency",
-        "50",
-        "--interval-ms",
-        "200",
-        "--until-desired",
-        "8",
-        "--max-seconds",
-        "20",
-    )
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    decisions = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-    assert decisions[-1]["desiredScale"] == 8 and decisions[-1]["panic"] is True
-    summary = _stream_summary(done.stderr)
-    assert summary["accepted"] >= 1 and summary["dropped"] == 0, summary
-    starting = next(json.loads(line) for line in done.stderr.splitlines() if '"starting"' in line)
-    assert starting["statsAddress"] == autoscaler_ports["stats"]

@@ -37,7 +37,7 @@ sys.exit(queue_main.main(argv))
 """
 
 
-def _started_queue_modules(tmp_path, mode: str, **env: str) -> list[str]:
+def _started_queue_modules(tmp_path, mode: str, *extra_flags: str, **env: str) -> list[str]:
     ready = tmp_path / "queue.json"
     out = tmp_path / "modules.json"
     flags = [
@@ -46,6 +46,7 @@ def _started_queue_modules(tmp_path, mode: str, **env: str) -> list[str]:
         "--instance", "imports-test",
         "--ready-file", str(ready),
         "--drain-quiet-s", "0.1",
+        *extra_flags,
     ]  # fmt: skip
     environment = {
         k: v for k, v in os.environ.items() if k != "EBB_TRACING" and not k.startswith("OTEL_")
@@ -60,7 +61,7 @@ def _started_queue_modules(tmp_path, mode: str, **env: str) -> list[str]:
     )
     assert res.returncode == 0, res.stderr[-2000:]
     modules = json.loads(out.read_text())
-    assert "grpc" in modules, "listed before the admin side started"
+    assert "ebb.queue.reporter" in modules, "listed before the admin side started"
     return modules
 
 
@@ -77,3 +78,14 @@ def test_a_queue_with_tracing_imports_it(tmp_path):
     # The check above can fail: with tracing on, the same listing does show OpenTelemetry.
     modules = _started_queue_modules(tmp_path, "cold", EBB_TRACING="1", OTEL_TRACES_EXPORTER="none")
     assert "opentelemetry.sdk.trace" in modules
+
+
+@pytest.mark.parametrize("mode", ["cold", "standby"])
+def test_a_queue_streaming_its_stats_never_imports_grpc(tmp_path, mode):
+    # grpcio is ~12 MB of an idle queue's memory (issue #8); the stats stream is
+    # ebb.common.h2client. Nothing listens at the autoscaler's address: the stream keeps
+    # trying, which is enough to have imported all it uses.
+    autoscaler = f"127.0.0.1:{free_port()}"
+    modules = _started_queue_modules(tmp_path, mode, "--autoscaler", autoscaler)
+    assert "ebb.common.h2client" in modules  # the stats stream started
+    assert [m for m in modules if m == "grpc" or m.startswith("grpc.")] == []

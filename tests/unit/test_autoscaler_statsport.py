@@ -17,6 +17,7 @@ from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
 from ebb.autoscaler import statsport as sp
 from ebb.autoscaler.server import AutoscalerServer
 from ebb.autoscaler.settings import AutoscalerSettings
+from ebb.common import h2server
 
 PATH = b"/ebb.api.autoscaler.v1.StatsService/StreamStats"
 
@@ -370,7 +371,7 @@ async def test_shut_down_answers_open_streams_then_says_goaway(peer):
 
 
 async def test_a_connection_that_never_speaks_is_closed(monkeypatch):
-    monkeypatch.setattr(sp, "PREFACE_TIMEOUT_S", 0.01)
+    monkeypatch.setattr(h2server, "PREFACE_TIMEOUT_S", 0.01)
     port = sp.StatsPort(AutoscalerServer(AutoscalerSettings(), clock=lambda: 0.0))
     conn, transport = sp.StatsConnection(port), FakeTransport()
     conn.connection_made(transport)
@@ -399,7 +400,7 @@ def test_header_lengths_decode_with_an_independent_hpack(size):
 
 
 async def test_bytes_held_in_unfinished_messages_are_bounded(peer, monkeypatch):
-    monkeypatch.setattr(sp, "MAX_HELD_BYTES", 10_000)
+    monkeypatch.setattr(h2server, "MAX_HELD_BYTES", 10_000)
     start = b"\0" + struct.pack(">I", 1_000_000)  # a message announced, never finished
     for stream_id in (1, 3):
         peer.send(peer.headers(stream_id) + data(stream_id, start + b"x" * 4_000))

@@ -58,7 +58,7 @@ async def serve(settings: ActivatorSettings, tracing: tracing_mod.Tracing = trac
         await core.shutdown()
         await metrics.aclose()
         return 1
-    reporter = _stats_reporter(settings, activator, started_at, clock)
+    reporter = _stats_reporter(settings, activator, started_at, clock, tracing)
     watcher = None
     if settings.controller:
         core.set_serving(False)  # not until the controller's first snapshot
@@ -124,7 +124,11 @@ async def _bind(
 
 
 def _stats_reporter(
-    settings: ActivatorSettings, activator: Activator, started_at: float, clock
+    settings: ActivatorSettings,
+    activator: Activator,
+    started_at: float,
+    clock,
+    tracing: tracing_mod.Tracing = tracing_mod.DISABLED,
 ) -> StatsReporter | None:
     """The stats stream to the autoscaler, started, with the activator's pokes wired to it."""
     if not settings.autoscaler:
@@ -135,6 +139,7 @@ def _stats_reporter(
         collect=activator.collect,
         started_at=started_at,
         clock=clock,
+        tracing=tracing,
     )
     send_now = reporter.send_now
     activator.on_poke = lambda namespace, name: send_now(((namespace, name, POKE),))

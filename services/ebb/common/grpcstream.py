@@ -12,9 +12,9 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-import grpc
-
-# Keepalives notice a silently dead peer; reconnect backoff of the channel itself.
+# No `import grpc` here: the queue imports this module and must not import grpcio
+# (ebb.common.h2client is its stats stream). These are for grpcio's channels:
+# keepalives notice a silently dead peer; reconnect backoff of the channel itself.
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -36,9 +36,15 @@ Attempt = Callable[[Callable[[], None]], Awaitable[None]]
 
 
 def describe_error(exc: BaseException) -> str:
-    """A one-line account of why a stream failed."""
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
+    """A one-line account of why a stream failed.
+
+    gRPC errors are told by their `code()` and `details()` methods, which grpcio's
+    `AioRpcError` and `ebb.common.h2client.RpcError` both have (duck-typed, so that
+    neither is imported here): "UNAVAILABLE: connection lost"."""
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        status = code()
+        return f"{getattr(status, 'name', status)}: {details()}"
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -6,6 +6,11 @@ for). Two tasks: a ticker closes a stats period every second and queues one
 autoscaler cannot keep up), and a sender keeps one `StatsService.StreamStats` stream open,
 reconnecting with exponential backoff (capped) when it breaks. `send_now` queues a batch
 outside the tick (the activator's poke). The request path never waits on either.
+
+The stream is `ebb.common.h2client.StreamCall`, not grpcio: a queue that never imports
+`grpc` is ~12 MB smaller (issue #8). With tracing on, each stream is one CLIENT span named
+after the method (as grpcio's instrumentation names it), whose `traceparent` goes in the
+call's metadata; it ends with the stream's status.
 """
 
 from __future__ import annotations
@@ -16,23 +21,25 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-import grpc
-
-from ebb.api.autoscaler.v1 import autoscaler_pb2, autoscaler_pb2_grpc
-from ebb.common.grpcstream import (
-    CHANNEL_OPTIONS,
-    INITIAL_BACKOFF_S,
-    MAX_BACKOFF_S,
-    reconnect_forever,
-)
+from ebb.api.autoscaler.v1 import autoscaler_pb2
+from ebb.common.grpcstream import INITIAL_BACKOFF_S, MAX_BACKOFF_S, reconnect_forever
+from ebb.common.h2client import GrpcStatus, RpcError, StreamCall
 from ebb.common.stats import Report
+
+if TYPE_CHECKING:
+    from ebb.common.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
 PERIOD_S = 1.0
 MAX_PENDING = 60  # a minute of stats survives an autoscaler restart
 WRITE_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 5.0
+SERVICE = "ebb.api.autoscaler.v1.StatsService"
+METHOD = "StreamStats"
+STREAM_STATS_PATH = f"/{SERVICE}/{METHOD}"
 
 # One revision's figures for one period: (namespace, name, report).
 RevisionReport = tuple[str, str, Report]
@@ -59,6 +66,8 @@ class StatsReporter:
         max_pending: int = MAX_PENDING,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        tracing: Tracing | None = None,
+        **call_options: float,
     ) -> None:
         self._target = target
         self._instance = instance
@@ -73,15 +82,16 @@ class StatsReporter:
         self._wakeup = asyncio.Event()  # something to send
         self._emptied = asyncio.Event()  # everything pending was sent
         self._tasks: list[asyncio.Task[None]] = []
-        self._channel: grpc.aio.Channel | None = None
-        self._call: grpc.aio.StreamUnaryCall | None = None
+        self._tracing = tracing if tracing is not None and tracing.enabled else None
+        # StreamCall's options (keepalive_s, keepalive_timeout_s, ...), for tests.
+        self._call_options = {"write_timeout_s": WRITE_TIMEOUT_S, **call_options}
+        self._call: StreamCall | None = None
         self.sent = 0  # requests written to a stream
-        self.connects = 0  # streams opened
+        self.connects = 0  # streams tried (a connection that fails counts)
         self.dropped = 0  # requests dropped because the queue was full
 
     def start(self) -> None:
         """Start the ticker and the sender (on the running loop)."""
-        self._channel = grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._tick()), loop.create_task(self._send())]
 
@@ -145,25 +155,56 @@ class StatsReporter:
 
     async def _stream(self, progress: Callable[[], None]) -> None:
         """One stats stream, written to until it fails."""
-        call = autoscaler_pb2_grpc.StatsServiceStub(self._channel).StreamStats()
-        self._call = call
-        self.connects += 1
+        self.connects += 1  # an attempt, as grpcio counted its calls
+        span = self._start_span()
+        call = None
+        error: BaseException | None = None
         try:
-            while True:
-                if call.done():
-                    raise ConnectionError("the autoscaler closed the stats stream")
-                if not self._pending:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                await asyncio.wait_for(call.write(self._pending[0]), WRITE_TIMEOUT_S)
-                self._pending.popleft()
-                self.sent += 1
-                if not self._pending:
-                    self._emptied.set()
-                progress()
+            call = await StreamCall.open(
+                self._target,
+                STREAM_STATS_PATH,
+                metadata=self._tracing.trace_headers(span) if span is not None else (),
+                timeout_s=CONNECT_TIMEOUT_S,
+                **self._call_options,
+            )
+            self._call = call
+            await self._write_pending(call, progress)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            call.cancel()
+            if span is not None:  # before cancel(): a stream that ended OK stays OK
+                _end_span(span, _outcome(call, error))
+            if call is not None:
+                call.cancel()  # closes the connection, if the stream is not over already
+
+    async def _write_pending(self, call: StreamCall, progress: Callable[[], None]) -> None:
+        while True:
+            if call.done():
+                await call.response()  # raises the stream's error, if it failed
+                raise ConnectionError("the autoscaler closed the stats stream")
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await call.write(self._pending[0].SerializeToString())
+            self._pending.popleft()
+            self.sent += 1
+            if not self._pending:
+                self._emptied.set()
+            progress()
+
+    def _start_span(self):
+        """The stream's CLIENT span (tracing on), else None."""
+        if self._tracing is None:
+            return None
+        from opentelemetry.trace import SpanKind
+
+        return self._tracing.tracer(__name__).start_span(
+            STREAM_STATS_PATH,
+            kind=SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": METHOD},
+        )
 
     async def stop(self, flush_timeout_s: float = 1.0) -> None:
         """Queue the last (partial) period, try to send what is pending, close the stream."""
@@ -180,10 +221,33 @@ class StatsReporter:
         if call is not None and not call.done() and not self._pending:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(call.done_writing(), 0.5)
-                await asyncio.wait_for(call, 0.5)
+                await asyncio.wait_for(call.response(), 0.5)
         sender.cancel()
         await asyncio.gather(ticker, sender, return_exceptions=True)
         self._tasks = []
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        if call is not None:
+            await call.aclose()  # the socket is gone before stop() returns
+
+
+def _outcome(call: StreamCall | None, error: BaseException | None) -> tuple[GrpcStatus, str]:
+    """How a stream ended, as a gRPC status: the call's own when it is over, else what
+    interrupted it (the reporter stopping, a write that timed out, no connection)."""
+    if call is not None and call.done():
+        failure = call.error()
+        return (GrpcStatus.OK, "") if failure is None else (failure.status, failure.message)
+    if isinstance(error, RpcError):
+        return error.status, error.message
+    if error is None or isinstance(error, asyncio.CancelledError):
+        return GrpcStatus.CANCELLED, "the reporter stopped"
+    status = GrpcStatus.DEADLINE_EXCEEDED if isinstance(error, TimeoutError) else GrpcStatus.UNKNOWN
+    return status, f"{type(error).__name__}: {error}"
+
+
+def _end_span(span, outcome: tuple[GrpcStatus, str]) -> None:
+    status, message = outcome
+    span.set_attribute("rpc.grpc.status_code", int(status))
+    if status != GrpcStatus.OK:
+        from opentelemetry.trace.status import Status, StatusCode
+
+        span.set_status(Status(StatusCode.ERROR, f"{status.name}: {message}"))
+    span.end()

@@ -108,18 +108,18 @@ async def serve(settings: QueueSettings, tracing: tracing_mod.Tracing = tracing_
     )
     if request_log is not None:
         request_log.start(loop)
-    # The admin side's start holds the loop for a while (a cold queue imports gRPC then):
-    # not before the app's first probe. (Importing on another thread would keep the loop
+    # The admin side's start holds the loop for a while (a cold queue imports the admin
+    # server, prometheus_client and protobufs then): not before the app's first probe. (Importing on another thread would keep the loop
     # free but costs ~2 MB of resident memory for that thread's malloc arena.)
     await probed.wait()
     _import_admin()
     try:
-        await admin.start(settings, tracing, proxy)
+        await admin.start(settings, proxy)
     except OSError as exc:
         log.error("cannot start", extra={"error": str(exc)})
         await _stop(proxy, prober, request_log, admin)
         return 1
-    reporter = _reporter(settings, stats, started_at, clock)
+    reporter = _reporter(settings, stats, started_at, clock, tracing)
     address = f"{'127.0.0.1' if settings.host in ('0.0.0.0', '') else settings.host}:{http_port}"
     bound = {"http": address, **admin.addresses()}
     if settings.unix_socket:
@@ -147,34 +147,33 @@ async def serve(settings: QueueSettings, tracing: tracing_mod.Tracing = tracing_
     await _stop(proxy, prober, request_log, admin)
     await tracing.aclose()
     remove_ready_file(settings.ready_file)
+    log.info("stopped")
     return 0
 
 
 class _Admin:
     """The gRPC admin server (health, reflection) and the metrics port, started once the
-    proxy already listens: importing gRPC is the slowest part of a queue's start."""
+    proxy already listens.
+
+    The admin server is `ebb.common.h2admin`, not grpcio: a queue runs beside every app
+    instance, and grpcio (its library, threads and modules) was about 12 MB of an idle
+    queue's 45 (issue #8). It answers the same health and reflection calls."""
 
     def __init__(self) -> None:
-        self.core = None  # ebb.common.server.ServiceCore, once started
+        self.core = None  # ebb.common.h2admin.AdminServer, once started
         self.metrics: MetricsServer | None = None
 
-    async def start(self, settings: QueueSettings, tracing: tracing_mod.Tracing, proxy: Proxy) -> None:
-        from ebb.common.server import ServiceCore  # imported by _import_admin
+    async def start(self, settings: QueueSettings, proxy: Proxy) -> None:
+        from ebb.common.h2admin import AdminServer  # imported by _import_admin
 
         registry = new_registry()
         registry.register(QueueCollector(proxy, settings.namespace, settings.revision, proxy.request_log))
         self.metrics = MetricsServer(registry, host=settings.host, port=settings.metrics_port)
         self.metrics.start()
-        # The proxy drains itself (it knows when requests stop arriving); the gRPC side
-        # only has to stop.
-        core = ServiceCore(
-            "queue",
-            settings.host,
-            settings.admin_port,
-            drain_s=0.0,
-            interceptors=tracing.server_interceptors(),
-        )
-        await core.start()
+        # The proxy drains itself (it knows when requests stop arriving); the admin side
+        # only has to stop. Health checks and reflection are not traced (probe noise).
+        core = AdminServer()
+        await core.start(settings.host, settings.admin_port)
         self.core = core
         core.set_serving(proxy.healthy)  # health follows the app, which may be up already
 
@@ -191,12 +190,18 @@ class _Admin:
 
     async def aclose(self) -> None:
         if self.core is not None:
-            await self.core.shutdown()
+            await self.core.close()
         if self.metrics is not None:
             await self.metrics.aclose()
 
 
-def _reporter(settings: QueueSettings, stats: ConcurrencyStats, started_at: float, clock):
+def _reporter(
+    settings: QueueSettings,
+    stats: ConcurrencyStats,
+    started_at: float,
+    clock,
+    tracing: tracing_mod.Tracing,
+):
     """The stats stream to the autoscaler, started; None when no autoscaler is set."""
     if not settings.autoscaler:
         return None
@@ -210,6 +215,7 @@ def _reporter(settings: QueueSettings, stats: ConcurrencyStats, started_at: floa
         snapshot=stats.report,
         started_at=started_at,
         clock=clock,
+        tracing=tracing,
     )
     reporter.start()
     return reporter
@@ -270,11 +276,8 @@ def _warm_imports() -> None:
 
 
 def _import_admin() -> None:
-    """gRPC and what the admin server and the stats stream use of it (~60 ms, ~17 MB)."""
-    import grpc_health.v1.health  # noqa: F401
-    import grpc_reflection.v1alpha.reflection  # noqa: F401
-
-    import ebb.common.server  # noqa: F401
+    """The admin server (health, reflection) and the stats stream, with their protobufs."""
+    import ebb.common.h2admin  # noqa: F401
     import ebb.queue.reporter  # noqa: F401
 
 

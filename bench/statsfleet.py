@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import struct
 import sys
 import time
 from collections.abc import Sequence
@@ -45,7 +44,7 @@ from bench.autoscaler import (
     fleet_schedule,
     stream_messages,
 )
-from ebb.autoscaler.statsport import (
+from ebb.common.h2frames import (
     ACK,
     DATA,
     DEFAULT_WINDOW,
@@ -59,9 +58,13 @@ from ebb.autoscaler.statsport import (
     PRIORITY_FLAG,
     RST_STREAM,
     S_INITIAL_WINDOW_SIZE,
+    SETTING,
     SETTINGS,
+    U32,
     WINDOW_UPDATE,
     frame,
+    grpc_frame,
+    grpc_messages,
 )
 
 STREAM_ID = 1  # the one stream of each connection
@@ -70,9 +73,6 @@ GO_TIMEOUT_S = 120.0  # to wait for the go file once connected
 FINISH_TIMEOUT_S = 60.0  # from the end of sending to the last answer
 STEP_S = 0.01  # the send loop's step: a message goes out at most this late, plus the loop's lag
 SPARE_FILES = 64  # open files beside the connections (the interpreter's own, a log)
-
-_U32 = struct.Struct(">I")
-_SETTING = struct.Struct(">HI")
 
 
 def request_headers(authority: str, encoder: hpack.Encoder | None = None) -> bytes:
@@ -89,25 +89,6 @@ def request_headers(authority: str, encoder: hpack.Encoder | None = None) -> byt
     )
 
 
-def grpc_frame(message: bytes) -> bytes:
-    """gRPC's length-prefixed message: flag 0 (not compressed), 4-byte length, bytes."""
-    return b"\x00" + _U32.pack(len(message)) + message
-
-
-def grpc_messages(body: bytes) -> list[bytes]:
-    """The messages of gRPC-framed bytes; ValueError on a cut or compressed one."""
-    out, offset = [], 0
-    while offset < len(body):
-        if len(body) - offset < 5 or body[offset] != 0:
-            raise ValueError("a cut or compressed gRPC message in the answer")
-        (size,) = _U32.unpack_from(body, offset + 1)
-        if offset + 5 + size > len(body):
-            raise ValueError("a cut gRPC message in the answer")
-        out.append(bytes(body[offset + 5 : offset + 5 + size]))
-        offset += 5 + size
-    return out
-
-
 def parse_frames(buf: bytes | bytearray) -> tuple[list[tuple[int, int, int, bytes]], int]:
     """The whole frames at the start of `buf` as (type, flags, stream id, payload), and how
     many bytes they took (a trailing partial frame is left for the next read)."""
@@ -117,7 +98,7 @@ def parse_frames(buf: bytes | bytearray) -> tuple[list[tuple[int, int, int, byte
         if len(buf) - offset < 9 + size:
             break
         kind, flags = buf[offset + 3], buf[offset + 4]
-        stream_id = _U32.unpack_from(buf, offset + 5)[0] & 0x7FFFFFFF
+        stream_id = U32.unpack_from(buf, offset + 5)[0] & 0x7FFFFFFF
         frames.append((kind, flags, stream_id, bytes(buf[offset + 9 : offset + 9 + size])))
         offset += 9 + size
     return frames, offset
@@ -188,7 +169,7 @@ class StreamStatsClient:
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
         if kind == SETTINGS and not flags & ACK:
             for offset in range(0, len(payload) - len(payload) % 6, 6):
-                ident, value = _SETTING.unpack_from(payload, offset)
+                ident, value = SETTING.unpack_from(payload, offset)
                 if ident == S_INITIAL_WINDOW_SIZE:
                     self.stream_window += value - self._initial_window
                     self._initial_window = value
@@ -196,7 +177,7 @@ class StreamStatsClient:
         if kind == PING and not flags & ACK:
             return frame(PING, ACK, 0, payload)
         if kind == WINDOW_UPDATE and len(payload) == 4:
-            increment = _U32.unpack(payload)[0] & 0x7FFFFFFF
+            increment = U32.unpack(payload)[0] & 0x7FFFFFFF
             if stream_id == 0:
                 self.window += increment
             else:
@@ -206,9 +187,9 @@ class StreamStatsClient:
         elif kind == DATA and stream_id == STREAM_ID:
             self.response += _unpad(flags, payload)
         elif kind == RST_STREAM and stream_id == STREAM_ID and not self.ended:
-            self.fail(f"stream reset by the server (code {_U32.unpack(payload)[0]})")
+            self.fail(f"stream reset by the server (code {U32.unpack(payload)[0]})")
         elif kind == GOAWAY and len(payload) >= 8:
-            code = _U32.unpack_from(payload, 4)[0]
+            code = U32.unpack_from(payload, 4)[0]
             if code:  # NO_ERROR: the server stops after answering; anything else is a failure
                 self.fail(f"GOAWAY code {code}: {payload[8:].decode('utf-8', 'replace')}")
         return b""

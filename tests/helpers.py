@@ -1,4 +1,4 @@
-"""Shared test helpers: free ports, the repo root, bounded polling (import as `helpers`)."""
+"""Shared test helpers: free ports, the repo root, bounded polling, fakes (import as `helpers`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import os
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -168,6 +169,111 @@ def websocket_echo(port: int, host: str, messages: list[bytes], path: str = "/ws
         assert app.read_ws_frame(stream) == (8, (1000).to_bytes(2, "big"))
         assert stream.read() == b""  # the app closed, and the proxies passed it on
         return status, echoes, answered
+
+
+class FakeTransport:
+    """An asyncio transport without a socket, for a protocol driven by hand: it keeps what
+    the protocol writes (`out`) and whether it paused reading, closed or aborted. Given the
+    `protocol`, `close` and `abort` end the connection as asyncio's transports do
+    (connection_lost on the next loop turn)."""
+
+    def __init__(self, protocol: asyncio.BaseProtocol | None = None) -> None:
+        self.protocol = protocol
+        self.out = bytearray()
+        self.closed = False
+        self.aborted = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "write after close"
+        self.out += data
+
+    def close(self) -> None:
+        self._lose()
+
+    def abort(self) -> None:
+        self.aborted = True
+        self._lose()
+
+    def _lose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.protocol is not None:
+                asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_extra_info(self, name: str, default=None):
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+
+def h2_frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    """The HTTP/2 frames in `data` (whole frames, after any preface), each as (type, flags,
+    stream id, payload); parsed here, not by the code under test."""
+    out, offset = [], 0
+    while offset < len(data):
+        high, low, kind, flags, stream_id = struct.unpack_from(">BHBBI", data, offset)
+        size = high << 16 | low
+        out.append((kind, flags, stream_id & 0x7FFFFFFF, data[offset + 9 : offset + 9 + size]))
+        offset += 9 + size
+    return out
+
+
+class H2Peer:
+    """A client's side of an HTTP/2 server connection driven by hand: `send` feeds the
+    server's protocol, `frames` reads what it wrote back since the last call, `decode`
+    reads a header block with an HPACK decoder of its own."""
+
+    def __init__(self, conn: asyncio.Protocol, transport: FakeTransport) -> None:
+        import hpack
+
+        self.conn = conn
+        self.transport = transport
+        self.encoder = hpack.Encoder()  # indexes and Huffman-codes, as real clients do
+        self.decoder = hpack.Decoder()
+        self._read = 0
+
+    def send(self, data: bytes) -> None:
+        self.conn.data_received(data)
+
+    def frames(self) -> list[tuple[int, int, int, bytes]]:
+        """Every frame written since the last call: (type, flags, stream, payload)."""
+        data = bytes(self.transport.out[self._read :])
+        self._read += len(data)
+        return h2_frames(data)
+
+    def decode(self, payload: bytes) -> dict[bytes, bytes]:
+        return dict(self.decoder.decode(payload, raw=True))
+
+
+def grpc_frame(message: bytes, compressed: int = 0) -> bytes:
+    """gRPC's length-prefixed message (the compressed flag as given)."""
+    return bytes((compressed,)) + struct.pack(">I", len(message)) + message
+
+
+def stats_request(*stats: tuple[str, float], revision: str = "rev-1") -> bytes:
+    """A serialized StreamStatsRequest: a Stat per (instance, concurrency) of revision
+    ns/`revision`, each with as many requests as its concurrency over a 1 s period."""
+    from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
+
+    request = pb.StreamStatsRequest()
+    for instance, concurrency in stats:
+        request.stats.add(
+            instance=instance,
+            revision=pb.RevisionKey(namespace="ns", name=revision),
+            average_concurrency=concurrency,
+            request_count=concurrency,
+            process_uptime_seconds=10,
+            period_seconds=1,
+        )
+    return request.SerializeToString()
 
 
 class FakeScaling:

@@ -23,7 +23,7 @@ import h2.events
 import h2.exceptions
 import hpack
 import pytest
-from helpers import autoscaler_with_revision, until
+from helpers import autoscaler_with_revision, grpc_frame, stats_request, until
 
 from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
 from ebb.api.autoscaler.v1 import autoscaler_pb2_grpc as pb_grpc
@@ -62,21 +62,8 @@ async def stats():
 
 
 def stat_message(*instances: str, revision: str = "rev-1") -> bytes:
-    request = pb.StreamStatsRequest()
-    for instance in instances:
-        request.stats.add(
-            instance=instance,
-            revision=pb.RevisionKey(namespace="ns", name=revision),
-            average_concurrency=1.0,
-            request_count=1,
-            process_uptime_seconds=10,
-            period_seconds=1,
-        )
-    return grpc_frame(request.SerializeToString())
-
-
-def grpc_frame(message: bytes, compressed: int = 0) -> bytes:
-    return bytes((compressed,)) + struct.pack(">I", len(message)) + message
+    stats = [(instance, 1.0) for instance in instances]
+    return grpc_frame(stats_request(*stats, revision=revision))
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:

@@ -16,7 +16,7 @@ import time
 import grpc
 import hpack
 import pytest
-from helpers import autoscaler_with_revision, until
+from helpers import autoscaler_with_revision, stats_request, until
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -35,17 +35,7 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 def stat_request(instance: str = "i1", revision: str = "rev-1", n: int = 1) -> bytes:
-    request = pb.StreamStatsRequest()
-    for _ in range(n):
-        request.stats.add(
-            instance=instance,
-            revision=pb.RevisionKey(namespace="ns", name=revision),
-            average_concurrency=1.0,
-            request_count=1,
-            process_uptime_seconds=10,
-            period_seconds=1,
-        )
-    return request.SerializeToString()
+    return stats_request(*[(instance, 1.0)] * n, revision=revision)
 
 
 async def answer(call: StreamCall) -> pb.StreamStatsResponse | RpcError:

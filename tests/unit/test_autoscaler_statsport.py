@@ -11,7 +11,7 @@ import struct
 
 import hpack
 import pytest
-from helpers import autoscaler_with_revision
+from helpers import FakeTransport, H2Peer, autoscaler_with_revision, grpc_frame, stats_request
 
 from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
 from ebb.autoscaler import statsport as sp
@@ -22,44 +22,8 @@ from ebb.common import h2server
 PATH = b"/ebb.api.autoscaler.v1.StatsService/StreamStats"
 
 
-class FakeTransport:
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.closed = False
-        self.reading = True
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "write after close"
-        self.out += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = self.aborted = True
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def get_extra_info(self, name: str, default=None):
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-
-class Peer:
+class Peer(H2Peer):
     """A client's side: builds frames, reads the connection's answers."""
-
-    def __init__(self, conn: sp.StatsConnection, transport: FakeTransport) -> None:
-        self.conn = conn
-        self.transport = transport
-        self.encoder = hpack.Encoder()  # indexes and Huffman-codes, as real clients do
-        self.decoder = hpack.Decoder()
-        self._read = 0
-
-    def send(self, data: bytes) -> None:
-        self.conn.data_received(data)
 
     def headers(self, stream_id: int, path: bytes = PATH, *, end_stream: bool = False, **extra):
         fields = [
@@ -74,38 +38,9 @@ class Peer:
         flags = sp.END_HEADERS | (sp.END_STREAM if end_stream else 0)
         return sp.frame(sp.HEADERS, flags, stream_id, self.encoder.encode(fields))
 
-    def frames(self) -> list[tuple[int, int, int, bytes]]:
-        """Every frame written since the last call: (type, flags, stream, payload)."""
-        out, data = [], bytes(self.transport.out[self._read :])
-        offset = 0
-        while offset < len(data):
-            high, low, kind, flags, stream_id = struct.unpack_from(">BHBBI", data, offset)
-            size = high << 16 | low
-            out.append((kind, flags, stream_id, data[offset + 9 : offset + 9 + size]))
-            offset += 9 + size
-        self._read += offset
-        return out
-
-    def decode(self, payload: bytes) -> dict[bytes, bytes]:
-        return dict(self.decoder.decode(payload, raw=True))
-
 
 def stat_message(*stats: tuple[str, float], revision: str = "rev-1") -> bytes:
-    request = pb.StreamStatsRequest()
-    for instance, concurrency in stats:
-        request.stats.add(
-            instance=instance,
-            revision=pb.RevisionKey(namespace="ns", name=revision),
-            average_concurrency=concurrency,
-            request_count=concurrency,
-            process_uptime_seconds=10,
-            period_seconds=1,
-        )
-    return grpc_frame(request.SerializeToString())
-
-
-def grpc_frame(message: bytes, compressed: int = 0) -> bytes:
-    return bytes((compressed,)) + struct.pack(">I", len(message)) + message
+    return grpc_frame(stats_request(*stats, revision=revision))
 
 
 def data(stream_id: int, payload: bytes, *, end_stream: bool = False) -> bytes:

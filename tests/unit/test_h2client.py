@@ -11,7 +11,7 @@ import struct
 
 import hpack
 import pytest
-from helpers import until
+from helpers import FakeTransport, h2_frames, until
 
 from ebb.common import grpcstream
 from ebb.common import h2client as h2
@@ -23,50 +23,15 @@ GUARD_S = 5.0  # hang guard only
 _U32 = struct.Struct(">I")
 
 
-class FakeTransport:
+class Transport(FakeTransport):
     """Records what the client writes; `close`/`abort` end the connection as asyncio's
     transports do (connection_lost on the next loop turn)."""
-
-    def __init__(self, protocol: asyncio.Protocol) -> None:
-        self.protocol = protocol
-        self.out = bytearray()
-        self.closed = False
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "a write after close"
-        self.out += data
-
-    def _lose(self) -> None:
-        if not self.closed:
-            self.closed = True
-            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
-
-    def close(self) -> None:
-        self._lose()
-
-    def abort(self) -> None:
-        self.aborted = True
-        self._lose()
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name, default=None):
-        return default
 
     def frames(self) -> list[tuple[int, int, int, bytes]]:
         """Every frame written so far (after the preface), as (type, flags, stream, payload)."""
         data = bytes(self.out)
         assert data.startswith(h2.PREFACE)
-        offset, frames = len(h2.PREFACE), []
-        while offset < len(data):
-            size = int.from_bytes(data[offset : offset + 3], "big")
-            kind, flags = data[offset + 3], data[offset + 4]
-            stream_id = _U32.unpack_from(data, offset + 5)[0] & 0x7FFFFFFF
-            frames.append((kind, flags, stream_id, data[offset + 9 : offset + 9 + size]))
-            offset += 9 + size
-        return frames
+        return h2_frames(data[len(h2.PREFACE) :])
 
     def of(self, kind: int) -> list[tuple[int, int, int, bytes]]:
         return [f for f in self.frames() if f[0] == kind]
@@ -91,10 +56,10 @@ def trailers(encoder: hpack.Encoder, status: int = 0, message: str | None = None
     return headers_frame(encoder, fields, end_stream=True)
 
 
-async def started(*server_settings: tuple[int, int], **options) -> tuple[StreamCall, FakeTransport]:
+async def started(*server_settings: tuple[int, int], **options) -> tuple[StreamCall, Transport]:
     """A call on a fake transport, past the server's SETTINGS and our HEADERS."""
     call = StreamCall(PATH, authority="autoscaler:8091", **{"keepalive_s": 0, **options})
-    transport = FakeTransport(call)
+    transport = Transport(call)
     call.connection_made(transport)
     call.data_received(settings(*server_settings))
     call.start()
@@ -113,7 +78,7 @@ async def outcome(call: StreamCall) -> bytes | RpcError:
 
 async def test_opens_with_the_preface_our_settings_and_then_the_request_headers():
     call = StreamCall(PATH, authority="autoscaler:8091", metadata=[("TraceParent", "00-abc")])
-    transport = FakeTransport(call)
+    transport = Transport(call)
     call.connection_made(transport)
     (kind, flags, stream_id, payload), *_ = transport.frames()
     assert (kind, flags, stream_id) == (h2.SETTINGS, 0, 0)
@@ -141,7 +106,7 @@ async def test_opens_with_the_preface_our_settings_and_then_the_request_headers(
 async def test_a_header_block_larger_than_a_frame_goes_on_in_continuation_frames():
     big = "x" * 40_000
     call = StreamCall(PATH, authority="a:1", metadata=[("big", big)], keepalive_s=0)
-    transport = FakeTransport(call)
+    transport = Transport(call)
     call.connection_made(transport)
     call.data_received(settings())
     call.start()
@@ -165,7 +130,7 @@ async def test_settings_and_pings_from_the_server_are_acknowledged():
 # -- writing: windows and frame sizes ------------------------------------------------
 
 
-def sent_data(transport: FakeTransport) -> bytes:
+def sent_data(transport: Transport) -> bytes:
     return b"".join(f[3] for f in transport.of(h2.DATA))
 
 

@@ -10,38 +10,12 @@ from __future__ import annotations
 
 import struct
 
-import hpack
 import pytest
+from helpers import FakeTransport, H2Peer, grpc_frame
 
 from ebb.common import h2server as h2
 
 PATH = b"/test.v1.Echo/Talk"
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.closed = False
-        self.reading = True
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "write after close"
-        self.out += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def get_extra_info(self, name: str, default=None):
-        return ("127.0.0.1", 40000) if name == "peername" else default
 
 
 class Talk(h2.Handler):
@@ -65,20 +39,13 @@ class Talk(h2.Handler):
         self.events.append(("close", error))
 
 
-class Peer:
+class Peer(H2Peer):
     def __init__(self) -> None:
         Talk.calls = []
         self.port = h2.H2Port({PATH: Talk})
-        self.conn = h2.H2Connection(self.port)
-        self.transport = FakeTransport()
+        super().__init__(h2.H2Connection(self.port), FakeTransport())
         self.conn.connection_made(self.transport)
-        self.encoder = hpack.Encoder()
-        self.decoder = hpack.Decoder()
-        self._read = 0
         self.frames()  # the server's SETTINGS and WINDOW_UPDATE
-
-    def send(self, data: bytes) -> None:
-        self.conn.data_received(data)
 
     def start(self, *settings: tuple[int, int]) -> None:
         payload = b"".join(struct.pack(">HI", k, v) for k, v in settings)
@@ -98,24 +65,6 @@ class Peer:
 
     def window(self, stream_id: int, increment: int) -> None:
         self.send(h2.frame(h2.WINDOW_UPDATE, 0, stream_id, struct.pack(">I", increment)))
-
-    def frames(self) -> list[tuple[int, int, int, bytes]]:
-        out, data = [], bytes(self.transport.out[self._read :])
-        offset = 0
-        while offset < len(data):
-            high, low, kind, flags, stream_id = struct.unpack_from(">BHBBI", data, offset)
-            size = high << 16 | low
-            out.append((kind, flags, stream_id, data[offset + 9 : offset + 9 + size]))
-            offset += 9 + size
-        self._read += offset
-        return out
-
-    def decode(self, payload: bytes) -> dict[bytes, bytes]:
-        return dict(self.decoder.decode(payload, raw=True))
-
-
-def grpc_frame(message: bytes) -> bytes:
-    return b"\0" + struct.pack(">I", len(message)) + message
 
 
 def messages(data: bytes) -> list[bytes]:

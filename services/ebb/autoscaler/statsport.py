@@ -30,7 +30,8 @@ autoscaler's gRPC port serves those, and StreamStats too).
 
 The HTTP/2 server itself is `ebb.common.h2server` (shared with the admin server,
 `ebb.common.h2admin`); this module is its one method, StreamStats, and the port that
-serves it. Its names are re-exported here for the tests and `bench/statsfleet.py`.
+serves it. Its names, and the wire's (`ebb.common.h2frames`), are re-exported here for
+the tests.
 """
 
 from __future__ import annotations
@@ -38,9 +39,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ebb.autoscaler.server import STATS_SERVICE, StatsTally, decode_stats_request
-from ebb.common.h2server import (  # noqa: F401 - re-exported: tests and bench/statsfleet
+from ebb.common.h2frames import (  # noqa: F401 - re-exported: tests
     ACK,
-    CLOSE_GRACE_S,
     COMPRESSION_ERROR,
     CONTINUATION,
     DATA,
@@ -52,32 +52,21 @@ from ebb.common.h2server import (  # noqa: F401 - re-exported: tests and bench/s
     FLOW_CONTROL_ERROR,
     FRAME_SIZE_ERROR,
     GOAWAY,
-    GRPC_INTERNAL,
-    GRPC_OK,
-    GRPC_RESOURCE_EXHAUSTED,
-    GRPC_UNIMPLEMENTED,
     HEADERS,
     INTERNAL_ERROR,
-    MAX_ECHO_CHARS,
     MAX_FRAME_SIZE,
     MAX_HEADER_LIST_BYTES,
-    MAX_HELD_BYTES,
     MAX_MESSAGE_BYTES,
-    MAX_STREAMS,
-    MAX_WAITING,
     MAX_WINDOW,
     NO_ERROR,
-    OK_TRAILERS,
     PADDED,
     PING,
     PREFACE,
-    PREFACE_TIMEOUT_S,
     PRIORITY,
     PRIORITY_FLAG,
     PROTOCOL_ERROR,
     PUSH_PROMISE,
     REFUSED_STREAM,
-    RESPONSE_HEADERS,
     RST_STREAM,
     S_ENABLE_PUSH,
     S_HEADER_TABLE_SIZE,
@@ -87,18 +76,32 @@ from ebb.common.h2server import (  # noqa: F401 - re-exported: tests and bench/s
     S_MAX_HEADER_LIST_SIZE,
     SETTINGS,
     STREAM_CLOSED,
-    WINDOW,
     WINDOW_UPDATE,
     ConnectionError_,
+    encode_headers,
+    frame,
+    grpc_message,
+)
+from ebb.common.h2server import (  # noqa: F401 - re-exported: tests
+    CLOSE_GRACE_S,
+    GRPC_INTERNAL,
+    GRPC_OK,
+    GRPC_RESOURCE_EXHAUSTED,
+    GRPC_UNIMPLEMENTED,
+    MAX_ECHO_CHARS,
+    MAX_HELD_BYTES,
+    MAX_STREAMS,
+    MAX_WAITING,
+    OK_TRAILERS,
+    PREFACE_TIMEOUT_S,
+    RESPONSE_HEADERS,
+    WINDOW,
     H2Connection,
     H2Port,
     Handler,
     Stream,
     echo,
-    encode_headers,
     error_headers,
-    frame,
-    grpc_message,
 )
 
 if TYPE_CHECKING:

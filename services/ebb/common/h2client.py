@@ -32,15 +32,14 @@ import asyncio
 import contextlib
 import enum
 import os
-import struct
 from collections.abc import Iterable
-from urllib.parse import unquote_to_bytes
 
 import hpack
 
-# The wire's constants (RFC 9113) and frame encoding are the server's: one frame layer.
-from ebb.common.h2server import (
+# The wire (RFC 9113's constants, frames and their checks) is the server's too.
+from ebb.common.h2frames import (
     ACK,
+    CANCEL,
     COMPRESSION_ERROR,
     CONTINUATION,
     DATA,
@@ -49,9 +48,11 @@ from ebb.common.h2server import (
     END_STREAM,
     ENHANCE_YOUR_CALM,
     FLOW_CONTROL_ERROR,
+    FRAME_HEAD,
     FRAME_SIZE_ERROR,
     GOAWAY,
     HEADERS,
+    INADEQUATE_SECURITY,
     MAX_FRAME_SIZE,
     MAX_HEADER_LIST_BYTES,
     MAX_MESSAGE_BYTES,
@@ -60,7 +61,6 @@ from ebb.common.h2server import (
     PADDED,
     PING,
     PREFACE,
-    PRIORITY_FLAG,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
     RST_STREAM,
@@ -69,13 +69,24 @@ from ebb.common.h2server import (
     S_INITIAL_WINDOW_SIZE,
     S_MAX_FRAME_SIZE,
     S_MAX_HEADER_LIST_SIZE,
+    SETTING,
     SETTINGS,
+    U32,
     WINDOW_UPDATE,
     ConnectionError_,
+    check_ping,
     frame,
+    grown_window,
+    grpc_frame,
+    grpc_message_text,
+    grpc_messages,
+    header_fragment,
+    read_goaway,
+    read_rst_stream,
+    read_settings,
+    unpad,
+    window_increment,
 )
-
-CANCEL, INADEQUATE_SECURITY = 0x8, 0xC  # error codes only a client meets
 
 STREAM_ID = 1  # the connection's one stream
 MAX_HEADER_BLOCK_BYTES = 65_536  # a header block's encoded bytes over CONTINUATION frames
@@ -90,10 +101,6 @@ KEEPALIVE_TIMEOUT_S = 5.0  # grpc.keepalive_timeout_ms
 # GOAWAY "too_many_pings" after the third early one; an idle activator sends nothing.
 MAX_PINGS_WITHOUT_DATA = 2
 USER_AGENT = "ebb-h2client"
-
-_FRAME_HEAD = struct.Struct(">BHBBI")  # length (24 bits as 8 + 16), type, flags, stream id
-_U32 = struct.Struct(">I")
-_SETTING = struct.Struct(">HI")
 
 
 class GrpcStatus(enum.IntEnum):
@@ -168,11 +175,6 @@ def http_status_to_grpc(status: int) -> GrpcStatus:
 
 def reset_to_grpc(code: int) -> GrpcStatus:
     return _RESET_TO_GRPC.get(code, GrpcStatus.INTERNAL)
-
-
-def grpc_frame(message: bytes) -> bytes:
-    """gRPC's length-prefixed message: flag 0 (not compressed), 4-byte length, bytes."""
-    return b"\x00" + _U32.pack(len(message)) + message
 
 
 def split_target(target: str) -> tuple[str, int]:
@@ -359,7 +361,7 @@ class StreamCall(asyncio.Protocol):
             self.close()
             return False
         if self._headers_sent:
-            self._write(frame(RST_STREAM, 0, STREAM_ID, _U32.pack(CANCEL)))
+            self._write(frame(RST_STREAM, 0, STREAM_ID, U32.pack(CANCEL)))
         self._finish(RpcError(GrpcStatus.CANCELLED, "cancelled by the client"))
         return True
 
@@ -392,7 +394,7 @@ class StreamCall(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self._transport = transport
         self._made = True
-        ours = _SETTING.pack(S_ENABLE_PUSH, 0) + _SETTING.pack(
+        ours = SETTING.pack(S_ENABLE_PUSH, 0) + SETTING.pack(
             S_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST_BYTES
         )
         transport.write(PREFACE + frame(SETTINGS, 0, 0, ours))
@@ -445,7 +447,7 @@ class StreamCall(asyncio.Protocol):
     def _read_frames(self, data: bytes) -> int:
         offset, end = 0, len(data)
         while end - offset >= 9 and self._transport is not None:
-            high, low, kind, flags, stream_id = _FRAME_HEAD.unpack_from(data, offset)
+            high, low, kind, flags, stream_id = FRAME_HEAD.unpack_from(data, offset)
             size = high << 16 | low
             if size > MAX_FRAME_SIZE:
                 raise ConnectionError_(FRAME_SIZE_ERROR, f"a frame of {size} bytes")
@@ -479,7 +481,7 @@ class StreamCall(asyncio.Protocol):
         if self._http_status is None:
             self._fail_stream(GrpcStatus.INTERNAL, "DATA before the response headers")
             return
-        body = _unpad(payload) if flags & PADDED else payload
+        body = unpad(payload) if flags & PADDED else payload
         if len(self._body) + len(body) > self._max_response_bytes:
             self._fail_stream(
                 GrpcStatus.RESOURCE_EXHAUSTED,
@@ -499,12 +501,7 @@ class StreamCall(asyncio.Protocol):
             raise ConnectionError_(PROTOCOL_ERROR, "HEADERS on stream 0")
         if stream_id != STREAM_ID:
             raise ConnectionError_(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}")
-        if flags & PADDED:
-            payload = _unpad(payload)
-        if flags & PRIORITY_FLAG:
-            if len(payload) < 5:
-                raise ConnectionError_(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
-            payload = payload[5:]
+        payload = header_fragment(flags, payload)
         if flags & END_HEADERS:
             self._header_block(flags, payload)
         else:
@@ -560,7 +557,7 @@ class StreamCall(asyncio.Protocol):
     def _trailers(self, fields: dict[bytes, bytes]) -> None:
         self._remote_done = True
         raw_status = fields.get(b"grpc-status")
-        message = _percent_decoded(fields.get(b"grpc-message", b""))
+        message = grpc_message_text(fields.get(b"grpc-message", b""))
         if raw_status is None:
             self._finish(RpcError(GrpcStatus.INTERNAL, "trailers without grpc-status"))
             return
@@ -569,7 +566,7 @@ class StreamCall(asyncio.Protocol):
             self._finish(RpcError(status, message))
             return
         try:
-            messages = _grpc_messages(self._body)
+            messages = grpc_messages(self._body)
         except ValueError as exc:
             self._finish(RpcError(GrpcStatus.INTERNAL, str(exc)))
             return
@@ -580,42 +577,26 @@ class StreamCall(asyncio.Protocol):
         self._finish(messages[0])
 
     def _rst_stream(self, stream_id: int, flags: int, payload: bytes) -> None:
-        if stream_id == 0:
-            raise ConnectionError_(PROTOCOL_ERROR, "RST_STREAM on stream 0")
-        if len(payload) != 4:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "RST_STREAM of the wrong size")
+        code = read_rst_stream(stream_id, payload)
         if stream_id != STREAM_ID or self._result.done():
             return  # e.g. NO_ERROR after the trailers: stop sending, which we have
-        code = _U32.unpack(payload)[0]
         self._remote_done = True
         self._finish(RpcError(reset_to_grpc(code), f"stream reset by the server (code {code})"))
 
     def _settings(self, stream_id: int, flags: int, payload: bytes) -> None:
-        if stream_id != 0:
-            raise ConnectionError_(PROTOCOL_ERROR, "SETTINGS on a stream")
-        if flags & ACK:
-            if payload:
-                raise ConnectionError_(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+        settings = read_settings(stream_id, flags, payload)
+        if settings is None:  # an ACK
             return
-        if len(payload) % 6:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "SETTINGS of the wrong size")
-        for offset in range(0, len(payload), 6):
-            ident, value = _SETTING.unpack_from(payload, offset)
+        for ident, value in settings:
             if ident == S_INITIAL_WINDOW_SIZE:
-                if value > MAX_WINDOW:
-                    raise ConnectionError_(FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE too large")
                 self._stream_send_window += value - self._peer_initial_window
                 self._peer_initial_window = value
                 if self._stream_send_window > MAX_WINDOW:
                     raise ConnectionError_(FLOW_CONTROL_ERROR, "stream window overflow")
             elif ident == S_MAX_FRAME_SIZE:
-                if not MAX_FRAME_SIZE <= value < 1 << 24:
-                    raise ConnectionError_(PROTOCOL_ERROR, f"MAX_FRAME_SIZE {value}")
                 self._peer_frame_size = value
             elif ident == S_HEADER_TABLE_SIZE:
                 self._encoder.header_table_size = min(value, 4096)
-            elif ident == S_ENABLE_PUSH and value > 1:
-                raise ConnectionError_(PROTOCOL_ERROR, f"ENABLE_PUSH {value}")
         self._write(frame(SETTINGS, ACK, 0))
         if not self._settings_seen.done():
             self._settings_seen.set_result(None)
@@ -625,10 +606,7 @@ class StreamCall(asyncio.Protocol):
         raise ConnectionError_(PROTOCOL_ERROR, "PUSH_PROMISE, which we disabled")
 
     def _ping(self, stream_id: int, flags: int, payload: bytes) -> None:
-        if stream_id != 0:
-            raise ConnectionError_(PROTOCOL_ERROR, "PING on a stream")
-        if len(payload) != 8:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "PING of the wrong size")
+        check_ping(stream_id, payload)
         if not flags & ACK:
             self._write(frame(PING, ACK, 0, payload))
         elif payload == self._ping_payload and self._ping_deadline is not None:
@@ -637,13 +615,8 @@ class StreamCall(asyncio.Protocol):
             self._schedule_ping()
 
     def _goaway_frame(self, stream_id: int, flags: int, payload: bytes) -> None:
-        if stream_id != 0:
-            raise ConnectionError_(PROTOCOL_ERROR, "GOAWAY on a stream")
-        if len(payload) < 8:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "GOAWAY cut short")
-        last_stream = _U32.unpack_from(payload, 0)[0] & 0x7FFFFFFF
-        code = _U32.unpack_from(payload, 4)[0]
-        debug = bytes(payload[8:200]).decode("utf-8", "replace")
+        last_stream, code, debug_data = read_goaway(stream_id, payload)
+        debug = debug_data[:192].decode("utf-8", "replace")
         self._goaway = f"GOAWAY (code {code}{': ' + debug if debug else ''})"
         if last_stream < STREAM_ID and not self._result.done():
             # Our stream was never taken: safe to try again elsewhere.
@@ -652,15 +625,9 @@ class StreamCall(asyncio.Protocol):
         # else the stream may finish; the server closes the connection after it
 
     def _window_update(self, stream_id: int, flags: int, payload: bytes) -> None:
-        if len(payload) != 4:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong size")
-        increment = _U32.unpack(payload)[0] & 0x7FFFFFFF
+        increment = window_increment(stream_id, payload)
         if stream_id == 0:
-            if increment == 0:
-                raise ConnectionError_(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
-            self._send_window += increment
-            if self._send_window > MAX_WINDOW:
-                raise ConnectionError_(FLOW_CONTROL_ERROR, "connection window overflow")
+            self._send_window = grown_window(self._send_window, increment)
         elif stream_id == STREAM_ID and not self._result.done():
             if increment == 0:
                 self._fail_stream(GrpcStatus.INTERNAL, "WINDOW_UPDATE of 0", PROTOCOL_ERROR)
@@ -712,10 +679,10 @@ class StreamCall(asyncio.Protocol):
         if self._recv_unacked < DEFAULT_WINDOW // 2:
             return
         increment, self._recv_unacked = self._recv_unacked, 0
-        out = frame(WINDOW_UPDATE, 0, 0, _U32.pack(increment))
+        out = frame(WINDOW_UPDATE, 0, 0, U32.pack(increment))
         if not self._remote_done:
             self._stream_recv_window += increment
-            out += frame(WINDOW_UPDATE, 0, STREAM_ID, _U32.pack(increment))
+            out += frame(WINDOW_UPDATE, 0, STREAM_ID, U32.pack(increment))
         self._write(out)
 
     def _schedule_ping(self) -> None:
@@ -751,7 +718,7 @@ class StreamCall(asyncio.Protocol):
     def _fail_stream(self, status: GrpcStatus, message: str, code: int = CANCEL) -> None:
         """The answer is unusable: reset the stream, fail the call (and so close)."""
         if not self._remote_done:
-            self._write(frame(RST_STREAM, 0, STREAM_ID, _U32.pack(code)))
+            self._write(frame(RST_STREAM, 0, STREAM_ID, U32.pack(code)))
         self._finish(RpcError(status, message))
 
     def _connection_error(self, code: int, reason: str) -> None:
@@ -781,41 +748,11 @@ class StreamCall(asyncio.Protocol):
         opens none)."""
         if not self._goaway_sent and self._goaway is None:
             self._goaway_sent = True
-            self._write(frame(GOAWAY, 0, 0, _U32.pack(0) + _U32.pack(code) + debug))
+            self._write(frame(GOAWAY, 0, 0, U32.pack(0) + U32.pack(code) + debug))
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None:
             self._transport.write(data)
-
-
-def _unpad(payload: bytes) -> bytes:
-    if not payload:
-        raise ConnectionError_(FRAME_SIZE_ERROR, "a padded frame without a pad length")
-    pad = payload[0]
-    if pad >= len(payload):
-        raise ConnectionError_(PROTOCOL_ERROR, "padding longer than the frame")
-    return payload[1 : len(payload) - pad]
-
-
-def _percent_decoded(value: bytes) -> str:
-    """`grpc-message` as sent: percent-encoded UTF-8 (a bad escape is kept as it is)."""
-    return unquote_to_bytes(value).decode("utf-8", "replace") if value else ""
-
-
-def _grpc_messages(body: bytes | bytearray) -> list[bytes]:
-    """The messages of gRPC-framed bytes; ValueError on a cut or compressed one."""
-    out, offset = [], 0
-    while offset < len(body):
-        if len(body) - offset < 5:
-            raise ValueError("a cut gRPC message in the response")
-        if body[offset] != 0:
-            raise ValueError("a compressed gRPC message, though we accept only identity")
-        (size,) = _U32.unpack_from(body, offset + 1)
-        if offset + 5 + size > len(body):
-            raise ValueError("a cut gRPC message in the response")
-        out.append(bytes(body[offset + 5 : offset + 5 + size]))
-        offset += 5 + size
-    return out
 
 
 # Frame handlers by type (RFC 9113 §6).

@@ -1,6 +1,7 @@
-"""A gRPC server over HTTP/2 (RFC 9113) in the event loop, without grpcio: the frame layer,
-the connection's state machine, HPACK, flow control, limits and shutdown, with a method
-table; what a method does is a `Handler`.
+"""A gRPC server over HTTP/2 (RFC 9113) in the event loop, without grpcio: the connection's
+state machine, HPACK, flow control, limits and shutdown, with a method table; what a
+method does is a `Handler`. The frame layer (constants, frames and their checks) is
+`ebb.common.h2frames`, shared with the client.
 
 Why: grpcio hands every received message from its I/O threads to a poller thread and
 then, through a socketpair, to the event loop (about 90 µs of CPU a message), and it costs
@@ -38,56 +39,76 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import hpack
 
+# The wire (RFC 9113's constants, frames and their checks) is shared with the client; its
+# names are re-exported here for the stats port, the admin server and their tests.
+from ebb.common.h2frames import (
+    ACK,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    ERROR_NAMES,
+    FLOW_CONTROL_ERROR,
+    FRAME_HEAD,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADERS,
+    INTERNAL_ERROR,
+    MAX_FRAME_SIZE,
+    MAX_HEADER_LIST_BYTES,
+    MAX_MESSAGE_BYTES,
+    MAX_WINDOW,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,  # noqa: F401 - re-exported, as every frame type
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,  # noqa: F401 - re-exported, as every frame type
+    REFUSED_STREAM,
+    RST_STREAM,
+    S_INITIAL_WINDOW_SIZE,
+    S_MAX_CONCURRENT_STREAMS,
+    S_MAX_FRAME_SIZE,
+    S_MAX_HEADER_LIST_SIZE,
+    SETTING,
+    SETTINGS,
+    STREAM_CLOSED,
+    U32,
+    WINDOW_UPDATE,
+    ConnectionError_,
+    check_ping,
+    encode_headers,
+    frame,
+    grown_window,
+    grpc_message,
+    header_fragment,
+    read_goaway,
+    read_rst_stream,
+    read_settings,
+    unpad,
+    window_increment,
+)
+
 if TYPE_CHECKING:
     from ebb.common.tracing import Tracing
 
 log = logging.getLogger("ebb.common.h2server")
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-# Frame types and flags (RFC 9113 §6).
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
-WINDOW_UPDATE, CONTINUATION = 8, 9
-END_STREAM = ACK = 0x1
-END_HEADERS, PADDED, PRIORITY_FLAG = 0x4, 0x8, 0x20
-
-# Error codes (RFC 9113 §7).
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
-STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, COMPRESSION_ERROR = 0x5, 0x6, 0x7, 0x9
-ENHANCE_YOUR_CALM = 0xB
-ERROR_NAMES = {
-    NO_ERROR: "no_error",
-    PROTOCOL_ERROR: "protocol_error",
-    INTERNAL_ERROR: "internal_error",
-    FLOW_CONTROL_ERROR: "flow_control_error",
-    STREAM_CLOSED: "stream_closed",
-    FRAME_SIZE_ERROR: "frame_size_error",
-    REFUSED_STREAM: "refused_stream",
-    COMPRESSION_ERROR: "compression_error",
-    ENHANCE_YOUR_CALM: "enhance_your_calm",
-}
-
-# Settings (RFC 9113 §6.5.2).
-S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS = 0x1, 0x2, 0x3
-S_INITIAL_WINDOW_SIZE, S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE = 0x4, 0x5, 0x6
-
 # gRPC status codes used here.
 GRPC_OK, GRPC_NOT_FOUND, GRPC_RESOURCE_EXHAUSTED = 0, 5, 8
 GRPC_UNIMPLEMENTED, GRPC_INTERNAL, GRPC_UNAVAILABLE = 12, 13, 14
 
-MAX_FRAME_SIZE = 16_384  # what we read: the protocol's default, not raised
-MAX_WINDOW = 2**31 - 1
-DEFAULT_WINDOW = 65_535
 WINDOW = 1 << 24  # granted to each stream and to the connection
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default receive limit, as grpcio's
-MAX_HEADER_LIST_BYTES = 16_384
 MAX_STREAMS = 1_000  # per connection (advertised); a queue opens one, grpc-js a few
 # Streams whose output waits for the peer's flow-control window. gRPC clients grant 64 KiB
 # or more, so a small answer never waits; a peer that makes many wait is refused rather
@@ -105,50 +126,6 @@ MAX_STATUS_CHARS = 1_000  # of a handler's status message: x12 percent-encoded <
 # thousands of streams. A queue's message is ~100 bytes, an activator's batch ~10 KB.
 MAX_HELD_BYTES = 16 * 1024 * 1024
 PREFACE_TIMEOUT_S = 10.0  # a connection that never speaks HTTP/2 is closed
-
-_FRAME_HEAD = struct.Struct(">BHBBI")  # length (24 bits as 8 + 16), type, flags, stream id
-_U32 = struct.Struct(">I")
-_SETTING = struct.Struct(">HI")
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    size = len(payload)
-    return _FRAME_HEAD.pack(size >> 16, size & 0xFFFF, kind, flags, stream_id) + payload
-
-
-def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
-    """HPACK's integer (RFC 7541 §5.1) in a `prefix_bits` prefix of a byte starting `first`."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def encode_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """A header block of literals without indexing (RFC 7541 §6.2.2), so the peer's dynamic
-    table, and its HEADER_TABLE_SIZE, never matter; `:status: 200` is static index 8."""
-    out = bytearray()
-    for name, value in headers:
-        if name == b":status" and value == b"200":
-            out.append(0x88)
-            continue
-        out.append(0x00)
-        out += _hpack_int(len(name), 7) + name
-        out += _hpack_int(len(value), 7) + value
-    return bytes(out)
-
-
-def grpc_message(text: str) -> bytes:
-    """`grpc-message`'s percent-encoding: bytes outside printable ASCII, and `%`."""
-    return "".join(
-        chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in text.encode()
-    ).encode()
 
 
 def echo(text: str) -> str:
@@ -188,15 +165,6 @@ def trailers(status: int, message: str = "") -> bytes:
     if status == GRPC_OK and not message:
         return OK_TRAILERS
     return encode_headers(_status_fields(status, message))
-
-
-class ConnectionError_(Exception):  # noqa: N801 - not the builtin ConnectionError
-    """A connection-level protocol error: answered with GOAWAY(code), then closed."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 def _as_is(data: bytes) -> bytes:
@@ -383,7 +351,7 @@ class H2Connection(asyncio.Protocol):
             self._peer = f"{peer[0]}:{peer[1]}"
         self._port.connections.add(self)
         settings = b"".join(
-            _SETTING.pack(ident, value)
+            SETTING.pack(ident, value)
             for ident, value in (
                 (S_MAX_CONCURRENT_STREAMS, MAX_STREAMS),
                 (S_INITIAL_WINDOW_SIZE, WINDOW),
@@ -392,7 +360,7 @@ class H2Connection(asyncio.Protocol):
         )
         transport.write(
             frame(SETTINGS, 0, 0, settings)
-            + frame(WINDOW_UPDATE, 0, 0, _U32.pack(WINDOW - DEFAULT_WINDOW))
+            + frame(WINDOW_UPDATE, 0, 0, U32.pack(WINDOW - DEFAULT_WINDOW))
         )
         self._preface_timer = asyncio.get_running_loop().call_later(
             PREFACE_TIMEOUT_S, self._no_preface
@@ -454,7 +422,7 @@ class H2Connection(asyncio.Protocol):
                 self._preface_timer.cancel()
                 self._preface_timer = None
             offset = len(PREFACE)
-        unpack = _FRAME_HEAD.unpack_from
+        unpack = FRAME_HEAD.unpack_from
         while end - offset >= 9 and self._transport is not None:
             high, low, kind, flags, stream_id = unpack(data, offset)
             size = high << 16 | low
@@ -481,10 +449,10 @@ class H2Connection(asyncio.Protocol):
         size = len(payload)
         self._unacked += size
         if self._unacked >= WINDOW // 2:
-            self._write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self._unacked)))
+            self._write(frame(WINDOW_UPDATE, 0, 0, U32.pack(self._unacked)))
             self._unacked = 0
         if flags & PADDED:
-            payload = _unpad(payload)
+            payload = unpad(payload)
         stream = self.streams.get(stream_id)
         if stream is None or stream.remote_done:
             if stream_id > self._last_stream:
@@ -494,7 +462,7 @@ class H2Connection(asyncio.Protocol):
             return  # a stream already answered or reset: its late frames are ignored
         stream.unacked += size
         if stream.unacked >= WINDOW // 2:
-            self._write(frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(stream.unacked)))
+            self._write(frame(WINDOW_UPDATE, 0, stream_id, U32.pack(stream.unacked)))
             stream.unacked = 0
         if payload and not self._messages(stream, payload):
             return
@@ -516,7 +484,7 @@ class H2Connection(asyncio.Protocol):
         take, decode = stream.handler.on_message, stream.decode  # type: ignore[union-attr]
         while end - offset >= 5:
             compressed = payload[offset]
-            (length,) = _U32.unpack_from(payload, offset + 1)
+            (length,) = U32.unpack_from(payload, offset + 1)
             if length > MAX_MESSAGE_BYTES:
                 self._refuse(
                     stream,
@@ -551,12 +519,7 @@ class H2Connection(asyncio.Protocol):
     def _headers(self, stream_id: int, flags: int, payload: bytes) -> None:
         if stream_id == 0:
             raise ConnectionError_(PROTOCOL_ERROR, "HEADERS on stream 0")
-        if flags & PADDED:
-            payload = _unpad(payload)
-        if flags & PRIORITY_FLAG:
-            if len(payload) < 5:
-                raise ConnectionError_(FRAME_SIZE_ERROR, "HEADERS priority fields cut short")
-            payload = payload[5:]
+        payload = header_fragment(flags, payload)
         if flags & END_HEADERS:
             self._header_block(stream_id, flags, payload)
         else:
@@ -595,7 +558,7 @@ class H2Connection(asyncio.Protocol):
         self._last_stream = stream_id
         if self._going_away or len(self.streams) >= MAX_STREAMS:
             self._port.counters["reset_refused_stream"] += 1
-            self._write(frame(RST_STREAM, 0, stream_id, _U32.pack(REFUSED_STREAM)))
+            self._write(frame(RST_STREAM, 0, stream_id, U32.pack(REFUSED_STREAM)))
             return
         self._open(stream_id, flags, dict(headers))
 
@@ -645,10 +608,7 @@ class H2Connection(asyncio.Protocol):
             self._request_done(stream)
 
     def _rst_stream(self, stream_id: int, flags: int, payload: bytes) -> None:
-        if stream_id == 0:
-            raise ConnectionError_(PROTOCOL_ERROR, "RST_STREAM on stream 0")
-        if len(payload) != 4:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "RST_STREAM of the wrong size")
+        read_rst_stream(stream_id, payload)
         if stream_id > self._last_stream:
             raise ConnectionError_(PROTOCOL_ERROR, f"RST_STREAM on idle stream {stream_id}")
         stream = self.streams.get(stream_id)
@@ -656,26 +616,14 @@ class H2Connection(asyncio.Protocol):
             self._forget(stream, "cancelled by the client")
 
     def _settings(self, stream_id: int, flags: int, payload: bytes) -> None:
-        if stream_id != 0:
-            raise ConnectionError_(PROTOCOL_ERROR, "SETTINGS on a stream")
-        if flags & ACK:
-            if payload:
-                raise ConnectionError_(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+        settings = read_settings(stream_id, flags, payload)
+        if settings is None:  # an ACK
             return
-        if len(payload) % 6:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "SETTINGS of the wrong size")
-        for offset in range(0, len(payload), 6):
-            ident, value = _SETTING.unpack_from(payload, offset)
+        for ident, value in settings:
             if ident == S_INITIAL_WINDOW_SIZE:
-                if value > MAX_WINDOW:
-                    raise ConnectionError_(FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE too large")
                 self._peer_initial_window = value  # every stream's window moves with it
             elif ident == S_MAX_FRAME_SIZE:
-                if not MAX_FRAME_SIZE <= value < 1 << 24:
-                    raise ConnectionError_(PROTOCOL_ERROR, f"MAX_FRAME_SIZE {value}")
                 self._peer_max_frame = value
-            elif ident == S_ENABLE_PUSH and value > 1:
-                raise ConnectionError_(PROTOCOL_ERROR, f"ENABLE_PUSH {value}")
             # HEADER_TABLE_SIZE: our answers never index; the rest limit the peer's side
         self._write(frame(SETTINGS, ACK, 0))
         self._flush_waiting()
@@ -684,30 +632,18 @@ class H2Connection(asyncio.Protocol):
         raise ConnectionError_(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
 
     def _ping(self, stream_id: int, flags: int, payload: bytes) -> None:
-        if stream_id != 0:
-            raise ConnectionError_(PROTOCOL_ERROR, "PING on a stream")
-        if len(payload) != 8:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "PING of the wrong size")
+        check_ping(stream_id, payload)
         if not flags & ACK:
             self._write(frame(PING, ACK, 0, payload))
 
     def _goaway(self, stream_id: int, flags: int, payload: bytes) -> None:
-        if stream_id != 0:
-            raise ConnectionError_(PROTOCOL_ERROR, "GOAWAY on a stream")
-        if len(payload) < 8:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "GOAWAY cut short")
+        read_goaway(stream_id, payload)
         self._going_away = True  # the client opens no more streams; it closes when done
 
     def _window_update(self, stream_id: int, flags: int, payload: bytes) -> None:
-        if len(payload) != 4:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong size")
-        increment = _U32.unpack(payload)[0] & 0x7FFFFFFF
+        increment = window_increment(stream_id, payload)
         if stream_id == 0:
-            if increment == 0:
-                raise ConnectionError_(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
-            self._send_window += increment
-            if self._send_window > MAX_WINDOW:
-                raise ConnectionError_(FLOW_CONTROL_ERROR, "connection window overflow")
+            self._send_window = grown_window(self._send_window, increment)
             self._flush_waiting()
         else:
             if stream_id > self._last_stream:
@@ -748,7 +684,7 @@ class H2Connection(asyncio.Protocol):
         windows allow now; the rest goes on WINDOW_UPDATE or SETTINGS."""
         if stream.done or self.streams.get(stream.id) is not stream:
             return False
-        body = b"\0" + _U32.pack(len(message)) + message
+        body = b"\0" + U32.pack(len(message)) + message
         if end is not None:
             stream.done = True
             stream.end = end
@@ -777,7 +713,7 @@ class H2Connection(asyncio.Protocol):
             block = encode_headers([*_GRPC_HEAD, *_status_fields(status, message)])
             out = frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block)
             if not stream.remote_done:
-                out += frame(RST_STREAM, 0, stream.id, _U32.pack(NO_ERROR))
+                out += frame(RST_STREAM, 0, stream.id, U32.pack(NO_ERROR))
             self._write(out)
             return
         stream.end = trailers(status, message)
@@ -798,7 +734,7 @@ class H2Connection(asyncio.Protocol):
                 stream.head_sent = True
                 parts.append(frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS))
             max_frame, offset, sent = self._peer_max_frame, stream.out_offset, 0
-            head = _FRAME_HEAD.pack
+            head = FRAME_HEAD.pack
             while out and window > 0:
                 chunk = out[0]
                 size = min(len(chunk) - offset, window, max_frame)
@@ -828,7 +764,7 @@ class H2Connection(asyncio.Protocol):
                 stream.head_sent = True
             parts.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, stream.end))
             if not stream.remote_done:  # answered early: the client may stop sending
-                parts.append(frame(RST_STREAM, 0, stream.id, _U32.pack(NO_ERROR)))
+                parts.append(frame(RST_STREAM, 0, stream.id, U32.pack(NO_ERROR)))
             self._write(b"".join(parts))
             self._forget(stream, stream.error)
             return False
@@ -869,19 +805,19 @@ class H2Connection(asyncio.Protocol):
             frame(HEADERS, END_HEADERS | END_STREAM, stream_id, error_headers(status, message))
         )
         if not remote_done:
-            self._write(frame(RST_STREAM, 0, stream_id, _U32.pack(NO_ERROR)))
+            self._write(frame(RST_STREAM, 0, stream_id, U32.pack(NO_ERROR)))
 
     def _answer_http(self, stream_id: int, status: bytes, remote_done: bool) -> None:
         self._port.counters[f"http_{status.decode()}"] += 1
         block = encode_headers([(b":status", status)])
         self._write(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, block))
         if not remote_done:
-            self._write(frame(RST_STREAM, 0, stream_id, _U32.pack(NO_ERROR)))
+            self._write(frame(RST_STREAM, 0, stream_id, U32.pack(NO_ERROR)))
 
     def _reset(self, stream: Stream, code: int) -> None:
         self._forget(stream, f"reset: {ERROR_NAMES.get(code, code)}")
         self._port.counters[f"reset_{ERROR_NAMES.get(code, code)}"] += 1
-        self._write(frame(RST_STREAM, 0, stream.id, _U32.pack(code)))
+        self._write(frame(RST_STREAM, 0, stream.id, U32.pack(code)))
 
     def _fail(self, code: int, reason: str) -> None:
         """A connection error: GOAWAY naming the last stream taken, then close."""
@@ -896,7 +832,7 @@ class H2Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        transport.write(frame(GOAWAY, 0, 0, _U32.pack(self._last_stream) + _U32.pack(code) + debug))
+        transport.write(frame(GOAWAY, 0, 0, U32.pack(self._last_stream) + U32.pack(code) + debug))
         self._transport = None  # before the handlers hear of it: they cannot write now
         for stream in list(self.streams.values()):
             self._forget(stream, "connection closed")
@@ -952,15 +888,6 @@ class H2Connection(asyncio.Protocol):
                 handler.on_close(error)
             except Exception:  # a handler's bug costs its own stream, not the connection
                 log.exception(f"{self._port.name} handler failed on close")
-
-
-def _unpad(payload: bytes) -> bytes:
-    if not payload:
-        raise ConnectionError_(FRAME_SIZE_ERROR, "padded frame without a pad length")
-    pad = payload[0]
-    if pad >= len(payload):
-        raise ConnectionError_(PROTOCOL_ERROR, "padding longer than the frame")
-    return payload[1 : len(payload) - pad]
 
 
 H2Port.protocol = H2Connection

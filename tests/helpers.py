@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -302,3 +303,24 @@ class Ads:
 
     async def wait_snapshot_acked(self, snapshot, timeout_s: float) -> bool:
         return True
+
+
+@contextlib.asynccontextmanager
+async def stats_reporting(target: str, *, flush_timeout_s: float = 0.5, **options):
+    """A started `StatsReporter` for one revision (ns/rev-1), fast periods and backoff
+    unless `options` say otherwise; stopped (bounded) on exit."""
+    from ebb.common.stats import Report
+    from ebb.common.statsreporter import StatsReporter
+
+    reporter = StatsReporter(
+        target,
+        instance="i1",
+        collect=lambda now: (("ns", "rev-1", Report(1.0, 0.0, 1, 0, 1.0)),),
+        started_at=time.monotonic(),
+        **{"period_s": 0.02, "initial_backoff_s": 0.02, "max_backoff_s": 0.1, **options},
+    )
+    reporter.start()
+    try:
+        yield reporter
+    finally:
+        await asyncio.wait_for(reporter.stop(flush_timeout_s=flush_timeout_s), 20.0)

@@ -8,12 +8,11 @@ No test asserts a timing; every wait is a hang guard that ends on its event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import struct
-import time
 
 import grpc
+import helpers
 import hpack
 import pytest
 from helpers import autoscaler_with_revision, stats_request, until
@@ -26,8 +25,7 @@ from ebb.autoscaler import statsport as sp
 from ebb.common import h2client as h2
 from ebb.common import tracing as tr
 from ebb.common.h2client import GrpcStatus, RpcError, StreamCall
-from ebb.common.stats import Report
-from ebb.common.statsreporter import STREAM_STATS_PATH, StatsReporter
+from ebb.common.statsreporter import STREAM_STATS_PATH
 
 GUARD_S = 10.0  # hang guard only
 _U32 = struct.Struct(">I")
@@ -424,20 +422,8 @@ async def test_a_server_granting_a_tiny_window_gets_the_message_in_small_frames(
 # -- the stats reporter on it ------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def reporting(target: str, **options):
-    reporter = StatsReporter(
-        target,
-        instance="i1",
-        collect=lambda now: (("ns", "rev-1", Report(1.0, 0.0, 1, 0, 1.0)),),
-        started_at=time.monotonic(),
-        **{"period_s": 0.02, "initial_backoff_s": 0.02, "max_backoff_s": 0.1, **options},
-    )
-    reporter.start()
-    try:
-        yield reporter
-    finally:
-        await asyncio.wait_for(reporter.stop(flush_timeout_s=0.5), GUARD_S)
+def reporting(target: str, **options):
+    return helpers.stats_reporting(target, flush_timeout_s=0.5, **options)
 
 
 async def test_the_reporter_reconnects_after_keepalive_finds_the_server_dead():

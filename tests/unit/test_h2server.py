@@ -207,16 +207,17 @@ async def test_output_a_peer_leaves_unread_is_bounded(peer, monkeypatch):
     assert not peer.transport.closed  # the connection stays
 
 
-async def test_too_many_streams_waiting_fail_the_connection(peer, monkeypatch):
+async def test_a_stream_past_the_waiting_bound_is_reset_not_the_connection(peer, monkeypatch):
     monkeypatch.setattr(h2, "MAX_WAITING", 2)
     peer.start((h2.S_INITIAL_WINDOW_SIZE, 0))
     talks = [peer.open(i) for i in (1, 3, 5)]
     assert talks[0].stream.send_message(b"a") and talks[1].stream.send_message(b"b")
     assert not talks[2].stream.send_message(b"c")
-    (goaway,) = peer.frames()
-    assert goaway[0] == h2.GOAWAY and struct.unpack(">II", goaway[3][:8]) == (5, 0xB)
-    assert peer.transport.closed
-    assert all(t.events == [("close", "connection closed")] for t in talks)
+    (reset,) = peer.frames()
+    assert reset[:3] == (h2.RST_STREAM, 0, 5) and struct.unpack(">I", reset[3]) == (0xB,)
+    assert not peer.transport.closed
+    assert talks[0].events == talks[1].events == []
+    assert talks[2].events == [("close", "reset: enhance_your_calm")]
 
 
 async def test_a_client_cancel_closes_the_handler_and_drops_its_output(peer):

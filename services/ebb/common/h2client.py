@@ -89,6 +89,7 @@ from ebb.common.h2frames import (
 )
 
 STREAM_ID = 1  # the connection's one stream
+CLOSE_GRACE_S = 2.0  # a closing socket the server does not read is dropped after this
 MAX_HEADER_BLOCK_BYTES = 65_536  # a header block's encoded bytes over CONTINUATION frames
 MAX_RESPONSE_BYTES = MAX_MESSAGE_BYTES  # gRPC's default receive limit
 CONNECT_TIMEOUT_S = 5.0  # TCP connect and the server's first SETTINGS
@@ -242,6 +243,8 @@ class StreamCall(asyncio.Protocol):
         self._settings_seen = self._loop.create_future()  # the server's first SETTINGS
         self._result: asyncio.Future[bytes] = self._loop.create_future()
         self._closed = self._loop.create_future()  # connection_lost ran
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Transport | None = None  # closed, maybe not gone yet
         self._ping_timer: asyncio.TimerHandle | None = None
         self._ping_deadline: asyncio.TimerHandle | None = None
         self._ping_payload = b""
@@ -370,17 +373,21 @@ class StreamCall(asyncio.Protocol):
         if not self._result.done():
             self._finish(RpcError(GrpcStatus.CANCELLED, "the connection was closed"))
         self._stop_keepalive()
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            transport.close()
+        self._close_transport()
 
     async def aclose(self, timeout_s: float = 1.0) -> None:
-        """`close`, then wait (bounded) until the socket is gone."""
+        """`close`, then wait (bounded) until the socket is gone; a socket the server does
+        not read by then is dropped."""
         self.close()
         if not self._made:
             return  # never connected: no socket to wait for
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(asyncio.shield(self._closed), timeout_s)
+        except TimeoutError:
+            if self._closing is not None:
+                self._closing.abort()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._closed), timeout_s)
 
     async def __aenter__(self) -> StreamCall:
         return self
@@ -403,6 +410,8 @@ class StreamCall(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._stop_keepalive()
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
         if not self._result.done():
             if self._goaway is not None:
                 reason = f"connection closed after {self._goaway}"
@@ -739,9 +748,17 @@ class StreamCall(asyncio.Protocol):
         self._stop_keepalive()
         self._buf.clear()
         self._send_goaway(NO_ERROR)
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Close the socket once what is written has gone; a server that no longer reads
+        (a stalled or stopped process) would keep it, with its buffer, for ever: after
+        CLOSE_GRACE_S it is dropped."""
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()  # flushes what is written, then connection_lost
+            self._closing = transport
+            self._abort_timer = self._loop.call_later(CLOSE_GRACE_S, transport.abort)
 
     def _send_goaway(self, code: int, debug: bytes = b"") -> None:
         """GOAWAY (once): we open no stream after our one (last-stream-id 0: the server

@@ -110,10 +110,11 @@ GRPC_UNIMPLEMENTED, GRPC_INTERNAL, GRPC_UNAVAILABLE = 12, 13, 14
 
 WINDOW = 1 << 24  # granted to each stream and to the connection
 MAX_STREAMS = 1_000  # per connection (advertised); a queue opens one, grpc-js a few
-# Streams whose output waits for the peer's flow-control window. gRPC clients grant 64 KiB
-# or more, so a small answer never waits; a peer that makes many wait is refused rather
-# than re-scanned on every WINDOW_UPDATE and SETTINGS.
-MAX_WAITING = 32
+# Streams whose output waits for the peer's flow-control window. A client with the RFC's
+# 64 KiB default windows can have dozens wait behind one large answer (reflection) and
+# still read everything; past this many, the next stream is reset (ENHANCE_YOUR_CALM),
+# not the connection. The bound keeps each WINDOW_UPDATE's pass short.
+MAX_WAITING = 100
 # Bytes of output a connection may hold for a peer that does not grant window. Reading
 # less from it would not help: its WINDOW_UPDATEs arrive on the read side. A stream that
 # would hold more is reset (ENHANCE_YOUR_CALM); a reflection answer is ~100 KB.
@@ -341,6 +342,7 @@ class H2Connection(asyncio.Protocol):
         self._going_away = False
         self._closing = False  # shut_down: a stream that cannot wait is reset
         self._peer = "?"
+        self._write_paused = False  # the peer does not read: its frames wait (pause_writing)
 
     # -- transport callbacks -----------------------------------------------------------
 
@@ -394,13 +396,18 @@ class H2Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The peer is not reading what we write (PING ACKs, SETTINGS ACKs, answers): stop
-        reading its frames until it does, so our write buffer cannot grow without bound."""
+        handling its frames, from the next one on, until it does, so our write buffer
+        cannot grow without bound (one read may hold thousands of small requests)."""
+        self._write_paused = True
         if self._transport is not None:
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         if self._transport is not None:
             self._transport.resume_reading()
+            if self._buf:  # frames left unhandled when writing paused
+                self.data_received(b"")
 
     def eof_received(self) -> bool:
         return False  # the client is done sending: close our side too
@@ -423,7 +430,7 @@ class H2Connection(asyncio.Protocol):
                 self._preface_timer = None
             offset = len(PREFACE)
         unpack = FRAME_HEAD.unpack_from
-        while end - offset >= 9 and self._transport is not None:
+        while end - offset >= 9 and self._transport is not None and not self._write_paused:
             high, low, kind, flags, stream_id = unpack(data, offset)
             size = high << 16 | low
             if size > MAX_FRAME_SIZE:
@@ -779,7 +786,7 @@ class H2Connection(asyncio.Protocol):
             if len(self._waiting) >= MAX_WAITING:
                 if self._closing:  # shutting down: this one is reset with the rest
                     return False
-                self._fail(ENHANCE_YOUR_CALM, "too many streams waiting for window")
+                self._reset(stream, ENHANCE_YOUR_CALM)
                 return False
             self._waiting[stream.id] = stream
         return True
@@ -794,10 +801,17 @@ class H2Connection(asyncio.Protocol):
             self._drain(stream)
 
     def _refuse(self, stream: Stream, status: int, message: str) -> None:
-        """End a stream with a gRPC error (trailers-only) and reset it if the client is
-        still sending, so that it stops."""
+        """End a stream with a gRPC error and reset it if the client is still sending, so
+        that it stops: trailers-only, or trailers alone once the answer's headers are out
+        (no pseudo-headers in trailers, RFC 9113 §8.1)."""
         self._forget(stream, message)
-        self._answer_error(stream.id, status, message, stream.remote_done)
+        if not stream.head_sent:
+            self._answer_error(stream.id, status, message, stream.remote_done)
+            return
+        self._port.counters[f"grpc_status_{status}"] += 1
+        self._write(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, trailers(status, message)))
+        if not stream.remote_done:
+            self._write(frame(RST_STREAM, 0, stream.id, U32.pack(NO_ERROR)))
 
     def _answer_error(self, stream_id: int, status: int, message: str, remote_done: bool) -> None:
         self._port.counters[f"grpc_status_{status}"] += 1

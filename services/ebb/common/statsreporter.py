@@ -95,7 +95,9 @@ class StatsReporter:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._tick()), loop.create_task(self._send())]
 
-    def build(self, reports: Iterable[RevisionReport], now: float) -> autoscaler_pb2.StreamStatsRequest:
+    def build(
+        self, reports: Iterable[RevisionReport], now: float
+    ) -> autoscaler_pb2.StreamStatsRequest:
         """The request carrying one period's figures, one `Stat` per revision."""
         request = autoscaler_pb2.StreamStatsRequest()
         uptime_s = max(now - self._started_at, 0.0)
@@ -179,6 +181,8 @@ class StatsReporter:
                 call.cancel()  # closes the connection, if the stream is not over already
 
     async def _write_pending(self, call: StreamCall, progress: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        first_write_at: float | None = None
         while True:
             if call.done():
                 await call.response()  # raises the stream's error, if it failed
@@ -192,7 +196,14 @@ class StatsReporter:
             self.sent += 1
             if not self._pending:
                 self._emptied.set()
-            progress()
+            # A write only reached the socket. A server that refuses every stream (a wrong
+            # port, an unknown method) answers within milliseconds, so the stream counts
+            # as restored (the backoff starts over) only once it has outlived a period.
+            now = loop.time()
+            if first_write_at is None:
+                first_write_at = now
+            elif now - first_write_at >= self._period_s:
+                progress()
 
     def _start_span(self):
         """The stream's CLIENT span (tracing on), else None."""

@@ -29,6 +29,8 @@ from ebb.api.autoscaler.v1 import autoscaler_pb2 as pb
 from ebb.api.autoscaler.v1 import autoscaler_pb2_grpc as pb_grpc
 from ebb.autoscaler import statsport as sp
 from ebb.autoscaler.server import AutoscalerServer
+from ebb.common import h2frames as fr
+from ebb.common import h2server as h2s
 from ebb.queue.reporter import Reporter
 from ebb.queue.stats import ConcurrencyStats
 
@@ -67,15 +69,15 @@ def stat_message(*instances: str, revision: str = "rev-1") -> bytes:
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return sp.frame(kind, flags, stream_id, payload)
+    return fr.frame(kind, flags, stream_id, payload)
 
 
 def ping(payload: bytes = FENCE) -> bytes:
-    return frame(sp.PING, 0, 0, payload)
+    return frame(fr.PING, 0, 0, payload)
 
 
 def settings(*pairs: tuple[int, int]) -> bytes:
-    return frame(sp.SETTINGS, 0, 0, b"".join(struct.pack(">HI", k, v) for k, v in pairs))
+    return frame(fr.SETTINGS, 0, 0, b"".join(struct.pack(">HI", k, v) for k, v in pairs))
 
 
 def request_fields(path: bytes = PATH) -> list[tuple[bytes, bytes]]:
@@ -113,10 +115,10 @@ class Wire(_Connected):
         host, port = address.rsplit(":", 1)
         wire = cls(*await asyncio.open_connection(host, int(port)))
         if preface:
-            wire.send(sp.PREFACE + settings())
+            wire.send(fr.PREFACE + settings())
             # The server's SETTINGS and WINDOW_UPDATE, then the ACK of ours.
             opening = [await wire.frame() for _ in range(3)]
-            assert [f[0] for f in opening] == [sp.SETTINGS, sp.WINDOW_UPDATE, sp.SETTINGS]
+            assert [f[0] for f in opening] == [fr.SETTINGS, fr.WINDOW_UPDATE, fr.SETTINGS]
         return wire
 
     def send(self, data: bytes) -> None:
@@ -126,8 +128,8 @@ class Wire(_Connected):
         return self.encoder.encode([*request_fields(path), *extra])
 
     def headers(self, stream_id: int, *, end_stream: bool = False) -> bytes:
-        flags = sp.END_HEADERS | (sp.END_STREAM if end_stream else 0)
-        return frame(sp.HEADERS, flags, stream_id, self.block())
+        flags = fr.END_HEADERS | (fr.END_STREAM if end_stream else 0)
+        return frame(fr.HEADERS, flags, stream_id, self.block())
 
     async def frame(self) -> tuple[int, int, int, bytes] | None:
         """The next frame, or None at EOF."""
@@ -145,7 +147,7 @@ class Wire(_Connected):
         self.send(data + ping())
         out = []
         while (got := await self.frame()) is not None:
-            if got[:2] == (sp.PING, sp.ACK) and got[3] == FENCE:
+            if got[:2] == (fr.PING, fr.ACK) and got[3] == FENCE:
                 return out
             out.append(got)
         return out
@@ -157,7 +159,7 @@ class Wire(_Connected):
         frames = []
         while (got := await self.frame()) is not None:
             frames.append(got)
-        assert frames and frames[-1][0] == sp.GOAWAY, frames
+        assert frames and frames[-1][0] == fr.GOAWAY, frames
         return struct.unpack(">II", frames[-1][3][:8])
 
     def decode(self, payload: bytes) -> dict[bytes, bytes]:
@@ -283,7 +285,7 @@ async def test_messages_split_at_every_byte_boundary_padded_or_not_with_or_witho
         ([(b":path", b"/ebb.api.autoscaler.v1.ScalingService/X")], b"", b"12"),
         ([(b"grpc-encoding", b"gzip")], b"", b"12"),
         ([], grpc_frame(b"\x08\x01", compressed=1), b"13"),  # compressed, no grpc-encoding
-        ([], b"\0" + struct.pack(">I", sp.MAX_MESSAGE_BYTES + 1), b"8"),
+        ([], b"\0" + struct.pack(">I", fr.MAX_MESSAGE_BYTES + 1), b"8"),
         ([], stat_message("a")[:7], b"13"),  # the stream ends inside a message
         ([(b":method", b"GET")], b"", b"405"),
         ([(b"content-type", b"application/json")], b"", b"415"),
@@ -308,8 +310,8 @@ async def test_refusals_are_answers_a_strict_client_accepts(h2client, extra, dat
 
 def _bomb(wire: Wire) -> bytes:
     # A 4 KB field in the dynamic table, then a block naming it 5,000 times (~20 MB).
-    first = frame(sp.HEADERS, sp.END_HEADERS, 1, hpack.Encoder().encode([(b"x-big", b"v" * 4000)]))
-    return first + frame(sp.HEADERS, sp.END_HEADERS, 3, b"\xbe" * 5000)
+    first = frame(fr.HEADERS, fr.END_HEADERS, 1, hpack.Encoder().encode([(b"x-big", b"v" * 4000)]))
+    return first + frame(fr.HEADERS, fr.END_HEADERS, 3, b"\xbe" * 5000)
 
 
 @pytest.mark.parametrize(
@@ -318,118 +320,118 @@ def _bomb(wire: Wire) -> bytes:
         (
             "frame over MAX_FRAME_SIZE",
             lambda w: struct.pack(">BHBBI", 0, 16_385, 0x42, 0, 0),
-            sp.FRAME_SIZE_ERROR,
+            fr.FRAME_SIZE_ERROR,
         ),
         (
             "SETTINGS ACK with a payload",
-            lambda w: frame(sp.SETTINGS, sp.ACK, 0, b"\0" * 6),
-            sp.FRAME_SIZE_ERROR,
+            lambda w: frame(fr.SETTINGS, fr.ACK, 0, b"\0" * 6),
+            fr.FRAME_SIZE_ERROR,
         ),
-        ("SETTINGS of 5 bytes", lambda w: frame(sp.SETTINGS, 0, 0, b"\0" * 5), sp.FRAME_SIZE_ERROR),
-        ("SETTINGS on a stream", lambda w: frame(sp.SETTINGS, 0, 1), sp.PROTOCOL_ERROR),
+        ("SETTINGS of 5 bytes", lambda w: frame(fr.SETTINGS, 0, 0, b"\0" * 5), fr.FRAME_SIZE_ERROR),
+        ("SETTINGS on a stream", lambda w: frame(fr.SETTINGS, 0, 1), fr.PROTOCOL_ERROR),
         (
             "INITIAL_WINDOW_SIZE 2^31",
-            lambda w: settings((sp.S_INITIAL_WINDOW_SIZE, 2**31)),
-            sp.FLOW_CONTROL_ERROR,
+            lambda w: settings((fr.S_INITIAL_WINDOW_SIZE, 2**31)),
+            fr.FLOW_CONTROL_ERROR,
         ),
         (
             "MAX_FRAME_SIZE 16383",
-            lambda w: settings((sp.S_MAX_FRAME_SIZE, 16_383)),
-            sp.PROTOCOL_ERROR,
+            lambda w: settings((fr.S_MAX_FRAME_SIZE, 16_383)),
+            fr.PROTOCOL_ERROR,
         ),
-        ("ENABLE_PUSH 2", lambda w: settings((sp.S_ENABLE_PUSH, 2)), sp.PROTOCOL_ERROR),
-        ("PING of 7 bytes", lambda w: frame(sp.PING, 0, 0, b"x" * 7), sp.FRAME_SIZE_ERROR),
-        ("PING on a stream", lambda w: frame(sp.PING, 0, 1, b"x" * 8), sp.PROTOCOL_ERROR),
-        ("GOAWAY on a stream", lambda w: frame(sp.GOAWAY, 0, 1, b"\0" * 8), sp.PROTOCOL_ERROR),
-        ("WINDOW_UPDATE 0", lambda w: frame(sp.WINDOW_UPDATE, 0, 0, b"\0" * 4), sp.PROTOCOL_ERROR),
+        ("ENABLE_PUSH 2", lambda w: settings((fr.S_ENABLE_PUSH, 2)), fr.PROTOCOL_ERROR),
+        ("PING of 7 bytes", lambda w: frame(fr.PING, 0, 0, b"x" * 7), fr.FRAME_SIZE_ERROR),
+        ("PING on a stream", lambda w: frame(fr.PING, 0, 1, b"x" * 8), fr.PROTOCOL_ERROR),
+        ("GOAWAY on a stream", lambda w: frame(fr.GOAWAY, 0, 1, b"\0" * 8), fr.PROTOCOL_ERROR),
+        ("WINDOW_UPDATE 0", lambda w: frame(fr.WINDOW_UPDATE, 0, 0, b"\0" * 4), fr.PROTOCOL_ERROR),
         (
             "WINDOW_UPDATE of 3 bytes",
-            lambda w: frame(sp.WINDOW_UPDATE, 0, 0, b"\0\0\1"),
-            sp.FRAME_SIZE_ERROR,
+            lambda w: frame(fr.WINDOW_UPDATE, 0, 0, b"\0\0\1"),
+            fr.FRAME_SIZE_ERROR,
         ),
         (
             "connection window past 2^31-1",
-            lambda w: frame(sp.WINDOW_UPDATE, 0, 0, struct.pack(">I", 2**31 - 1)),
-            sp.FLOW_CONTROL_ERROR,
+            lambda w: frame(fr.WINDOW_UPDATE, 0, 0, struct.pack(">I", 2**31 - 1)),
+            fr.FLOW_CONTROL_ERROR,
         ),
-        ("DATA on stream 0", lambda w: frame(sp.DATA, 0, 0, b"x"), sp.PROTOCOL_ERROR),
-        ("DATA on an idle stream", lambda w: frame(sp.DATA, 0, 5, b"x"), sp.PROTOCOL_ERROR),
+        ("DATA on stream 0", lambda w: frame(fr.DATA, 0, 0, b"x"), fr.PROTOCOL_ERROR),
+        ("DATA on an idle stream", lambda w: frame(fr.DATA, 0, 5, b"x"), fr.PROTOCOL_ERROR),
         (
             "HEADERS on stream 0",
-            lambda w: frame(sp.HEADERS, sp.END_HEADERS, 0, w.block()),
-            sp.PROTOCOL_ERROR,
+            lambda w: frame(fr.HEADERS, fr.END_HEADERS, 0, w.block()),
+            fr.PROTOCOL_ERROR,
         ),
         (
             "HEADERS on an even stream",
-            lambda w: frame(sp.HEADERS, sp.END_HEADERS, 2, w.block()),
-            sp.PROTOCOL_ERROR,
+            lambda w: frame(fr.HEADERS, fr.END_HEADERS, 2, w.block()),
+            fr.PROTOCOL_ERROR,
         ),
         (
             "RST_STREAM on an idle stream",
-            lambda w: frame(sp.RST_STREAM, 0, 1, b"\0" * 4),
-            sp.PROTOCOL_ERROR,
+            lambda w: frame(fr.RST_STREAM, 0, 1, b"\0" * 4),
+            fr.PROTOCOL_ERROR,
         ),
         (
             "RST_STREAM of 3 bytes",
-            lambda w: w.headers(1) + frame(sp.RST_STREAM, 0, 1, b"\0" * 3),
-            sp.FRAME_SIZE_ERROR,
+            lambda w: w.headers(1) + frame(fr.RST_STREAM, 0, 1, b"\0" * 3),
+            fr.FRAME_SIZE_ERROR,
         ),
         (
             "PUSH_PROMISE from a client",
-            lambda w: frame(sp.PUSH_PROMISE, sp.END_HEADERS, 1, b"\0\0\0\2"),
-            sp.PROTOCOL_ERROR,
+            lambda w: frame(fr.PUSH_PROMISE, fr.END_HEADERS, 1, b"\0\0\0\2"),
+            fr.PROTOCOL_ERROR,
         ),
         (
             "CONTINUATION without HEADERS",
-            lambda w: frame(sp.CONTINUATION, sp.END_HEADERS, 1, b"\x82"),
-            sp.PROTOCOL_ERROR,
+            lambda w: frame(fr.CONTINUATION, fr.END_HEADERS, 1, b"\x82"),
+            fr.PROTOCOL_ERROR,
         ),
         (
             "header block cut by a PING",
-            lambda w: frame(sp.HEADERS, 0, 1, w.block()[:3]) + ping(b"12345678"),
-            sp.PROTOCOL_ERROR,
+            lambda w: frame(fr.HEADERS, 0, 1, w.block()[:3]) + ping(b"12345678"),
+            fr.PROTOCOL_ERROR,
         ),
         (
             "CONTINUATION on another stream",
             lambda w: (
-                frame(sp.HEADERS, 0, 1, w.block()[:3])
-                + frame(sp.CONTINUATION, sp.END_HEADERS, 3, b"")
+                frame(fr.HEADERS, 0, 1, w.block()[:3])
+                + frame(fr.CONTINUATION, fr.END_HEADERS, 3, b"")
             ),
-            sp.PROTOCOL_ERROR,
+            fr.PROTOCOL_ERROR,
         ),
         (
             "header block over 32 KiB",
             lambda w: (
-                frame(sp.HEADERS, 0, 1, b"\0" * 16_384)
-                + frame(sp.CONTINUATION, 0, 1, b"\0" * 16_384) * 2
+                frame(fr.HEADERS, 0, 1, b"\0" * 16_384)
+                + frame(fr.CONTINUATION, 0, 1, b"\0" * 16_384) * 2
             ),
-            sp.ENHANCE_YOUR_CALM,
+            fr.ENHANCE_YOUR_CALM,
         ),
         (
             "HPACK index past the tables",
-            lambda w: frame(sp.HEADERS, sp.END_HEADERS, 1, b"\xff\x80\x01"),
-            sp.COMPRESSION_ERROR,
+            lambda w: frame(fr.HEADERS, fr.END_HEADERS, 1, b"\xff\x80\x01"),
+            fr.COMPRESSION_ERROR,
         ),
         (
             "HPACK table size over 4096",
-            lambda w: frame(sp.HEADERS, sp.END_HEADERS, 1, b"\x3f\xe2\x1f" + w.block()),
-            sp.COMPRESSION_ERROR,
+            lambda w: frame(fr.HEADERS, fr.END_HEADERS, 1, b"\x3f\xe2\x1f" + w.block()),
+            fr.COMPRESSION_ERROR,
         ),
         (
             "HPACK table size update after a field",
-            lambda w: frame(sp.HEADERS, sp.END_HEADERS, 1, w.block() + b"\x20"),
-            sp.COMPRESSION_ERROR,
+            lambda w: frame(fr.HEADERS, fr.END_HEADERS, 1, w.block() + b"\x20"),
+            fr.COMPRESSION_ERROR,
         ),
-        ("header list over MAX_HEADER_LIST_SIZE", _bomb, sp.COMPRESSION_ERROR),
+        ("header list over MAX_HEADER_LIST_SIZE", _bomb, fr.COMPRESSION_ERROR),
         (
             "DATA padding as long as the frame",
-            lambda w: w.headers(1) + frame(sp.DATA, sp.PADDED, 1, b"\x04abc"),
-            sp.PROTOCOL_ERROR,
+            lambda w: w.headers(1) + frame(fr.DATA, fr.PADDED, 1, b"\x04abc"),
+            fr.PROTOCOL_ERROR,
         ),
         (
             "HEADERS padding as long as the frame",
-            lambda w: frame(sp.HEADERS, sp.END_HEADERS | sp.PADDED, 1, b"\x09" + b"\0" * 8),
-            sp.PROTOCOL_ERROR,
+            lambda w: frame(fr.HEADERS, fr.END_HEADERS | fr.PADDED, 1, b"\x09" + b"\0" * 8),
+            fr.PROTOCOL_ERROR,
         ),
     ],
 )
@@ -439,7 +441,7 @@ async def test_connection_errors_are_goaway_with_the_rfcs_code_then_close(
     wire = await wires()
     _, got = await wire.goaway(build(wire))
     assert got == code, name
-    assert stats.port.counters[f"goaway_{sp.ERROR_NAMES[code]}"] == 1
+    assert stats.port.counters[f"goaway_{fr.ERROR_NAMES[code]}"] == 1
     await until(lambda: not stats.port.connections, "the connection to be dropped")
 
 
@@ -449,36 +451,36 @@ async def test_a_connection_that_is_not_http2_is_refused(stats, wires):
     frames = []
     while (got := await wire.frame()) is not None:
         frames.append(got)
-    assert frames[-1][0] == sp.GOAWAY
-    assert struct.unpack(">II", frames[-1][3][:8]) == (0, sp.PROTOCOL_ERROR)
+    assert frames[-1][0] == fr.GOAWAY
+    assert struct.unpack(">II", frames[-1][3][:8]) == (0, fr.PROTOCOL_ERROR)
 
 
 async def test_stream_errors_reset_the_stream_and_the_connection_serves_on(stats, wires):
     wire = await wires()
     # No window for answers, so stream 5's answer waits and stream 5 stays half-closed.
-    assert await wire.fenced(settings((sp.S_INITIAL_WINDOW_SIZE, 0))) == [
-        (sp.SETTINGS, sp.ACK, 0, b"")
+    assert await wire.fenced(settings((fr.S_INITIAL_WINDOW_SIZE, 0))) == [
+        (fr.SETTINGS, fr.ACK, 0, b"")
     ]
     increment = struct.pack(">I", 2**31 - 1)
     frames = await wire.fenced(
         wire.headers(1)
-        + frame(sp.WINDOW_UPDATE, 0, 1, b"\0\0\0\0")  # §6.9: 0 on a stream
+        + frame(fr.WINDOW_UPDATE, 0, 1, b"\0\0\0\0")  # §6.9: 0 on a stream
         + wire.headers(3)
-        + frame(sp.WINDOW_UPDATE, 0, 3, increment)
-        + frame(sp.WINDOW_UPDATE, 0, 3, increment)  # §6.9.1: the stream window overflows
+        + frame(fr.WINDOW_UPDATE, 0, 3, increment)
+        + frame(fr.WINDOW_UPDATE, 0, 3, increment)  # §6.9.1: the stream window overflows
         + wire.headers(5, end_stream=True)
-        + frame(sp.DATA, 0, 5, stat_message("a"))  # §5.1: DATA on half-closed (remote)
+        + frame(fr.DATA, 0, 5, stat_message("a"))  # §5.1: DATA on half-closed (remote)
     )
-    resets = [(f[2], struct.unpack(">I", f[3])[0]) for f in frames if f[0] == sp.RST_STREAM]
-    assert resets == [(1, sp.PROTOCOL_ERROR), (3, sp.FLOW_CONTROL_ERROR), (5, sp.STREAM_CLOSED)]
-    assert [f[0] for f in frames] == [sp.RST_STREAM] * 3
+    resets = [(f[2], struct.unpack(">I", f[3])[0]) for f in frames if f[0] == fr.RST_STREAM]
+    assert resets == [(1, fr.PROTOCOL_ERROR), (3, fr.FLOW_CONTROL_ERROR), (5, fr.STREAM_CLOSED)]
+    assert [f[0] for f in frames] == [fr.RST_STREAM] * 3
     # A new stream, given window, is answered.
     frames = await wire.fenced(
         wire.headers(7)
-        + frame(sp.WINDOW_UPDATE, 0, 7, struct.pack(">I", 1000))
-        + frame(sp.DATA, sp.END_STREAM, 7, stat_message("b"))
+        + frame(fr.WINDOW_UPDATE, 0, 7, struct.pack(">I", 1000))
+        + frame(fr.DATA, fr.END_STREAM, 7, stat_message("b"))
     )
-    assert [f[0] for f in frames] == [sp.HEADERS, sp.DATA, sp.HEADERS]
+    assert [f[0] for f in frames] == [fr.HEADERS, fr.DATA, fr.HEADERS]
     assert response_of(frames[1][3]).accepted == 1
 
 
@@ -496,7 +498,7 @@ async def test_a_peer_that_never_reads_stops_being_read_and_close_drops_it(stats
         chunk = ping(b"12345678") * 4000
 
         async def flood() -> None:
-            await loop.sock_sendall(sock, sp.PREFACE + settings())
+            await loop.sock_sendall(sock, fr.PREFACE + settings())
             for _ in range(64 * 1024 * 1024 // len(chunk)):
                 await loop.sock_sendall(sock, chunk)
 
@@ -521,29 +523,29 @@ async def test_a_peer_that_never_reads_stops_being_read_and_close_drops_it(stats
 
 async def test_a_client_that_half_closes_tcp_still_gets_its_answer(stats, wires):
     wire = await wires()
-    wire.send(wire.headers(1) + frame(sp.DATA, sp.END_STREAM, 1, stat_message("a", "b")))
+    wire.send(wire.headers(1) + frame(fr.DATA, fr.END_STREAM, 1, stat_message("a", "b")))
     wire.writer.write_eof()
     frames = []
     while (got := await wire.frame()) is not None:
         frames.append(got)
-    assert [f[0] for f in frames] == [sp.HEADERS, sp.DATA, sp.HEADERS]
+    assert [f[0] for f in frames] == [fr.HEADERS, fr.DATA, fr.HEADERS]
     assert response_of(frames[1][3]).accepted == 2
     await until(lambda: not stats.port.connections, "the connection to be dropped")
 
 
 async def test_close_answers_streams_in_every_state_then_says_goaway(stats, wires):
     wire = await wires()
-    await wire.fenced(settings((sp.S_INITIAL_WINDOW_SIZE, 0)))
+    await wire.fenced(settings((fr.S_INITIAL_WINDOW_SIZE, 0)))
     await wire.fenced(
         wire.headers(1)  # open, between messages: answered, then reset (NO_ERROR)
-        + frame(sp.WINDOW_UPDATE, 0, 1, struct.pack(">I", 1000))
-        + frame(sp.DATA, 0, 1, stat_message("a"))
+        + frame(fr.WINDOW_UPDATE, 0, 1, struct.pack(">I", 1000))
+        + frame(fr.DATA, 0, 1, stat_message("a"))
         + wire.headers(3)  # open, inside a message: reset
-        + frame(sp.DATA, 0, 3, stat_message("b")[:6])
+        + frame(fr.DATA, 0, 3, stat_message("b")[:6])
         + wire.headers(5, end_stream=True)  # half-closed, its answer waiting for window
     )
     (conn,) = stats.port.connections
-    wire.send(frame(sp.HEADERS, 0, 7, wire.block()[:4]))  # a header block not yet whole
+    wire.send(frame(fr.HEADERS, 0, 7, wire.block()[:4]))  # a header block not yet whole
     await until(lambda: conn._block is not None, "the partial header block")
     silent = await wires(preface=False)  # connected, no preface yet
     await until(lambda: len(stats.port.connections) == 2, "both connections")
@@ -551,17 +553,17 @@ async def test_close_answers_streams_in_every_state_then_says_goaway(stats, wire
     frames = []
     while (got := await wire.frame()) is not None:
         frames.append(got)
-    assert [f[0] for f in frames[:3]] == [sp.HEADERS, sp.DATA, sp.HEADERS]
-    assert all(f[2] == 1 for f in frames[:3]) and frames[2][1] & sp.END_STREAM
+    assert [f[0] for f in frames[:3]] == [fr.HEADERS, fr.DATA, fr.HEADERS]
+    assert all(f[2] == 1 for f in frames[:3]) and frames[2][1] & fr.END_STREAM
     assert response_of(frames[1][3]).accepted == 1
-    resets = {(f[2], struct.unpack(">I", f[3])[0]) for f in frames if f[0] == sp.RST_STREAM}
-    assert resets == {(1, sp.NO_ERROR), (3, sp.NO_ERROR), (5, sp.NO_ERROR)}
-    assert frames[-1][0] == sp.GOAWAY
-    assert struct.unpack(">II", frames[-1][3][:8]) == (5, sp.NO_ERROR)
+    resets = {(f[2], struct.unpack(">I", f[3])[0]) for f in frames if f[0] == fr.RST_STREAM}
+    assert resets == {(1, fr.NO_ERROR), (3, fr.NO_ERROR), (5, fr.NO_ERROR)}
+    assert frames[-1][0] == fr.GOAWAY
+    assert struct.unpack(">II", frames[-1][3][:8]) == (5, fr.NO_ERROR)
     tail = []
     while (got := await silent.frame()) is not None:
         tail.append(got[0])
-    assert tail == [sp.SETTINGS, sp.WINDOW_UPDATE, sp.GOAWAY]
+    assert tail == [fr.SETTINGS, fr.WINDOW_UPDATE, fr.GOAWAY]
     await until(lambda: not stats.port.connections, "every connection to be dropped")
 
 
@@ -624,7 +626,7 @@ def _ended_streams(first_id: int, n: int) -> bytes:
     encoder = hpack.Encoder()
     block = [(b":method", b"POST"), (b":path", PATH), (b"content-type", b"application/grpc")]
     return b"".join(
-        frame(sp.HEADERS, sp.END_HEADERS | sp.END_STREAM, first_id + 2 * i, encoder.encode(block))
+        frame(fr.HEADERS, fr.END_HEADERS | fr.END_STREAM, first_id + 2 * i, encoder.encode(block))
         for i in range(n)
     )
 
@@ -634,27 +636,27 @@ async def test_answers_waiting_for_window_are_bounded(wires):
     # on every request end, WINDOW_UPDATE and SETTINGS (20,000 streams held the loop for
     # 67 s); now at most MAX_WAITING wait, and one more is reset (the connection stays).
     wire = await wires()
-    frames = await wire.fenced(settings((sp.S_INITIAL_WINDOW_SIZE, 0)))
-    frames = await wire.fenced(_ended_streams(1, sp.MAX_WAITING))
-    assert [f for f in frames if f[0] in (sp.DATA, sp.GOAWAY, sp.RST_STREAM)] == []
-    last = 1 + 2 * sp.MAX_WAITING
+    frames = await wire.fenced(settings((fr.S_INITIAL_WINDOW_SIZE, 0)))
+    frames = await wire.fenced(_ended_streams(1, h2s.MAX_WAITING))
+    assert [f for f in frames if f[0] in (fr.DATA, fr.GOAWAY, fr.RST_STREAM)] == []
+    last = 1 + 2 * h2s.MAX_WAITING
     frames = await wire.fenced(_ended_streams(last, 1))
-    resets = [(f[2], struct.unpack(">I", f[3])[0]) for f in frames if f[0] == sp.RST_STREAM]
-    assert resets == [(last, sp.ENHANCE_YOUR_CALM)], frames
-    assert not [f for f in frames if f[0] == sp.GOAWAY]
+    resets = [(f[2], struct.unpack(">I", f[3])[0]) for f in frames if f[0] == fr.RST_STREAM]
+    assert resets == [(last, fr.ENHANCE_YOUR_CALM)], frames
+    assert not [f for f in frames if f[0] == fr.GOAWAY]
 
 
 async def test_a_new_initial_window_moves_every_open_stream_at_once(wires):
     # The initial window is held once per connection and each stream keeps only its own
     # difference from it, so a SETTINGS frame costs the same whatever the streams open.
     wire = await wires()
-    await wire.fenced(settings((sp.S_INITIAL_WINDOW_SIZE, 0)))
+    await wire.fenced(settings((fr.S_INITIAL_WINDOW_SIZE, 0)))
     frames = await wire.fenced(_ended_streams(1, 3))
-    assert not [f for f in frames if f[0] == sp.DATA]  # three answers wait
+    assert not [f for f in frames if f[0] == fr.DATA]  # three answers wait
     frames = await wire.fenced(
-        settings(*[(sp.S_INITIAL_WINDOW_SIZE, 1)] * 2000, (sp.S_INITIAL_WINDOW_SIZE, 65_535))
+        settings(*[(fr.S_INITIAL_WINDOW_SIZE, 1)] * 2000, (fr.S_INITIAL_WINDOW_SIZE, 65_535))
     )
-    assert sorted(f[2] for f in frames if f[0] == sp.DATA) == [1, 3, 5]
+    assert sorted(f[2] for f in frames if f[0] == fr.DATA) == [1, 3, 5]
 
 
 async def test_a_large_message_split_over_many_frames_is_read_once(stats, wires):
@@ -664,18 +666,18 @@ async def test_a_large_message_split_over_many_frames_is_read_once(stats, wires)
     stat = request.stats.add(instance="big", period_seconds=1, average_concurrency=1)
     stat.revision.namespace, stat.revision.name = "ns", "rev-1"
     body = request.SerializeToString()
-    padding = sp.MAX_MESSAGE_BYTES - 5 - len(body) - 8
+    padding = fr.MAX_MESSAGE_BYTES - 5 - len(body) - 8
     # Field 15 (unknown to Stat's message) as bytes: parsers skip it.
     message = body + b"\x7a" + _varint(padding) + b"\0" * padding
     stream = b"\0" + struct.pack(">I", len(message)) + message
     wire = await wires()
-    await wire.fenced(frame(sp.HEADERS, sp.END_HEADERS, 1, _request_block()))
-    chunks = [stream[i : i + sp.MAX_FRAME_SIZE] for i in range(0, len(stream), sp.MAX_FRAME_SIZE)]
-    await wire.fenced(b"".join(frame(sp.DATA, 0, 1, c) for c in chunks[:-1]))
+    await wire.fenced(frame(fr.HEADERS, fr.END_HEADERS, 1, _request_block()))
+    chunks = [stream[i : i + fr.MAX_FRAME_SIZE] for i in range(0, len(stream), fr.MAX_FRAME_SIZE)]
+    await wire.fenced(b"".join(frame(fr.DATA, 0, 1, c) for c in chunks[:-1]))
     (conn,) = stats.port.connections
     assert conn.streams[1].need == len(stream)  # the length, read once from the prefix
-    frames = await wire.fenced(frame(sp.DATA, sp.END_STREAM, 1, chunks[-1]))
-    data = [f for f in frames if f[0] == sp.DATA]
+    frames = await wire.fenced(frame(fr.DATA, fr.END_STREAM, 1, chunks[-1]))
+    data = [f for f in frames if f[0] == fr.DATA]
     assert len(data) == 1 and pb.StreamStatsResponse.FromString(data[0][3][5:]).accepted == 1
 
 
@@ -700,5 +702,5 @@ async def test_an_error_answer_fits_the_peers_max_frame_size(h2client):
 async def test_a_new_stream_with_a_lower_id_is_a_connection_error(wires):
     wire = await wires()
     frames = await wire.fenced(wire.headers(3) + wire.headers(1, end_stream=True))
-    goaways = [struct.unpack(">II", f[3][:8]) for f in frames if f[0] == sp.GOAWAY]
-    assert goaways == [(3, sp.PROTOCOL_ERROR)], frames
+    goaways = [struct.unpack(">II", f[3][:8]) for f in frames if f[0] == fr.GOAWAY]
+    assert goaways == [(3, fr.PROTOCOL_ERROR)], frames

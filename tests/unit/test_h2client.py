@@ -15,7 +15,7 @@ from helpers import FakeTransport, h2_frames, until
 
 from ebb.common import grpcstream
 from ebb.common import h2client as h2
-from ebb.common import h2server as wire
+from ebb.common import h2frames as wire
 from ebb.common.h2client import GrpcStatus, RpcError, StreamCall
 
 PATH = "/ebb.api.autoscaler.v1.StatsService/StreamStats"

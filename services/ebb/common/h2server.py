@@ -71,9 +71,7 @@ from ebb.common.h2frames import (
     PADDED,
     PING,
     PREFACE,
-    PRIORITY,  # noqa: F401 - re-exported, as every frame type
     PROTOCOL_ERROR,
-    PUSH_PROMISE,  # noqa: F401 - re-exported, as every frame type
     REFUSED_STREAM,
     RST_STREAM,
     S_INITIAL_WINDOW_SIZE,
